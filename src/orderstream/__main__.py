@@ -1,0 +1,7 @@
+"""Allow ``python -m orderstream``."""
+
+import sys
+
+from orderstream.cli import main
+
+sys.exit(main())

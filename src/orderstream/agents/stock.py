@@ -1,0 +1,233 @@
+"""The stock agent: single writer of the stock of the products its partitions own.
+
+Thin by design: decode, call the domain rule, write the tables, send. Every effect is
+idempotent so that at-least-once redelivery changes nothing: a request's decision is
+recorded as a hold and re-sent on a duplicate; a stock command is applied only when its
+offset is above the product's last applied one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import TableT
+
+from orderstream.domain import (
+    LineRequest,
+    StockLevel,
+    apply_stock_operation,
+    owner_partition,
+    reserve_line,
+)
+from orderstream.errors import InvalidMessageError
+from orderstream.metrics import WorkerMetrics
+from orderstream.settings import Settings
+from orderstream.tables import Hold, hold_key
+from orderstream.topics import (
+    DLQ_REASON_HEADER,
+    DLQ_SOURCE_HEADER,
+    OrderEvent,
+    OrderRequest,
+    StockChange,
+    StockCommand,
+    decode,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StockAgentContext:
+    """What the stock agent works with: settings, metrics, topics and tables."""
+
+    settings: Settings
+    metrics: WorkerMetrics
+    requests: faust.TopicT
+    commands: faust.TopicT
+    source: faust.TopicT  # both of the above, consumed by one agent
+    order_events: faust.TopicT
+    stock_changes: faust.TopicT
+    dead_letters: Mapping[str, faust.TopicT]  # source topic name -> its DLQ
+    stock: TableT[bytes, bytes]  # product id -> StockLevel JSON
+    holds: TableT[bytes, bytes]  # hold_key(order, product) -> Hold JSON
+
+
+def register_stock_agent(app: faust.App, ctx: StockAgentContext) -> None:
+    """Attach the stock agent to ``app``."""
+    requests_topic = ctx.requests.get_topic_name()
+
+    # concurrency=1: one coroutine per partition is what makes it the single writer.
+    @app.agent(ctx.source, name="stock", concurrency=1)
+    async def stock_agent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            try:
+                if message.topic == requests_topic:
+                    await _on_request(ctx, message)
+                else:
+                    await _on_command(ctx, message)
+            except InvalidMessageError as exc:
+                await _dead_letter(ctx, message, exc.reason)
+            except Exception as exc:
+                # A bug must not stop the partition or lose the message: park it with the
+                # reason, and say so loudly.
+                log.exception(
+                    "unexpected error on %s/%d@%d; sent to the dead-letter topic",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                )
+                await _dead_letter(ctx, message, f"internal error: {exc!r}")
+
+
+async def _on_request(ctx: StockAgentContext, message: Any) -> None:
+    request = decode(OrderRequest, message.value)
+    if await _forwarded(ctx, ctx.requests, message, request.product_id):
+        return
+    key = hold_key(request.order_id, request.product_id)
+    recorded = ctx.holds.get(key)
+    if recorded is not None:
+        hold = Hold.model_validate_json(recorded)
+        ctx.metrics.duplicates.inc()
+        log.debug(
+            "duplicate of order %s on %s/%d@%d: re-sending its decision",
+            request.order_id,
+            message.topic,
+            message.partition,
+            message.offset,
+        )
+    else:
+        hold = _decide(ctx, request, requested_at_ms=int(message.timestamp * 1000))
+        ctx.holds[key] = hold.model_dump_json().encode()
+    await _send_decision(ctx, hold)
+
+
+def _decide(ctx: StockAgentContext, request: OrderRequest, requested_at_ms: int) -> Hold:
+    product_key = request.product_id.encode()
+    raw_level = ctx.stock.get(product_key)
+    level = StockLevel.model_validate_json(raw_level) if raw_level is not None else None
+    line = LineRequest(
+        product_id=request.product_id, quantity=request.quantity, line_count=request.line_count
+    )
+    decision, new_level = reserve_line(level, line, ctx.settings.max_line_quantity)
+    now_ms = int(time.time() * 1000)
+    if new_level is not None:
+        ctx.stock[product_key] = new_level.model_dump_json().encode()
+        _send_stock_change(ctx, request.product_id, new_level, now_ms)
+    ctx.metrics.decisions.labels(
+        decision.status.value.lower(), decision.reason.value if decision.reason else ""
+    ).inc()
+    ctx.metrics.decision_latency.observe(max(0.0, now_ms - requested_at_ms) / 1000)
+    return Hold(
+        order_id=request.order_id,
+        user_id=request.user_id,
+        product_id=request.product_id,
+        quantity=request.quantity,
+        status=decision.status,
+        reason=decision.reason,
+        detail=decision.detail,
+        requested_at_ms=requested_at_ms,
+        decided_at_ms=now_ms,
+    )
+
+
+async def _send_decision(ctx: StockAgentContext, hold: Hold) -> None:
+    # A single-line order is decided in one hop: its first and only stock decision is
+    # the order's transition number 1.
+    event = OrderEvent(
+        order_id=hold.order_id,
+        seq=1,
+        status=hold.status,
+        reason=hold.reason,
+        detail=hold.detail,
+        user_id=hold.user_id,
+        product_id=hold.product_id,
+        quantity=hold.quantity,
+        requested_at_ms=hold.requested_at_ms,
+        decided_at_ms=hold.decided_at_ms,
+    )
+    await ctx.order_events.send(key=hold.order_id.encode(), value=event.model_dump_json())
+
+
+async def _on_command(ctx: StockAgentContext, message: Any) -> None:
+    command = decode(StockCommand, message.value)
+    if await _forwarded(ctx, ctx.commands, message, command.product_id):
+        return
+    product_key = command.product_id.encode()
+    raw_level = ctx.stock.get(product_key)
+    level = StockLevel.model_validate_json(raw_level) if raw_level is not None else None
+    try:
+        new_level = apply_stock_operation(
+            level, command.operation, command.quantity, message.offset
+        )
+    except ValueError as exc:
+        raise InvalidMessageError(str(exc)) from None
+    if new_level is None:
+        ctx.metrics.stock_commands.labels(command.operation.value, "already_applied").inc()
+        return
+    ctx.stock[product_key] = new_level.model_dump_json().encode()
+    ctx.metrics.stock_commands.labels(command.operation.value, "applied").inc()
+    log.info(
+        "stock %s %s %d on %s/%d@%d: available %d",
+        command.operation.value,
+        command.product_id,
+        command.quantity,
+        message.topic,
+        message.partition,
+        message.offset,
+        new_level.available,
+    )
+    _send_stock_change(ctx, command.product_id, new_level, int(time.time() * 1000))
+
+
+def _send_stock_change(
+    ctx: StockAgentContext, product_id: str, level: StockLevel, now_ms: int
+) -> None:
+    change = StockChange(
+        product_id=product_id,
+        available=level.available,
+        reserved=level.reserved,
+        sold=level.sold,
+        total_in=level.total_in,
+        version=level.version,
+        changed_at_ms=now_ms,
+    )
+    ctx.stock_changes.send_soon(key=product_id.encode(), value=change.model_dump_json())
+
+
+async def _forwarded(
+    ctx: StockAgentContext, topic: faust.TopicT, message: Any, product_id: str
+) -> bool:
+    """Forward a message that arrived on a partition not owning its product; say if it did."""
+    owner = owner_partition(product_id, ctx.settings.partitions)
+    if owner == message.partition:
+        return False
+    log.info(
+        "product %s is owned by partition %d; forwarding %s/%d@%d there",
+        product_id,
+        owner,
+        message.topic,
+        message.partition,
+        message.offset,
+    )
+    await topic.send(key=product_id.encode(), value=message.value, partition=owner)
+    ctx.metrics.forwarded.labels(topic.get_topic_name()).inc()
+    return True
+
+
+async def _dead_letter(ctx: StockAgentContext, message: Any, reason: str) -> None:
+    log.warning(
+        "dead letter from %s/%d@%d: %s", message.topic, message.partition, message.offset, reason
+    )
+    source = f"{message.topic}/{message.partition}/{message.offset}"
+    await ctx.dead_letters[message.topic].send(
+        key=message.key,
+        value=message.value if message.value is not None else b"",
+        headers=[(DLQ_REASON_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source.encode())],
+    )
+    ctx.metrics.dead_letters.labels(message.topic).inc()

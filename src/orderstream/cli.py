@@ -1,0 +1,185 @@
+"""The ``orderstream`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from mode import ServiceT
+from mode import Worker as ServiceWorker
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from orderstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"orderstream: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+    try:
+        return handler(settings, args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if getattr(exc, "retriable", None) is not None or isinstance(exc, OSError):
+            print(f"orderstream: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orderstream",
+        description="Flash-sale order pipeline on Kafka. Settings come from ORDERSTREAM_* "
+        "variables; `orderstream settings` shows them.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("run", _run, "run the worker, the sink and the status service in one process")
+    command("worker", _worker, "run the stream worker (stock agent) only")
+    command("sink", _sink, "run the PostgreSQL sink only")
+    command("serve", _serve, "run the HTTP status service only")
+    command("settings", _settings, "print the effective settings as ORDERSTREAM_NAME=value")
+
+    stock = command("stock", _no_subcommand, "set or add a product's stock")
+    stock_ops = stock.add_subparsers(required=True, metavar="OPERATION")
+    for operation, help_text in (("set", "make available stock exactly N"), ("add", "add N")):
+        sub = stock_ops.add_parser(operation, help=help_text, description=help_text)
+        sub.add_argument("product_id")
+        sub.add_argument("quantity", type=int)
+        sub.set_defaults(handler=_stock, operation=operation)
+
+    db = command("db", _no_subcommand, "database administration")
+    db_ops = db.add_subparsers(required=True, metavar="OPERATION")
+    db_ops.add_parser("migrate", help="apply pending migrations").set_defaults(handler=_migrate)
+
+    topics = command("topics", _no_subcommand, "Kafka topic administration")
+    topic_ops = topics.add_subparsers(required=True, metavar="OPERATION")
+    topic_ops.add_parser("create", help="create every topic with its partitions").set_defaults(
+        handler=_create_topics
+    )
+    return parser
+
+
+def _no_subcommand(settings: Settings, args: argparse.Namespace) -> int:
+    raise SystemExit("orderstream: give an operation; see --help")
+
+
+def _settings(settings: Settings, args: argparse.Namespace) -> int:
+    print("\n".join(settings.as_env_lines()))
+    return 0
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from orderstream.sink import migrate
+
+    _configure_logging(settings)
+    applied = asyncio.run(migrate(settings))
+    print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+    return 0
+
+
+def _create_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from orderstream.admin import create_topics
+
+    _configure_logging(settings)
+    created = asyncio.run(create_topics(settings))
+    print(f"topics created: {', '.join(created) if created else 'none (all exist, checked)'}")
+    return 0
+
+
+def _stock(settings: Settings, args: argparse.Namespace) -> int:
+    from orderstream.producer import publish_stock_command
+
+    if args.quantity < (0 if args.operation == "set" else 1):
+        print(f"orderstream: stock {args.operation} needs a larger quantity", file=sys.stderr)
+        return 2
+    partition, offset = asyncio.run(
+        publish_stock_command(settings, args.product_id, args.operation, args.quantity)
+    )
+    print(
+        f"stock {args.operation} {args.product_id} {args.quantity}: published to "
+        f"{settings.topic('stock-commands')} partition {partition} offset {offset}; "
+        "the worker applies it in order with that product's requests"
+    )
+    return 0
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from orderstream.services import SinkService, StatusService
+
+    registry = CollectorRegistry()
+    return _run_worker(
+        settings, registry, SinkService(settings, registry), StatusService(settings, registry)
+    )
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    return _run_worker(settings, CollectorRegistry())
+
+
+def _run_worker(settings: Settings, registry: CollectorRegistry, *extra: ServiceT) -> int:
+    import uvloop
+    from faust import Worker
+
+    from orderstream.admin import check_topics
+    from orderstream.agents import build_worker_app, reset_local_store
+    from orderstream.metrics import WorkerMetrics
+
+    # Fail before joining the group if a topic is missing or has the wrong partitions:
+    # a silently auto-created topic would break co-partitioning.
+    asyncio.run(check_topics(settings))
+    reset_local_store(settings)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = build_worker_app(settings, WorkerMetrics.register(registry))
+    worker = Worker(app, *extra, loglevel=settings.log_level, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _sink(settings: Settings, args: argparse.Namespace) -> int:
+    from orderstream.services import SinkService
+
+    return _run_services(settings, SinkService(settings, CollectorRegistry()))
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from orderstream.services import StatusService
+
+    return _run_services(settings, StatusService(settings, CollectorRegistry()))
+
+
+def _run_services(settings: Settings, *services: ServiceT) -> int:
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    ServiceWorker(
+        *services, loglevel=settings.log_level, redirect_stdouts=False
+    ).execute_from_commandline()
+    return 0

@@ -1,0 +1,25 @@
+"""Pure rules of the pipeline: no Kafka, no database, nothing of ours imported."""
+
+from orderstream.domain.models import (
+    Decision,
+    LineRequest,
+    OrderStatus,
+    RejectReason,
+    StockLevel,
+    StockOperation,
+)
+from orderstream.domain.partitioning import murmur2, owner_partition
+from orderstream.domain.stock import apply_stock_operation, reserve_line
+
+__all__ = [
+    "Decision",
+    "LineRequest",
+    "OrderStatus",
+    "RejectReason",
+    "StockLevel",
+    "StockOperation",
+    "apply_stock_operation",
+    "murmur2",
+    "owner_partition",
+    "reserve_line",
+]

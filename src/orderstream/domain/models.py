@@ -1,0 +1,84 @@
+"""Value types of the domain: stock levels, order statuses, decisions."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class OrderStatus(StrEnum):
+    """Where an order stands; the last four are terminal."""
+
+    RESERVED = "RESERVED"
+    PAID = "PAID"
+    CONFIRMED = "CONFIRMED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {OrderStatus.CONFIRMED, OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.EXPIRED}
+)
+
+
+class RejectReason(StrEnum):
+    """Why a line or an order was turned down."""
+
+    OUT_OF_STOCK = "OUT_OF_STOCK"
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+    UNKNOWN_PRODUCT = "UNKNOWN_PRODUCT"
+    INVALID = "INVALID"
+    PAYMENT_FAILED = "PAYMENT_FAILED"
+
+
+class StockLevel(BaseModel):
+    """One product's stock; total_in = available + reserved + sold always holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    available: int = Field(ge=0)
+    reserved: int = Field(default=0, ge=0)
+    sold: int = Field(default=0, ge=0)
+    # Everything ever put in (initial stock + restocks - removals): the conservation check.
+    total_in: int = Field(ge=0)
+    # Bumped on every change so that a consumer can drop stale or replayed snapshots.
+    version: int = Field(default=0, ge=0)
+    # Offset of the last stock command applied; a redelivered command is at or below it.
+    last_command_offset: int = -1
+
+    @property
+    def is_conserved(self) -> bool:
+        return self.total_in == self.available + self.reserved + self.sold
+
+
+class StockOperation(StrEnum):
+    """What a stock command does to a product."""
+
+    SET = "set"  # make `available` exactly N (a restock or a correction)
+    ADD = "add"  # add N to `available`
+
+
+class LineRequest(BaseModel):
+    """The part of an order line that the stock rule needs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    product_id: str
+    quantity: int = Field(ge=1)
+    line_count: int = Field(default=1, ge=1)
+
+
+class Decision(BaseModel):
+    """The outcome of one line: reserved, or rejected with a reason."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: OrderStatus
+    reason: RejectReason | None = None
+    detail: str | None = None

@@ -1,0 +1,111 @@
+"""Prometheus metrics, registered against an injected registry.
+
+Labels stay bounded: outcomes, reasons and topics, never a user, order or product id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Decision latency: from the request's Kafka timestamp to the decision, in seconds.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    """What the stock agent counts."""
+
+    decisions: Counter
+    decision_latency: Histogram
+    duplicates: Counter
+    forwarded: Counter
+    dead_letters: Counter
+    stock_commands: Counter
+
+    @classmethod
+    def register(cls, registry: CollectorRegistry) -> WorkerMetrics:
+        return cls(
+            decisions=Counter(
+                "orderstream_decisions",
+                "Order lines decided, by outcome and reason.",
+                ["outcome", "reason"],
+                registry=registry,
+            ),
+            decision_latency=Histogram(
+                "orderstream_decision_latency_seconds",
+                "Time from a request's Kafka timestamp to its decision.",
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            duplicates=Counter(
+                "orderstream_duplicate_requests",
+                "Requests already decided: the recorded decision was sent again.",
+                registry=registry,
+            ),
+            forwarded=Counter(
+                "orderstream_forwarded_messages",
+                "Messages that arrived on a partition not owning their product, forwarded.",
+                ["topic"],
+                registry=registry,
+            ),
+            dead_letters=Counter(
+                "orderstream_dead_letters",
+                "Malformed messages sent to a dead-letter topic.",
+                ["topic"],
+                registry=registry,
+            ),
+            stock_commands=Counter(
+                "orderstream_stock_commands",
+                "Stock commands applied (or skipped as already applied).",
+                ["operation", "result"],
+                registry=registry,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class SinkMetrics:
+    """What the PostgreSQL sink counts."""
+
+    batch_size: Histogram
+    batch_seconds: Histogram
+    lag: Gauge
+    records: Counter
+    dead_letters: Counter
+
+    @classmethod
+    def register(cls, registry: CollectorRegistry) -> SinkMetrics:
+        return cls(
+            batch_size=Histogram(
+                "orderstream_sink_batch_records",
+                "Records written to PostgreSQL per transaction.",
+                buckets=_BATCH_BUCKETS,
+                registry=registry,
+            ),
+            batch_seconds=Histogram(
+                "orderstream_sink_batch_seconds",
+                "Time to write and commit one batch.",
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            lag=Gauge(
+                "orderstream_sink_lag_messages",
+                "Messages on the sink's topics not yet written to PostgreSQL.",
+                registry=registry,
+            ),
+            records=Counter(
+                "orderstream_sink_records",
+                "Records written to PostgreSQL, by topic.",
+                ["topic"],
+                registry=registry,
+            ),
+            dead_letters=Counter(
+                "orderstream_sink_dead_letters",
+                "Undecodable records the sink sent to a dead-letter topic.",
+                ["topic"],
+                registry=registry,
+            ),
+        )

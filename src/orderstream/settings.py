@@ -1,0 +1,74 @@
+"""The one Settings class: every knob, read from ``ORDERSTREAM_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The local stack that `make stack-up` starts listens on these.
+DEFAULT_DATABASE_URL = "postgresql://orderstream:orderstream@127.0.0.1:55432/orderstream"
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
+
+
+class Settings(BaseSettings):
+    """Configuration of every orderstream process."""
+
+    model_config = SettingsConfigDict(env_prefix="ORDERSTREAM_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str = "localhost:9092"
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    # PostgreSQL schema that holds the tables; tests give each run its own.
+    database_schema: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")] = "public"
+    http_host: str = "0.0.0.0"  # noqa: S104 - the status service is meant to be reached
+    http_port: int = Field(default=8080, ge=0, le=65535)
+
+    # Prepended to every topic name, so that several pipelines (or tests) share a broker.
+    topic_prefix: Annotated[str, Field(pattern=r"^[a-z0-9_.-]*$")] = ""
+    # Faust application id: names the worker's consumer group and its changelog topics.
+    app_id: Name = "orderstream"
+    sink_group: Name = "orderstream-sink"
+    # Partitions of every topic; co-partitioned topics must agree, so there is one number.
+    partitions: int = Field(default=8, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1)
+    data_dir: Path = Path(".orderstream-data")
+
+    # The largest quantity one line may ask for; above it the line is LIMIT_EXCEEDED.
+    max_line_quantity: int = Field(default=10, ge=1)
+
+    # Worker tuning (see agents/app.py for why each value).
+    commit_interval_s: float = Field(default=0.5, gt=0)
+    session_timeout_s: float = Field(default=10.0, ge=6)
+    producer_linger_ms: int = Field(default=2, ge=0)
+
+    # Sink batching: up to this many records, or whatever arrived within the wait.
+    sink_batch_max: int = Field(default=2000, ge=1)
+    sink_batch_wait_ms: int = Field(default=50, ge=1)
+
+    log_level: str = "INFO"
+
+    def topic(self, name: str) -> str:
+        """Return the full name of a topic, with this deployment's prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    def as_env_lines(self) -> list[str]:
+        """Return the effective settings as ``ORDERSTREAM_NAME=value`` lines, secrets masked."""
+        lines = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            shown = _mask_url(value.get_secret_value()) if isinstance(value, SecretStr) else value
+            lines.append(f"ORDERSTREAM_{name.upper()}={shown}")
+        return lines
+
+
+def _mask_url(url: str) -> str:
+    """Hide the password of a ``scheme://user:password@host`` URL."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url if not at else f"{scheme}{sep}***@{host}"
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

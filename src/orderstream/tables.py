@@ -1,0 +1,39 @@
+"""Every table of the worker, its key, and the type of its values.
+
+Table names are spelled here only. Values are pydantic models stored as JSON bytes; the
+changelog topic (``{app_id}-{table}-changelog``) is the truth, the local RocksDB store a
+cache that recovery rebuilds.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orderstream.domain import OrderStatus, RejectReason, StockLevel
+
+STOCK_TABLE = "stock"  # key: product id -> StockLevel
+HOLDS_TABLE = "holds"  # key: hold_key(order id, product id) -> Hold
+
+__all__ = ["HOLDS_TABLE", "STOCK_TABLE", "Hold", "StockLevel", "hold_key"]
+
+
+class Hold(BaseModel):
+    """The recorded decision for one (order, product): a duplicate request re-emits it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    order_id: str
+    user_id: str
+    product_id: str
+    quantity: int = Field(ge=1)
+    status: OrderStatus
+    reason: RejectReason | None = None
+    detail: str | None = None
+    requested_at_ms: int
+    decided_at_ms: int
+
+
+def hold_key(order_id: str, product_id: str) -> bytes:
+    """Return the table key of one (order, product) hold."""
+    # Length-prefixed, so ("ab", "c") and ("a", "bc") never share a key.
+    return f"{len(order_id)}:{order_id}{product_id}".encode()

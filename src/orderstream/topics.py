@@ -1,0 +1,120 @@
+"""Every topic of the pipeline, its key, and the schema of its messages.
+
+Topic names are spelled here and nowhere else. Messages are pydantic models, validated
+where they enter a process; unknown fields are ignored so producers can add fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orderstream.domain import OrderStatus, RejectReason, StockOperation
+from orderstream.errors import InvalidMessageError
+from orderstream.settings import Settings
+
+ORDER_REQUESTS = "order-requests"  # key: product id
+STOCK_COMMANDS = "stock-commands"  # key: product id (co-partitioned with order-requests)
+ORDER_EVENTS = "order-events"  # key: order id
+STOCK_CHANGES = "stock-changes"  # key: product id
+DLQ_SUFFIX = "-dlq"
+
+# Header names on dead letters: the message value stays the original bytes.
+DLQ_REASON_HEADER = "orderstream-dlq-reason"
+DLQ_SOURCE_HEADER = "orderstream-dlq-source"  # "topic/partition/offset"
+
+Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Message(BaseModel):
+    """Base of every message: unknown fields ignored, instances immutable."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+M = TypeVar("M", bound=Message)
+
+
+class OrderRequest(Message):
+    """One order line as a shop back end publishes it on ``order-requests``."""
+
+    order_id: Id
+    user_id: Id
+    product_id: Id
+    quantity: int = Field(ge=1, strict=True)
+    line_count: int = Field(default=1, ge=1, strict=True)
+
+
+class StockCommand(Message):
+    """Set or add a product's stock; published on ``stock-commands``."""
+
+    product_id: Id
+    operation: StockOperation
+    quantity: int = Field(ge=0, strict=True)
+
+
+class OrderEvent(Message):
+    """One transition of an order, on ``order-events``; ``seq`` grows per order."""
+
+    order_id: Id
+    seq: int = Field(ge=1)
+    status: OrderStatus
+    reason: RejectReason | None = None
+    detail: str | None = None
+    user_id: Id
+    product_id: Id
+    quantity: int = Field(ge=1)
+    # Kafka timestamp (ms) of the request that this decision answers: latency is measured from it.
+    requested_at_ms: int
+    decided_at_ms: int
+
+
+class StockChange(Message):
+    """A product's stock after a change, on ``stock-changes``; ``version`` grows per product."""
+
+    product_id: Id
+    available: int = Field(ge=0)
+    reserved: int = Field(ge=0)
+    sold: int = Field(ge=0)
+    total_in: int = Field(ge=0)
+    version: int = Field(ge=0)
+    changed_at_ms: int
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: name, partitions, and broker-side config."""
+
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Return every topic the pipeline needs, with the settings' prefix and partition count."""
+    # Co-partitioned topics share one count: the stock table's partition n owns exactly
+    # the products that hash to partition n of order-requests and of stock-commands.
+    sources = [ORDER_REQUESTS, STOCK_COMMANDS, ORDER_EVENTS, STOCK_CHANGES]
+    names = [*sources, *(name + DLQ_SUFFIX for name in sources)]
+    return [TopicSpec(settings.topic(name), settings.partitions, {}) for name in names]
+
+
+def decode(model: type[M], raw: bytes | None) -> M:
+    """Validate raw message bytes as ``model``, or raise InvalidMessageError with the reason."""
+    if raw is None:
+        raise InvalidMessageError("message has no value")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidMessageError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """Summarize a validation error in one line: field and problem, for the dead letter."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "message"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
