@@ -29,12 +29,12 @@ class SinkService(Service):
         super().__init__()
         self._settings = settings
         self._pool = make_pool(settings)
-        self._runner = SinkRunner(
-            settings, PostgresSink(self._pool), SinkMetrics.register(registry)
-        )
+        self._metrics = SinkMetrics.register(registry)
+        self._runner: SinkRunner | None = None
 
     async def on_start(self) -> None:
         await self._pool.open(wait=True, timeout=60)
+        self._runner = SinkRunner(self._settings, PostgresSink(self._pool), self._metrics)
         await self._runner.start()
         log.info(
             "sink consuming as group %s into schema %s",
@@ -44,7 +44,8 @@ class SinkService(Service):
         self.add_future(self._runner.run())
 
     async def on_stop(self) -> None:
-        await self._runner.stop()
+        if self._runner is not None:
+            await self._runner.stop()
         await self._pool.close()
 
 

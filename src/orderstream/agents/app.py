@@ -96,8 +96,9 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> TableT[bytes, byte
     return app.Table(
         name,
         partitions=partitions,
-        key_serializer="raw",
-        value_serializer="raw",
+        # Raw bytes through the app-wide "raw" serializers; values are pydantic JSON.
+        key_type=bytes,
+        value_type=bytes,
         options=_STORE_OPTIONS,
     )
 

@@ -36,7 +36,10 @@ _RETRY_MAX_S = 10.0
 
 
 class SinkRunner:
-    """Move records from the event topics into a Sink, batch by batch."""
+    """Move records from the event topics into a Sink, batch by batch.
+
+    Create it inside the running event loop: aiokafka clients bind to it.
+    """
 
     def __init__(self, settings: Settings, sink: Sink, metrics: SinkMetrics) -> None:
         self._settings = settings
