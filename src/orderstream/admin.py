@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -9,14 +10,22 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from orderstream.errors import TopicMismatchError
 from orderstream.settings import Settings
+from orderstream.tables import changelog_specs
 from orderstream.topics import TopicSpec, topic_specs
 
 log = logging.getLogger(__name__)
 
+_CREATE_WAIT_S = 30.0
+
+
+def all_topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Return the pipeline's topics and the worker's table changelogs."""
+    return topic_specs(settings) + changelog_specs(settings)
+
 
 async def create_topics(settings: Settings) -> list[str]:
     """Create every missing topic; return the names created. Existing ones are checked."""
-    specs = topic_specs(settings)
+    specs = all_topic_specs(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -37,7 +46,7 @@ async def create_topics(settings: Settings) -> list[str]:
                 )
             except TopicAlreadyExistsError:
                 log.info("topics were created concurrently; checking them")
-        await _check_partitions(admin, specs)
+        await _check_partitions(admin, specs, wait_s=_CREATE_WAIT_S)
     finally:
         await admin.close()
     return [spec.name for spec in missing]
@@ -48,14 +57,22 @@ async def check_topics(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        await _check_partitions(admin, topic_specs(settings))
+        await _check_partitions(admin, all_topic_specs(settings))
     finally:
         await admin.close()
 
 
-async def _check_partitions(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
-    described = await admin.describe_topics([spec.name for spec in specs])
-    counts = {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+async def _check_partitions(
+    admin: AIOKafkaAdminClient, specs: list[TopicSpec], wait_s: float = 0.0
+) -> None:
+    # A topic just created takes a moment to appear in metadata: poll up to wait_s.
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        described = await admin.describe_topics([spec.name for spec in specs])
+        counts = {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+        if len(counts) == len(specs) or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
     problems = []
     for spec in specs:
         found = counts.get(spec.name)

@@ -10,11 +10,23 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from orderstream.domain import OrderStatus, RejectReason, StockLevel
+from orderstream.settings import Settings
+from orderstream.topics import TopicSpec
 
 STOCK_TABLE = "stock"  # key: product id -> StockLevel
 HOLDS_TABLE = "holds"  # key: hold_key(order id, product id) -> Hold
 
-__all__ = ["HOLDS_TABLE", "STOCK_TABLE", "Hold", "StockLevel", "hold_key"]
+TABLES = (STOCK_TABLE, HOLDS_TABLE)
+
+__all__ = [
+    "HOLDS_TABLE",
+    "STOCK_TABLE",
+    "TABLES",
+    "Hold",
+    "StockLevel",
+    "changelog_specs",
+    "hold_key",
+]
 
 
 class Hold(BaseModel):
@@ -37,3 +49,19 @@ def hold_key(order_id: str, product_id: str) -> bytes:
     """Return the table key of one (order, product) hold."""
     # Length-prefixed, so ("ab", "c") and ("a", "bc") never share a key.
     return f"{len(order_id)}:{order_id}{product_id}".encode()
+
+
+def changelog_specs(settings: Settings) -> list[TopicSpec]:
+    """Return the changelog topic of every table, named as Faust names them.
+
+    They are created up front with the tables' partition count: a changelog that Faust
+    creates lazily may be missing from the consumer's metadata at the first table write.
+    """
+    return [
+        TopicSpec(
+            f"{settings.app_id}-{table}-changelog",
+            settings.partitions,
+            {"cleanup.policy": "compact"},
+        )
+        for table in TABLES
+    ]

@@ -102,4 +102,3 @@ async def _drop(settings: Settings) -> None:
                 psycopg.sql.Identifier(settings.database_schema)
             )
         )
-

@@ -100,6 +100,21 @@ class Pipeline:
         await producer.start()
         return producer
 
+    async def publish(
+        self, messages: Iterable[tuple[bytes | None, bytes | None]], partition: int | None = None
+    ) -> None:
+        """Publish (key, value) pairs to order-requests with a plain producer, in order."""
+        producer = await self.producer()
+        try:
+            topic = self.topic("order-requests")
+            sends = [
+                await producer.send(topic, key=key, value=value, partition=partition)
+                for key, value in messages
+            ]
+            await asyncio.gather(*sends)
+        finally:
+            await producer.stop()
+
     async def read_topic(self, name: str) -> list[Any]:
         """Read a topic from its beginning to its current end (no consumer group)."""
         consumer = AIOKafkaConsumer(
@@ -112,7 +127,7 @@ class Pipeline:
                 TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
             ]
             if not partitions:
-                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await consumer._client.force_metadata_update()
                 partitions = [
                     TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
                 ]
@@ -131,9 +146,12 @@ class Pipeline:
     # --- PostgreSQL -------------------------------------------------------------------
 
     async def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        async with await psycopg.AsyncConnection.connect(
-            self.settings.database_url.get_secret_value(), **connection_kwargs(self.settings)
-        ) as conn, conn.cursor(row_factory=dict_row) as cur:
+        async with (
+            await psycopg.AsyncConnection.connect(
+                self.settings.database_url.get_secret_value(), **connection_kwargs(self.settings)
+            ) as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(sql, tuple(params))  # type: ignore[arg-type]
             return await cur.fetchall()
 
@@ -156,7 +174,9 @@ class Pipeline:
             if watch and watch in self.processes and not self.alive(watch):
                 raise AssertionError(f"orderstream {watch} died waiting for {what}\n{self.logs()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.logs()}")
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what}\n{self.logs()}"
+                )
             await asyncio.sleep(0.25)
 
     async def wait_for_stock(self, product_id: str, total_in: int, timeout: float = 120.0) -> None:

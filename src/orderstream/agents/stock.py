@@ -8,6 +8,7 @@ offset is above the product's last applied one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -40,6 +41,10 @@ from orderstream.topics import (
 
 log = logging.getLogger(__name__)
 
+# Retries of an unexpected (non-input) failure: 0.2 + 0.4 + 0.8 + 1.6 s, then dead-letter.
+_ATTEMPTS = 5
+_BACKOFF_S = 0.2
+
 
 @dataclass(frozen=True)
 class StockAgentContext:
@@ -66,23 +71,45 @@ def register_stock_agent(app: faust.App, ctx: StockAgentContext) -> None:
     async def stock_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
-            try:
-                if message.topic == requests_topic:
-                    await _on_request(ctx, message)
-                else:
-                    await _on_command(ctx, message)
-            except InvalidMessageError as exc:
-                await _dead_letter(ctx, message, exc.reason)
-            except Exception as exc:
-                # A bug must not stop the partition or lose the message: park it with the
-                # reason, and say so loudly.
-                log.exception(
-                    "unexpected error on %s/%d@%d; sent to the dead-letter topic",
+            await _handle(ctx, message, requests_topic)
+
+
+async def _handle(ctx: StockAgentContext, message: Any, requests_topic: str) -> None:
+    """Process one message; bad input is dead-lettered, anything else retried first."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            if message.topic == requests_topic:
+                await _on_request(ctx, message)
+            else:
+                await _on_command(ctx, message)
+        except InvalidMessageError as exc:
+            await _dead_letter(ctx, message, exc.reason)
+            return
+        except Exception as exc:
+            # Not the message's fault (as far as we can tell): retry with backoff, since
+            # dead-lettering a valid order would leave it undecided.
+            if attempt < _ATTEMPTS:
+                log.warning(
+                    "attempt %d failed on %s/%d@%d (%r); retrying",
+                    attempt,
                     message.topic,
                     message.partition,
                     message.offset,
+                    exc,
                 )
-                await _dead_letter(ctx, message, f"internal error: {exc!r}")
+                await asyncio.sleep(_BACKOFF_S * 2 ** (attempt - 1))
+                continue
+            # Still failing: a bug, not a blip. Park the message with the reason rather
+            # than stop the partition; it can be re-published from the dead-letter topic.
+            log.exception(
+                "giving up on %s/%d@%d after %d attempts; sent to the dead-letter topic",
+                message.topic,
+                message.partition,
+                message.offset,
+                attempt,
+            )
+            await _dead_letter(ctx, message, f"internal error: {exc!r}")
+        return
 
 
 async def _on_request(ctx: StockAgentContext, message: Any) -> None:
@@ -227,7 +254,7 @@ async def _dead_letter(ctx: StockAgentContext, message: Any, reason: str) -> Non
     source = f"{message.topic}/{message.partition}/{message.offset}"
     await ctx.dead_letters[message.topic].send(
         key=message.key,
-        value=message.value if message.value is not None else b"",
+        value=message.value,  # the original bytes, untouched (None stays a null value)
         headers=[(DLQ_REASON_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source.encode())],
     )
     ctx.metrics.dead_letters.labels(message.topic).inc()

@@ -133,7 +133,7 @@ class SinkRunner:
         await self._producer.send_and_wait(
             record.topic + DLQ_SUFFIX,
             key=record.key,
-            value=record.value or b"",
+            value=record.value,
             headers=[(DLQ_REASON_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source.encode())],
         )
         self._metrics.dead_letters.labels(record.topic).inc()

@@ -1,0 +1,113 @@
+"""Malformed messages go to the dead-letter topic with a reason; the worker carries on."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from orderstream.topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER
+from tests.integration.invariants import assert_invariants
+from tests.integration.pipeline import Pipeline, request_json
+
+pytestmark = pytest.mark.integration
+
+PRODUCT = "sku-bad"
+
+MALFORMED: list[tuple[bytes | None, str]] = [
+    (b"this is not json", "Invalid JSON"),
+    (b"", "Invalid JSON"),
+    (b"\xff\xfe\x00garbage", "Invalid JSON"),
+    (b"[1, 2, 3]", "should be an object"),
+    (b'{"order_id": "x1", "user_id": "u", "product_id": "sku-bad"}', "quantity: Field required"),
+    (b'{"order_id": "x2", "user_id": "u", "product_id": "sku-bad", "quantity": "2"}', "quantity"),
+    (b'{"order_id": "x3", "user_id": "u", "product_id": "sku-bad", "quantity": 0}', "quantity"),
+    (b'{"order_id": "x4", "user_id": "u", "product_id": "sku-bad", "quantity": -3}', "quantity"),
+    (b'{"order_id": 5, "user_id": "u", "product_id": "sku-bad", "quantity": 1}', "order_id"),
+    (b'{"user_id": "u", "product_id": "sku-bad", "quantity": 1}', "order_id: Field required"),
+    (None, "no value"),
+]
+
+
+async def test_malformed_messages_are_dead_lettered_and_valid_ones_decided(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.start()
+    await pipeline.set_stock(PRODUCT, 30)
+    await pipeline.wait_for_stock(PRODUCT, 30)
+
+    valid = {f"good-{i}": request_json(f"good-{i}", f"user-{i}", PRODUCT) for i in range(40)}
+    good = iter(valid.values())
+    mixed: list[tuple[bytes | None, bytes | None]] = []
+    for raw, _ in MALFORMED:  # interleaved: bad, good, good, good, bad, ...
+        mixed += [(b"sku-bad", raw)] + [(b"sku-bad", next(good)) for _ in range(3)]
+    mixed += [(b"sku-bad", value) for value in good]
+    await pipeline.publish(mixed)
+
+    await pipeline.wait_for_orders(len(valid))
+    assert pipeline.alive(), pipeline.logs()
+
+    dead = await pipeline.read_topic("order-requests-dlq")
+    assert len(dead) == len(MALFORMED)
+    by_value = {record.value: dict(record.headers) for record in dead}
+    for raw, fragment in MALFORMED:
+        headers = by_value[raw]
+        assert fragment in headers[DLQ_REASON_HEADER].decode()
+        assert headers[DLQ_SOURCE_HEADER].decode().startswith(pipeline.topic("order-requests"))
+
+    # 30 units for 40 valid orders; the malformed ones sold nothing.
+    await assert_invariants(pipeline, {PRODUCT: 30}, set(valid))
+    counts = await pipeline.query("SELECT status, count(*) AS n FROM orders GROUP BY 1 ORDER BY 1")
+    assert counts == [{"status": "REJECTED", "n": 10}, {"status": "RESERVED", "n": 30}]
+
+    # The worker still decides after all that, and its metrics counted the dead letters.
+    await pipeline.publish([(b"sku-bad", request_json("late", "u", PRODUCT))])
+    await pipeline.wait_for_orders(len(valid) + 1)
+    url = f"http://127.0.0.1:{pipeline.settings.http_port}/metrics"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        text = await response.text()
+    line = next(
+        line for line in text.splitlines() if line.startswith("orderstream_dead_letters_total")
+    )
+    assert float(line.rsplit(" ", 1)[1]) == len(MALFORMED)
+
+
+async def test_bad_http_requests_get_json_reasons(pipeline: Pipeline) -> None:
+    pipeline.start()
+    base = f"http://127.0.0.1:{pipeline.settings.http_port}"
+
+    async def ready() -> bool:
+        try:
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as response:
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await pipeline.wait_for("the status service to be ready", ready, timeout=60)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/orders", data=b"{nope") as response:
+            assert response.status == 400
+            assert (await response.json())["error"] == "body is not JSON"
+        body = {"order_id": "h1", "user_id": "u", "product_id": PRODUCT, "quantity": 0}
+        async with http.post(f"{base}/orders", json=body) as response:
+            assert response.status == 422
+            details = (await response.json())["details"]
+            assert details[0]["loc"] == ["quantity"]
+        async with http.get(f"{base}/users/u/orders?limit=abc") as response:
+            assert response.status == 400
+            assert "limit" in (await response.json())["error"]
+        async with http.get(f"{base}/no/such/route") as response:
+            assert response.status == 404
+            assert "error" in await response.json()
+        # A valid request through the HTTP intake is decided like any other.
+        await pipeline.set_stock(PRODUCT, 1)
+        await pipeline.wait_for_stock(PRODUCT, 1)
+        body["quantity"] = 1
+        async with http.post(f"{base}/orders", json=body) as response:
+            assert response.status == 202
+            assert (await response.json())["status_url"] == "/orders/h1"
+        await pipeline.wait_for_orders(1)
+        async with http.get(f"{base}/orders/h1") as response:
+            assert (await response.json())["status"] == "RESERVED"
+    assert json.loads(json.dumps(body))  # the body we sent was plain JSON
