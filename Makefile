@@ -1,0 +1,59 @@
+# orderstream: every command the README mentions. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install stack-up stack-down run test test-unit test-integration lint compose-check bench bench-quick clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install orderstream with its pinned dev tools
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $(STAMP)
+
+stack-up: install ## start Kafka (KRaft) and PostgreSQL locally, create topics, migrate
+	bash scripts/stack.sh up
+	$(BIN)/orderstream topics create
+	$(BIN)/orderstream db migrate
+	@echo "--- effective settings (override with ORDERSTREAM_* variables):"
+	@$(BIN)/orderstream settings
+
+stack-down: ## stop the local Kafka and PostgreSQL (data kept under .stack/)
+	bash scripts/stack.sh down
+
+run: stack-up ## install, start the stack, run worker + sink + status service on :8080
+	$(BIN)/orderstream run
+
+test: stack-up lint ## lint, unit tests, integration tests on the real stack
+	ORDERSTREAM_REQUIRE_STACK=1 $(BIN)/pytest
+
+test-unit: install ## unit tests only (no stack needed)
+	$(BIN)/pytest tests/unit
+
+test-integration: stack-up ## integration tests only
+	ORDERSTREAM_REQUIRE_STACK=1 $(BIN)/pytest tests/integration
+
+lint: install ## ruff check, ruff format --check, mypy --strict on src/
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+compose-check: ## validate docker-compose.yml (needs Debian's docker-compose)
+	docker-compose config -q
+
+bench: stack-up ## full benchmark: orderstream vs row lock vs Redis Lua (long)
+	$(BIN)/python -m bench.run
+
+bench-quick: stack-up ## the same benchmark with small counts (about two minutes)
+	$(BIN)/python -m bench.run --quick
+
+clean: ## remove caches and the worker's local table cache (not the stack)
+	rm -rf .orderstream-data .pytest_cache .mypy_cache .ruff_cache
