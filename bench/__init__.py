@@ -1,0 +1,1 @@
+"""Benchmark: orderstream against the classic designs it replaces."""
