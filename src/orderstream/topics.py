@@ -55,6 +55,18 @@ class StockCommand(Message):
     quantity: int = Field(ge=0, strict=True)
 
 
+class StockChange(Message):
+    """A product's stock after a change, on ``stock-changes``; ``version`` grows per product."""
+
+    product_id: Id
+    available: int = Field(ge=0)
+    reserved: int = Field(ge=0)
+    sold: int = Field(ge=0)
+    total_in: int = Field(ge=0)
+    version: int = Field(ge=0)
+    changed_at_ms: int
+
+
 class OrderEvent(Message):
     """One transition of an order, on ``order-events``; ``seq`` grows per order."""
 
@@ -69,18 +81,8 @@ class OrderEvent(Message):
     # Kafka timestamp (ms) of the request that this decision answers: latency is measured from it.
     requested_at_ms: int
     decided_at_ms: int
-
-
-class StockChange(Message):
-    """A product's stock after a change, on ``stock-changes``; ``version`` grows per product."""
-
-    product_id: Id
-    available: int = Field(ge=0)
-    reserved: int = Field(ge=0)
-    sold: int = Field(ge=0)
-    total_in: int = Field(ge=0)
-    version: int = Field(ge=0)
-    changed_at_ms: int
+    # The product's stock right after this decision, when the decision changed it.
+    stock: StockChange | None = None
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,11 @@ Every setting that differs from Faust's default is chosen here, with the reason 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 from pathlib import Path
+from typing import Any, cast
 
 import faust
 from faust.types import TableT
@@ -73,17 +75,45 @@ def build_worker_app(settings: Settings, metrics: WorkerMetrics) -> faust.App:
         requests=requests,
         commands=commands,
         source=_raw_topic(app, requests.get_topic_name(), commands.get_topic_name()),
-        order_events=_raw_topic(app, settings.topic(ORDER_EVENTS)),
-        stock_changes=_raw_topic(app, settings.topic(STOCK_CHANGES)),
+        order_events=settings.topic(ORDER_EVENTS),
+        stock_changes=settings.topic(STOCK_CHANGES),
         dead_letters={
             topic.get_topic_name(): _raw_topic(app, topic.get_topic_name() + DLQ_SUFFIX)
             for topic in (requests, commands)
         },
         stock=_raw_table(app, STOCK_TABLE, settings.partitions),
         holds=_raw_table(app, HOLDS_TABLE, settings.partitions),
+        emit=ProducerEmit(app),
     )
     register_stock_agent(app, context)
     return app
+
+
+class ProducerEmit:
+    """Send outputs straight to the app's Kafka producer.
+
+    Faust's ``Topic.send`` wraps every record in futures, sensors and callbacks; the
+    transport producer under it only appends to a batch. At-least-once still holds:
+    Faust flushes this same producer before it commits any offset.
+    """
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._crashing: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, topic: str, key: bytes, value: bytes) -> None:
+        sent = await self._app.producer.send(topic, key, value, None, None, None)
+        cast(asyncio.Future[Any], sent).add_done_callback(self._check_delivery)
+
+    def _check_delivery(self, sent: asyncio.Future[Any]) -> None:
+        error = None if sent.cancelled() else sent.exception()
+        if error is None:
+            return
+        # The producer gave up after its retries: this record is lost unless the worker
+        # stops before committing past it, so crash and let a restart redeliver.
+        log.critical("could not deliver an output record: %r; stopping", error)
+        task = asyncio.ensure_future(self._app.crash(error))
+        self._crashing.add(task)
 
 
 def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:

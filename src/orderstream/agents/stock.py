@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.types import TableT
@@ -46,6 +46,12 @@ _ATTEMPTS = 5
 _BACKOFF_S = 0.2
 
 
+class Emit(Protocol):
+    """Send a record to a topic; delivery is awaited by the commit, not by the caller."""
+
+    async def __call__(self, topic: str, key: bytes, value: bytes) -> None: ...
+
+
 @dataclass(frozen=True)
 class StockAgentContext:
     """What the stock agent works with: settings, metrics, topics and tables."""
@@ -55,11 +61,12 @@ class StockAgentContext:
     requests: faust.TopicT
     commands: faust.TopicT
     source: faust.TopicT  # both of the above, consumed by one agent
-    order_events: faust.TopicT
-    stock_changes: faust.TopicT
+    order_events: str  # topic names: outputs go straight to the producer (see emit)
+    stock_changes: str
     dead_letters: Mapping[str, faust.TopicT]  # source topic name -> its DLQ
     stock: TableT[bytes, bytes]  # product id -> StockLevel JSON
     holds: TableT[bytes, bytes]  # hold_key(order, product) -> Hold JSON
+    emit: Emit  # send an output record; flushed before every offset commit
 
 
 def register_stock_agent(app: faust.App, ctx: StockAgentContext) -> None:
@@ -118,6 +125,7 @@ async def _on_request(ctx: StockAgentContext, message: Any) -> None:
         return
     key = hold_key(request.order_id, request.product_id)
     recorded = ctx.holds.get(key)
+    stock: StockChange | None = None
     if recorded is not None:
         hold = Hold.model_validate_json(recorded)
         ctx.metrics.duplicates.inc()
@@ -129,12 +137,15 @@ async def _on_request(ctx: StockAgentContext, message: Any) -> None:
             message.offset,
         )
     else:
-        hold = _decide(ctx, request, requested_at_ms=int(message.timestamp * 1000))
+        hold, stock = _decide(ctx, request, requested_at_ms=int(message.timestamp * 1000))
         ctx.holds[key] = hold.model_dump_json().encode()
-    await _send_decision(ctx, hold)
+    await _send_decision(ctx, hold, stock)
 
 
-def _decide(ctx: StockAgentContext, request: OrderRequest, requested_at_ms: int) -> Hold:
+def _decide(
+    ctx: StockAgentContext, request: OrderRequest, requested_at_ms: int
+) -> tuple[Hold, StockChange | None]:
+    """Decide a new line; write the stock table when it changes; return hold and snapshot."""
     product_key = request.product_id.encode()
     raw_level = ctx.stock.get(product_key)
     level = StockLevel.model_validate_json(raw_level) if raw_level is not None else None
@@ -143,14 +154,15 @@ def _decide(ctx: StockAgentContext, request: OrderRequest, requested_at_ms: int)
     )
     decision, new_level = reserve_line(level, line, ctx.settings.max_line_quantity)
     now_ms = int(time.time() * 1000)
+    stock = None
     if new_level is not None:
         ctx.stock[product_key] = new_level.model_dump_json().encode()
-        _send_stock_change(ctx, request.product_id, new_level, now_ms)
+        stock = _stock_change(request.product_id, new_level, now_ms)
     ctx.metrics.decisions.labels(
         decision.status.value.lower(), decision.reason.value if decision.reason else ""
     ).inc()
     ctx.metrics.decision_latency.observe(max(0.0, now_ms - requested_at_ms) / 1000)
-    return Hold(
+    hold = Hold(
         order_id=request.order_id,
         user_id=request.user_id,
         product_id=request.product_id,
@@ -161,11 +173,13 @@ def _decide(ctx: StockAgentContext, request: OrderRequest, requested_at_ms: int)
         requested_at_ms=requested_at_ms,
         decided_at_ms=now_ms,
     )
+    return hold, stock
 
 
-async def _send_decision(ctx: StockAgentContext, hold: Hold) -> None:
+async def _send_decision(ctx: StockAgentContext, hold: Hold, stock: StockChange | None) -> None:
     # A single-line order is decided in one hop: its first and only stock decision is
-    # the order's transition number 1.
+    # the order's transition number 1. The stock snapshot rides along on the same
+    # message (one send per decision, not two); a re-sent duplicate carries none.
     event = OrderEvent(
         order_id=hold.order_id,
         seq=1,
@@ -177,8 +191,9 @@ async def _send_decision(ctx: StockAgentContext, hold: Hold) -> None:
         quantity=hold.quantity,
         requested_at_ms=hold.requested_at_ms,
         decided_at_ms=hold.decided_at_ms,
+        stock=stock,
     )
-    await ctx.order_events.send(key=hold.order_id.encode(), value=event.model_dump_json())
+    await ctx.emit(ctx.order_events, hold.order_id.encode(), event.model_dump_json().encode())
 
 
 async def _on_command(ctx: StockAgentContext, message: Any) -> None:
@@ -209,13 +224,14 @@ async def _on_command(ctx: StockAgentContext, message: Any) -> None:
         message.offset,
         new_level.available,
     )
-    _send_stock_change(ctx, command.product_id, new_level, int(time.time() * 1000))
+    change = _stock_change(command.product_id, new_level, int(time.time() * 1000))
+    await ctx.emit(
+        ctx.stock_changes, command.product_id.encode(), change.model_dump_json().encode()
+    )
 
 
-def _send_stock_change(
-    ctx: StockAgentContext, product_id: str, level: StockLevel, now_ms: int
-) -> None:
-    change = StockChange(
+def _stock_change(product_id: str, level: StockLevel, now_ms: int) -> StockChange:
+    return StockChange(
         product_id=product_id,
         available=level.available,
         reserved=level.reserved,
@@ -224,7 +240,6 @@ def _send_stock_change(
         version=level.version,
         changed_at_ms=now_ms,
     )
-    ctx.stock_changes.send_soon(key=product_id.encode(), value=change.model_dump_json())
 
 
 async def _forwarded(

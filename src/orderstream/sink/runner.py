@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -92,8 +93,8 @@ class SinkRunner:
                 await self._dead_letter(record, exc.reason)
         if batch:
             await self._write_with_retry(batch)
-            self._metrics.records.labels(self._events_topic).inc(len(batch.order_events))
-            self._metrics.records.labels(self._stock_topic).inc(len(batch.stock_changes))
+            for topic, count in Counter(record.topic for record in records).items():
+                self._metrics.records.labels(topic).inc(count)
         try:
             await self._consumer.commit()
         except CommitFailedError:
@@ -105,6 +106,8 @@ class SinkRunner:
         if record.topic == self._events_topic:
             event = decode(OrderEvent, record.value)
             batch.order_events.append(LocatedEvent(event, record.partition, record.offset))
+            if event.stock is not None:
+                batch.stock_changes.append(event.stock)
         else:
             batch.stock_changes.append(decode(StockChange, record.value))
 
