@@ -14,6 +14,7 @@ from typing import Any, cast
 import faust
 from faust.types import TableT
 
+from orderstream.agents import store
 from orderstream.agents.stock import StockAgentContext, register_stock_agent
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
@@ -38,7 +39,8 @@ def build_worker_app(settings: Settings, metrics: WorkerMetrics) -> faust.App:
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         datadir=str(settings.data_dir),
-        store="rocksdb://",
+        # RocksDB through rocksdict, as a cache without a write-ahead log (see store.py).
+        store=store.register(),
         # exactly_once has open bugs that lose or double table updates after a crash;
         # at-least-once plus idempotent effects (holds, versions, seqs) is what we rely on.
         processing_guarantee="at_least_once",
