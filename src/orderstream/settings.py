@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # Worker tuning (see agents/app.py for why each value).
     commit_interval_s: float = Field(default=0.5, gt=0)
     session_timeout_s: float = Field(default=10.0, ge=6)
-    producer_linger_ms: int = Field(default=2, ge=0)
+    producer_linger_ms: int = Field(default=10, ge=0)
 
     # Sink batching: up to this many records, or whatever arrived within the wait.
     sink_batch_max: int = Field(default=2000, ge=1)

@@ -56,8 +56,11 @@ def build_worker_app(settings: Settings, metrics: WorkerMetrics) -> faust.App:
         # minute. 10 s with 1 s heartbeats fails over fast without flapping on GC pauses.
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 5),
-        # A little linger lets the producer batch the decision, changelog and stock
-        # change of many requests into few requests to the broker.
+        # A little linger lets the producer batch the decisions and changelog records of
+        # many requests into few produce requests. Measured on the hot workload (30k
+        # requests, 2 runs each): 2 ms gave 1,263 and 1,030 decisions/s, 10 ms gave
+        # 1,447 and 1,232, and a lower latency at half that rate (socket writes were
+        # the largest single cost in the worker's profile).
         producer_linger=settings.producer_linger_ms / 1000,
         producer_acks=-1,  # a decision is durable on every in-sync replica before commit
         # One replica per partition is enough on a single worker; standbys double the
