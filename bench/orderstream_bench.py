@@ -25,13 +25,14 @@ from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.batch_writer import CHANGELOG
 from bench.result import Result, summarize
 from bench.workload import Request, Workload
 from orderstream.admin import all_topic_specs, create_topics
 from orderstream.db import connection_kwargs
-from orderstream.producer import publish_stock_command
+from orderstream.producer import publish_stock_commands
 from orderstream.settings import Settings
 from orderstream.sink import migrate
 from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS
@@ -49,10 +50,11 @@ class Deployment:
 
     settings: Settings
     workdir: Path
+    engine: str = "faust"  # or "batch": the prototype in bench/batch_writer.py
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @classmethod
-    async def create(cls, base: Settings, workdir: Path) -> Deployment:
+    async def create(cls, base: Settings, workdir: Path, engine: str = "faust") -> Deployment:
         run_id = f"b{uuid.uuid4().hex[:8]}"
         settings = base.model_copy(
             update={
@@ -65,8 +67,10 @@ class Deployment:
             }
         )
         await create_topics(settings)
+        if engine == "batch":
+            await _create_batch_changelog(settings)
         await migrate(settings)
-        return cls(settings, workdir)
+        return cls(settings, workdir, engine)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERSTREAM_")}
@@ -79,10 +83,12 @@ class Deployment:
     def start(self, role: str) -> None:
         out = (self.workdir / f"{self.settings.app_id}-{role}.log").open("wb")
         command = [sys.executable, "-m", "orderstream", role]
+        if role == "worker" and self.engine == "batch":
+            command = [sys.executable, "-m", "bench.batch_writer"]
         profile = os.environ.get("BENCH_PROFILE_WORKER")
         if profile and role == "worker":
-            # py-spy samples the worker without slowing it much; the SVG is the profile.
-            command = ["py-spy", "record", "-o", profile, "-r", "200", "--", *command]
+            # cProfile writes its stats when the worker exits on SIGTERM (at the end).
+            command = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "orderstream", role]
         self.processes[role] = subprocess.Popen(
             command,
             env=self.env(),
@@ -112,7 +118,10 @@ class Deployment:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
         await admin.start()
         try:
-            await admin.delete_topics([spec.name for spec in all_topic_specs(self.settings)])
+            names = [spec.name for spec in all_topic_specs(self.settings)]
+            if self.engine == "batch":
+                names.append(_batch_changelog(self.settings))
+            await admin.delete_topics(names)
         finally:
             await admin.close()
         async with await psycopg.AsyncConnection.connect(
@@ -140,6 +149,25 @@ class Deployment:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
             await asyncio.sleep(0.1)
+
+
+def _batch_changelog(settings: Settings) -> str:
+    return f"{settings.app_id}-{CHANGELOG}"
+
+
+async def _create_batch_changelog(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        topic = NewTopic(
+            _batch_changelog(settings),
+            settings.partitions,
+            settings.replication_factor,
+            topic_configs={"cleanup.policy": "compact"},
+        )
+        await admin.create_topics([topic])
+    finally:
+        await admin.close()
 
 
 class DecisionWatcher:
@@ -180,8 +208,8 @@ class DecisionWatcher:
 
 
 async def set_stock(deployment: Deployment, stock: dict[str, int]) -> None:
-    for product_id, quantity in stock.items():
-        await publish_stock_command(deployment.settings, product_id, "set", quantity)
+    commands = [(product_id, "set", quantity) for product_id, quantity in stock.items()]
+    await publish_stock_commands(deployment.settings, commands)
     await deployment.wait_until(
         "stock to reach PostgreSQL",
         lambda: _count_equals(deployment, "SELECT count(*) FROM product_stock", len(stock)),
@@ -300,10 +328,11 @@ async def run_orderstream(
     workdir: Path,
     latency_requests: int,
     latency_rate: float | None = None,
+    engine: str = "faust",
 ) -> Result:
     """Measure orderstream on ``workload``: throughput, latency at half of it, PG lag."""
     workdir.mkdir(parents=True, exist_ok=True)
-    deployment = await Deployment.create(base, workdir)
+    deployment = await Deployment.create(base, workdir, engine)
     watcher = DecisionWatcher(deployment.settings)
     try:
         deployment.start("worker")
@@ -344,7 +373,7 @@ async def run_orderstream(
         await deployment.stop()
 
     result = summarize(
-        "orderstream",
+        "orderstream" if engine == "faust" else "batch-writer-prototype",
         workload.name,
         latencies,
         elapsed_s=len(workload.requests) / throughput,

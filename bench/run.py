@@ -33,7 +33,8 @@ from orderstream.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 ORDERSTREAM = "orderstream"
-SYSTEMS = (ORDERSTREAM, baseline_pg.SYSTEM, baseline_redis.SYSTEM)
+PROTOTYPE = "batch-writer-prototype"  # bench/batch_writer.py: the design, without Faust
+SYSTEMS = (ORDERSTREAM, PROTOTYPE, baseline_pg.SYSTEM, baseline_redis.SYSTEM)
 BASELINE = baseline_pg.SYSTEM  # ratios are to the classic row-lock design
 
 # (requests, stock of the hot product | number of products), latency-phase requests
@@ -62,12 +63,13 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
         print(f"== {workload.name}: {len(workload.requests)} requests", file=sys.stderr)
         for system in args.system:
             started = time.monotonic()
-            if system == ORDERSTREAM:
+            if system in (ORDERSTREAM, PROTOTYPE):
                 result = await run_orderstream(
                     workload,
                     settings,
                     REPO / ".stack" / "bench",
                     latency_requests=SIZES[size]["latency"],
+                    engine="faust" if system == ORDERSTREAM else "batch",
                 )
             elif system == baseline_pg.SYSTEM:
                 result = await run_pg_rowlock(workload, database_url, args.clients)
