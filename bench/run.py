@@ -117,9 +117,12 @@ def main() -> int:
     )
     parser.add_argument("--clients", type=int, default=32, help="baseline connections")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:56379/0")
-    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--output", type=Path, help="default: results/latest.json (quick.json)")
     args = parser.parse_args()
 
+    if args.output is None:
+        # A quick run never overwrites the full results that the README shows.
+        args.output = RESULTS / ("quick.json" if args.quick else "latest.json")
     if baseline_redis.SYSTEM in args.system:
         subprocess.run(["bash", str(REPO / "scripts" / "redis.sh"), "up"], check=True)
     results = uvloop.run(run_all(args))
