@@ -45,7 +45,6 @@ from orderstream.topics import (
     ORDER_REQUESTS,
     STOCK_CHANGES,
     STOCK_COMMANDS,
-    OrderEvent,
     OrderRequest,
     StockChange,
     StockCommand,
@@ -148,15 +147,7 @@ class BatchWriter:
                         tp.partition, b"s" + product_id.encode(), level.model_dump_json().encode()
                     )
                 )
-                change = StockChange(
-                    product_id=product_id,
-                    available=level.available,
-                    reserved=level.reserved,
-                    sold=level.sold,
-                    total_in=level.total_in,
-                    version=level.version,
-                    changed_at_ms=now_ms,
-                )
+                change = StockChange.of(product_id, level, now_ms)
                 sends.append(
                     await self.producer.send(
                         self.settings.topic(STOCK_CHANGES),
@@ -218,18 +209,7 @@ class BatchWriter:
             encoded = hold.model_dump_json().encode()
             self.holds[key] = encoded
             sends.append(await self._send_changelog(tp.partition, b"h" + key, encoded))
-        event = OrderEvent(
-            order_id=hold.order_id,
-            seq=1,
-            status=hold.status,
-            reason=hold.reason,
-            detail=hold.detail,
-            user_id=hold.user_id,
-            product_id=hold.product_id,
-            quantity=hold.quantity,
-            requested_at_ms=hold.requested_at_ms,
-            decided_at_ms=hold.decided_at_ms,
-        )
+        event = hold.decision_event()
         sends.append(
             await self.producer.send(
                 self.settings.topic(ORDER_EVENTS),

@@ -16,7 +16,7 @@ import time
 
 from orderstream.domain import LineRequest, StockLevel, reserve_line
 from orderstream.tables import Hold, hold_key
-from orderstream.topics import OrderEvent, OrderRequest, StockChange, decode
+from orderstream.topics import OrderRequest, StockChange, decode
 
 
 def run(requests: int) -> float:
@@ -47,15 +47,7 @@ def run(requests: int) -> float:
         snapshot = None
         if new_level is not None:
             stock[request.product_id.encode()] = new_level.model_dump_json().encode()
-            snapshot = StockChange(
-                product_id=request.product_id,
-                available=new_level.available,
-                reserved=new_level.reserved,
-                sold=new_level.sold,
-                total_in=new_level.total_in,
-                version=new_level.version,
-                changed_at_ms=now_ms,
-            )
+            snapshot = StockChange.of(request.product_id, new_level, now_ms)
         hold = Hold(
             order_id=request.order_id,
             user_id=request.user_id,
@@ -67,18 +59,7 @@ def run(requests: int) -> float:
             decided_at_ms=now_ms,
         )
         holds[key] = hold.model_dump_json().encode()
-        OrderEvent(
-            order_id=hold.order_id,
-            seq=1,
-            status=hold.status,
-            reason=hold.reason,
-            user_id=hold.user_id,
-            product_id=hold.product_id,
-            quantity=hold.quantity,
-            requested_at_ms=now_ms,
-            decided_at_ms=now_ms,
-            stock=snapshot,
-        ).model_dump_json().encode()
+        hold.decision_event(snapshot).model_dump_json().encode()
     return requests / (time.perf_counter() - started)
 
 

@@ -74,11 +74,7 @@ class Deployment:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERSTREAM_")}
-        for line in self.settings.as_env_lines():
-            name, _, value = line.partition("=")
-            env[name] = value
-        env["ORDERSTREAM_DATABASE_URL"] = self.settings.database_url.get_secret_value()
-        return env
+        return env | self.settings.to_env()
 
     def start(self, role: str) -> None:
         out = (self.workdir / f"{self.settings.app_id}-{role}.log").open("wb")

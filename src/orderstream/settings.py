@@ -56,12 +56,18 @@ class Settings(BaseSettings):
 
     def as_env_lines(self) -> list[str]:
         """Return the effective settings as ``ORDERSTREAM_NAME=value`` lines, secrets masked."""
-        lines = []
+        return [f"{name}={value}" for name, value in self.to_env(mask_secrets=True).items()]
+
+    def to_env(self, mask_secrets: bool = False) -> dict[str, str]:
+        """Return the settings as the environment variables that would reproduce them."""
+        env = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            shown = _mask_url(value.get_secret_value()) if isinstance(value, SecretStr) else value
-            lines.append(f"ORDERSTREAM_{name.upper()}={shown}")
-        return lines
+            if isinstance(value, SecretStr):
+                secret = value.get_secret_value()
+                value = _mask_url(secret) if mask_secrets else secret
+            env[f"ORDERSTREAM_{name.upper()}"] = str(value)
+        return env
 
 
 def _mask_url(url: str) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orderstream.domain import OrderStatus, RejectReason, StockLevel
 from orderstream.settings import Settings
-from orderstream.topics import TopicSpec
+from orderstream.topics import OrderEvent, StockChange, TopicSpec
 
 STOCK_TABLE = "stock"  # key: product id -> StockLevel
 HOLDS_TABLE = "holds"  # key: hold_key(order id, product id) -> Hold
@@ -43,6 +43,24 @@ class Hold(BaseModel):
     detail: str | None = None
     requested_at_ms: int
     decided_at_ms: int
+
+    def decision_event(self, stock: StockChange | None = None) -> OrderEvent:
+        """Return the order event that announces this decision."""
+        # A single-line order is decided in one hop: its first and only stock decision
+        # is the order's transition number 1.
+        return OrderEvent(
+            order_id=self.order_id,
+            seq=1,
+            status=self.status,
+            reason=self.reason,
+            detail=self.detail,
+            user_id=self.user_id,
+            product_id=self.product_id,
+            quantity=self.quantity,
+            requested_at_ms=self.requested_at_ms,
+            decided_at_ms=self.decided_at_ms,
+            stock=stock,
+        )
 
 
 def hold_key(order_id: str, product_id: str) -> bytes:

@@ -11,7 +11,7 @@ from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orderstream.domain import OrderStatus, RejectReason, StockOperation
+from orderstream.domain import OrderStatus, RejectReason, StockLevel, StockOperation
 from orderstream.errors import InvalidMessageError
 from orderstream.settings import Settings
 
@@ -65,6 +65,19 @@ class StockChange(Message):
     total_in: int = Field(ge=0)
     version: int = Field(ge=0)
     changed_at_ms: int
+
+    @classmethod
+    def of(cls, product_id: str, level: StockLevel, changed_at_ms: int) -> StockChange:
+        """Return the snapshot of a product's stock level."""
+        return cls(
+            product_id=product_id,
+            available=level.available,
+            reserved=level.reserved,
+            sold=level.sold,
+            total_in=level.total_in,
+            version=level.version,
+            changed_at_ms=changed_at_ms,
+        )
 
 
 class OrderEvent(Message):

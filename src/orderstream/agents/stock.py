@@ -32,7 +32,6 @@ from orderstream.tables import Hold, hold_key
 from orderstream.topics import (
     DLQ_REASON_HEADER,
     DLQ_SOURCE_HEADER,
-    OrderEvent,
     OrderRequest,
     StockChange,
     StockCommand,
@@ -157,7 +156,7 @@ def _decide(
     stock = None
     if new_level is not None:
         ctx.stock[product_key] = new_level.model_dump_json().encode()
-        stock = _stock_change(request.product_id, new_level, now_ms)
+        stock = StockChange.of(request.product_id, new_level, now_ms)
     ctx.metrics.decisions.labels(
         decision.status.value.lower(), decision.reason.value if decision.reason else ""
     ).inc()
@@ -177,22 +176,9 @@ def _decide(
 
 
 async def _send_decision(ctx: StockAgentContext, hold: Hold, stock: StockChange | None) -> None:
-    # A single-line order is decided in one hop: its first and only stock decision is
-    # the order's transition number 1. The stock snapshot rides along on the same
-    # message (one send per decision, not two); a re-sent duplicate carries none.
-    event = OrderEvent(
-        order_id=hold.order_id,
-        seq=1,
-        status=hold.status,
-        reason=hold.reason,
-        detail=hold.detail,
-        user_id=hold.user_id,
-        product_id=hold.product_id,
-        quantity=hold.quantity,
-        requested_at_ms=hold.requested_at_ms,
-        decided_at_ms=hold.decided_at_ms,
-        stock=stock,
-    )
+    # The stock snapshot rides along on the decision (one send, not two); a re-sent
+    # duplicate carries none.
+    event = hold.decision_event(stock)
     await ctx.emit(ctx.order_events, hold.order_id.encode(), event.model_dump_json().encode())
 
 
@@ -224,21 +210,9 @@ async def _on_command(ctx: StockAgentContext, message: Any) -> None:
         message.offset,
         new_level.available,
     )
-    change = _stock_change(command.product_id, new_level, int(time.time() * 1000))
+    change = StockChange.of(command.product_id, new_level, int(time.time() * 1000))
     await ctx.emit(
         ctx.stock_changes, command.product_id.encode(), change.model_dump_json().encode()
-    )
-
-
-def _stock_change(product_id: str, level: StockLevel, now_ms: int) -> StockChange:
-    return StockChange(
-        product_id=product_id,
-        available=level.available,
-        reserved=level.reserved,
-        sold=level.sold,
-        total_in=level.total_in,
-        version=level.version,
-        changed_at_ms=now_ms,
     )
 
 
