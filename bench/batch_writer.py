@@ -195,17 +195,8 @@ class BatchWriter:
             if new_level is not None:
                 self.stock[request.product_id] = new_level
                 dirty.add(request.product_id)
-            hold = Hold(
-                order_id=request.order_id,
-                user_id=request.user_id,
-                product_id=request.product_id,
-                quantity=request.quantity,
-                status=decision.status,
-                reason=decision.reason,
-                detail=decision.detail,
-                requested_at_ms=record.timestamp,
-                decided_at_ms=now_ms,  # type: ignore[attr-defined]
-            )
+            requested_at_ms = record.timestamp  # type: ignore[attr-defined]
+            hold = Hold.of(request, decision, requested_at_ms, now_ms)
             encoded = hold.model_dump_json().encode()
             self.holds[key] = encoded
             sends.append(await self._send_changelog(tp.partition, b"h" + key, encoded))

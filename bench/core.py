@@ -48,16 +48,7 @@ def run(requests: int) -> float:
         if new_level is not None:
             stock[request.product_id.encode()] = new_level.model_dump_json().encode()
             snapshot = StockChange.of(request.product_id, new_level, now_ms)
-        hold = Hold(
-            order_id=request.order_id,
-            user_id=request.user_id,
-            product_id=request.product_id,
-            quantity=request.quantity,
-            status=decision.status,
-            reason=decision.reason,
-            requested_at_ms=now_ms,
-            decided_at_ms=now_ms,
-        )
+        hold = Hold.of(request, decision, now_ms, now_ms)
         holds[key] = hold.model_dump_json().encode()
         hold.decision_event(snapshot).model_dump_json().encode()
     return requests / (time.perf_counter() - started)

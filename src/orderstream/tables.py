@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orderstream.domain import OrderStatus, RejectReason, StockLevel
+from orderstream.domain import Decision, OrderStatus, RejectReason, StockLevel
 from orderstream.settings import Settings
-from orderstream.topics import OrderEvent, StockChange, TopicSpec
+from orderstream.topics import OrderEvent, OrderRequest, StockChange, TopicSpec
 
 STOCK_TABLE = "stock"  # key: product id -> StockLevel
 HOLDS_TABLE = "holds"  # key: hold_key(order id, product id) -> Hold
@@ -43,6 +43,23 @@ class Hold(BaseModel):
     detail: str | None = None
     requested_at_ms: int
     decided_at_ms: int
+
+    @classmethod
+    def of(
+        cls, request: OrderRequest, decision: Decision, requested_at_ms: int, decided_at_ms: int
+    ) -> Hold:
+        """Record ``decision`` on ``request``."""
+        return cls(
+            order_id=request.order_id,
+            user_id=request.user_id,
+            product_id=request.product_id,
+            quantity=request.quantity,
+            status=decision.status,
+            reason=decision.reason,
+            detail=decision.detail,
+            requested_at_ms=requested_at_ms,
+            decided_at_ms=decided_at_ms,
+        )
 
     def decision_event(self, stock: StockChange | None = None) -> OrderEvent:
         """Return the order event that announces this decision."""

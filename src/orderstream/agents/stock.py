@@ -161,18 +161,7 @@ def _decide(
         decision.status.value.lower(), decision.reason.value if decision.reason else ""
     ).inc()
     ctx.metrics.decision_latency.observe(max(0.0, now_ms - requested_at_ms) / 1000)
-    hold = Hold(
-        order_id=request.order_id,
-        user_id=request.user_id,
-        product_id=request.product_id,
-        quantity=request.quantity,
-        status=decision.status,
-        reason=decision.reason,
-        detail=decision.detail,
-        requested_at_ms=requested_at_ms,
-        decided_at_ms=now_ms,
-    )
-    return hold, stock
+    return Hold.of(request, decision, requested_at_ms, now_ms), stock
 
 
 async def _send_decision(ctx: StockAgentContext, hold: Hold, stock: StockChange | None) -> None:
