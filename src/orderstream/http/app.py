@@ -6,13 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from orderstream.db import make_pool
 from orderstream.http import routes
-from orderstream.http.keys import POOL, PRODUCER, REGISTRY, SETTINGS
+from orderstream.http.kafka_link import KafkaLink
+from orderstream.http.keys import KAFKA, POOL, REGISTRY, SETTINGS
 from orderstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def create_app(
         app[POOL] = pool
     else:
         app.cleanup_ctx.append(_pool_ctx)
-    app.cleanup_ctx.append(_producer_ctx)
+    app.cleanup_ctx.append(_kafka_ctx)
     routes.add_routes(app)
     return app
 
@@ -46,18 +46,11 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
-async def _producer_ctx(app: web.Application) -> AsyncIterator[None]:
-    # The HTTP intake publishes requests; it also tells /readyz whether Kafka answers.
-    producer = AIOKafkaProducer(
-        bootstrap_servers=app[SETTINGS].kafka_bootstrap, acks="all", enable_idempotence=True
-    )
-    try:
-        await producer.start()
-    except Exception:
-        log.exception("Kafka is not reachable at %s yet", app[SETTINGS].kafka_bootstrap)
-        await producer.stop()
-        yield
-        return
-    app[PRODUCER] = producer
+async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
+    # The HTTP intake publishes requests, and /readyz asks whether Kafka answers. The
+    # link connects lazily, so a service started before Kafka becomes ready without a
+    # restart once Kafka is up.
+    link = KafkaLink(app[SETTINGS].kafka_bootstrap)
+    app[KAFKA] = link
     yield
-    await producer.stop()
+    await link.close()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
+from orderstream.http.kafka_link import KafkaLink
 from orderstream.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 POOL = web.AppKey("pool", AsyncConnectionPool)
-PRODUCER = web.AppKey("producer", AIOKafkaProducer)
+KAFKA = web.AppKey("kafka", KafkaLink)

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
-from orderstream.http.keys import POOL, PRODUCER, REGISTRY, SETTINGS
+from orderstream.http.keys import KAFKA, POOL, REGISTRY, SETTINGS
 from orderstream.topics import ORDER_REQUESTS, OrderRequest
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,10 @@ async def post_order(request: web.Request) -> web.Response:
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
         raise _error(web.HTTPUnprocessableEntity, "invalid order request", details=errors) from None
-    producer = request.app.get(PRODUCER)
-    if producer is None:
-        raise _error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later")
+    try:
+        producer = await request.app[KAFKA].producer()
+    except ConnectionError:
+        raise _error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
     settings = request.app[SETTINGS]
     # Retrying with the same order_id is safe: the stock agent decides an order line once.
     await producer.send_and_wait(
@@ -190,9 +191,7 @@ async def _ping_postgres(app: web.Application) -> None:
 
 
 async def _ping_kafka(app: web.Application) -> None:
-    producer = app.get(PRODUCER)
-    if producer is None:
-        raise ConnectionError("no Kafka connection was made at start")
+    producer = await app[KAFKA].producer()
     await producer.client.fetch_all_metadata()
 
 

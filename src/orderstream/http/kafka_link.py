@@ -1,0 +1,39 @@
+"""The status service's Kafka producer, connected on first need and again after failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+log = logging.getLogger(__name__)
+
+
+class KafkaLink:
+    """Hand out a started producer; if Kafka was down, try again on the next call."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._bootstrap = bootstrap
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def producer(self) -> AIOKafkaProducer:
+        """Return a started producer, or raise ConnectionError when Kafka does not answer."""
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True
+                )
+                try:
+                    await producer.start()
+                except (KafkaError, OSError) as exc:
+                    await producer.stop()
+                    raise ConnectionError(f"Kafka at {self._bootstrap}: {exc!r}") from exc
+                self._producer = producer
+            return self._producer
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
