@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.batch_writer import CHANGELOG
-from bench.result import Result, summarize
+from bench.result import Result, percentile, summarize
 from bench.workload import Request, Workload
 from orderstream.admin import all_topic_specs, create_topics
 from orderstream.db import connection_kwargs
@@ -172,6 +172,9 @@ class DecisionWatcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.seen: dict[str, float] = {}
+        # When the worker produced each decision (the record's Kafka timestamp): latency
+        # up to here excludes the bench's own consumer, which shares the CPUs.
+        self.produced: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -196,6 +199,7 @@ class DecisionWatcher:
                     # Cheap parse: the order id is all we need, and JSON is ours.
                     order_id = json.loads(record.value)["order_id"]
                     self.seen.setdefault(order_id, now)
+                    self.produced.setdefault(order_id, record.timestamp / 1000)
 
     async def stop(self) -> None:
         if self._task:
@@ -363,6 +367,7 @@ async def run_orderstream(
         sent = await publish(deployment.settings, lat_requests, rate_per_s=rate)
         await wait_for_decisions(deployment, watcher, len(workload.requests) + latency_requests)
         latencies = [watcher.seen[order_id] - t for order_id, t in sent.items()]
+        to_record = sorted(watcher.produced[order_id] - t for order_id, t in sent.items())
         rss_end = deployment.rss_mib("worker")
     finally:
         await watcher.stop()
@@ -381,6 +386,9 @@ async def run_orderstream(
             "producer_linger_ms": base.producer_linger_ms,
             "latency_rate_per_s": round(rate),
             "latency_requests": latency_requests,
+            # Send -> the decision record's timestamp (the worker's clock, same machine).
+            "p50_ms_to_decision_record": round(percentile(to_record, 50) * 1000, 1),
+            "p99_ms_to_decision_record": round(percentile(to_record, 99) * 1000, 1),
             "pg_visible_after_last_decision_s": round(pg_visible_s, 3),
             "worker_rss_mib_start": round(rss_start, 1),
             "worker_rss_mib_end": round(rss_end, 1),
