@@ -212,11 +212,11 @@ async def set_stock(deployment: Deployment, stock: dict[str, int]) -> None:
     await publish_stock_commands(deployment.settings, commands)
     await deployment.wait_until(
         "stock to reach PostgreSQL",
-        lambda: _count_equals(deployment, "SELECT count(*) FROM product_stock", len(stock)),
+        lambda: _count_reaches(deployment, "SELECT count(*) FROM product_stock", len(stock)),
     )
 
 
-async def _count_equals(deployment: Deployment, sql: str, expected: int) -> bool:
+async def _count_reaches(deployment: Deployment, sql: str, expected: int) -> bool:
     return await deployment.scalar(sql) >= expected
 
 
@@ -349,7 +349,7 @@ async def run_orderstream(
         throughput = sustained_rate(list(watcher.seen.values()))
         await deployment.wait_until(
             "the sink to write every decision",
-            lambda: _count_equals(
+            lambda: _count_reaches(
                 deployment, "SELECT count(*) FROM orders", len(workload.requests)
             ),
         )

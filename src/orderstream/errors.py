@@ -23,9 +23,3 @@ class TopicMismatchError(OrderstreamError):
     """A topic exists with a partition count other than the configured one."""
 
     retriable = False
-
-
-class ServiceUnavailableError(OrderstreamError):
-    """Kafka or PostgreSQL did not answer; worth retrying with backoff."""
-
-    retriable = True

@@ -146,8 +146,7 @@ def _decide(
 ) -> tuple[Hold, StockChange | None]:
     """Decide a new line; write the stock table when it changes; return hold and snapshot."""
     product_key = request.product_id.encode()
-    raw_level = ctx.stock.get(product_key)
-    level = StockLevel.model_validate_json(raw_level) if raw_level is not None else None
+    level = _stock_level(ctx, product_key)
     line = LineRequest(
         product_id=request.product_id, quantity=request.quantity, line_count=request.line_count
     )
@@ -176,8 +175,7 @@ async def _on_command(ctx: StockAgentContext, message: Any) -> None:
     if await _forwarded(ctx, ctx.commands, message, command.product_id):
         return
     product_key = command.product_id.encode()
-    raw_level = ctx.stock.get(product_key)
-    level = StockLevel.model_validate_json(raw_level) if raw_level is not None else None
+    level = _stock_level(ctx, product_key)
     try:
         new_level = apply_stock_operation(
             level, command.operation, command.quantity, message.offset
@@ -203,6 +201,11 @@ async def _on_command(ctx: StockAgentContext, message: Any) -> None:
     await ctx.emit(
         ctx.stock_changes, command.product_id.encode(), change.model_dump_json().encode()
     )
+
+
+def _stock_level(ctx: StockAgentContext, product_key: bytes) -> StockLevel | None:
+    raw = ctx.stock.get(product_key)
+    return StockLevel.model_validate_json(raw) if raw is not None else None
 
 
 async def _forwarded(
