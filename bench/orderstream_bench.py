@@ -25,9 +25,8 @@ from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.batch_writer import CHANGELOG
 from bench.result import Result, percentile, summarize
 from bench.workload import Request, Workload
 from orderstream.admin import all_topic_specs, create_topics
@@ -38,6 +37,8 @@ from orderstream.sink import migrate
 from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS
 
 PROGRESS_EVERY_S = 5.0
+# The row each worker engine gets in the results.
+SYSTEM_NAMES = {"faust": "orderstream-faust", "batch": "orderstream-batch"}
 
 
 def log(message: str) -> None:
@@ -50,7 +51,7 @@ class Deployment:
 
     settings: Settings
     workdir: Path
-    engine: str = "faust"  # or "batch": the prototype in bench/batch_writer.py
+    engine: str = "faust"  # ORDERSTREAM_WORKER_ENGINE: "faust" or "batch"
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @classmethod
@@ -64,11 +65,10 @@ class Deployment:
                 "database_schema": run_id,
                 "data_dir": workdir / run_id,
                 "log_level": "WARNING",
+                "worker_engine": engine,
             }
         )
         await create_topics(settings)
-        if engine == "batch":
-            await _create_batch_changelog(settings)
         await migrate(settings)
         return cls(settings, workdir, engine)
 
@@ -79,8 +79,6 @@ class Deployment:
     def start(self, role: str) -> None:
         out = (self.workdir / f"{self.settings.app_id}-{role}.log").open("wb")
         command = [sys.executable, "-m", "orderstream", role]
-        if role == "worker" and self.engine == "batch":
-            command = [sys.executable, "-m", "bench.batch_writer"]
         profile = os.environ.get("BENCH_PROFILE_WORKER")
         if profile and role == "worker":
             # cProfile writes its stats when the worker exits on SIGTERM (at the end).
@@ -115,8 +113,6 @@ class Deployment:
         await admin.start()
         try:
             names = [spec.name for spec in all_topic_specs(self.settings)]
-            if self.engine == "batch":
-                names.append(_batch_changelog(self.settings))
             await admin.delete_topics(names)
         finally:
             await admin.close()
@@ -145,25 +141,6 @@ class Deployment:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
             await asyncio.sleep(0.1)
-
-
-def _batch_changelog(settings: Settings) -> str:
-    return f"{settings.app_id}-{CHANGELOG}"
-
-
-async def _create_batch_changelog(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        topic = NewTopic(
-            _batch_changelog(settings),
-            settings.partitions,
-            settings.replication_factor,
-            topic_configs={"cleanup.policy": "compact"},
-        )
-        await admin.create_topics([topic])
-    finally:
-        await admin.close()
 
 
 class DecisionWatcher:
@@ -374,7 +351,7 @@ async def run_orderstream(
         await deployment.stop()
 
     result = summarize(
-        "orderstream" if engine == "faust" else "batch-writer-prototype",
+        SYSTEM_NAMES[engine],
         workload.name,
         latencies,
         elapsed_s=len(workload.requests) / throughput,

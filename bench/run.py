@@ -25,16 +25,15 @@ from bench import baseline_pg, baseline_redis
 from bench.baseline_pg import run_pg_rowlock
 from bench.baseline_redis import run_redis_lua
 from bench.chart import write_chart
-from bench.orderstream_bench import run_orderstream
+from bench.orderstream_bench import SYSTEM_NAMES, run_orderstream
 from bench.result import Result, format_line
 from bench.workload import Workload, hot, spread
 from orderstream.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-ORDERSTREAM = "orderstream"
-PROTOTYPE = "batch-writer-prototype"  # bench/batch_writer.py: the design, without Faust
-SYSTEMS = (ORDERSTREAM, PROTOTYPE, baseline_pg.SYSTEM, baseline_redis.SYSTEM)
+ENGINES = {system: engine for engine, system in SYSTEM_NAMES.items()}
+SYSTEMS = (*ENGINES, baseline_pg.SYSTEM, baseline_redis.SYSTEM)
 BASELINE = baseline_pg.SYSTEM  # ratios are to the classic row-lock design
 
 # (requests, stock of the hot product | number of products), latency-phase requests
@@ -63,13 +62,13 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
         print(f"== {workload.name}: {len(workload.requests)} requests", file=sys.stderr)
         for system in args.system:
             started = time.monotonic()
-            if system in (ORDERSTREAM, PROTOTYPE):
+            if system in ENGINES:
                 result = await run_orderstream(
                     workload,
                     settings,
                     REPO / ".stack" / "bench",
                     latency_requests=SIZES[size]["latency"],
-                    engine="faust" if system == ORDERSTREAM else "batch",
+                    engine=ENGINES[system],
                 )
             elif system == baseline_pg.SYSTEM:
                 result = await run_pg_rowlock(workload, database_url, args.clients)

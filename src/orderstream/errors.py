@@ -23,3 +23,9 @@ class TopicMismatchError(OrderstreamError):
     """A topic exists with a partition count other than the configured one."""
 
     retriable = False
+
+
+class ConfigurationError(OrderstreamError):
+    """Settings that cannot work together with what the deployment already holds."""
+
+    retriable = False

@@ -18,13 +18,23 @@ HOLDS_TABLE = "holds"  # key: hold_key(order id, product id) -> Hold
 
 TABLES = (STOCK_TABLE, HOLDS_TABLE)
 
+# The batch engine keeps both in one changelog, so that one partition's records stay in
+# the order they were made: key STOCK_KEY + product id -> StockLevel JSON, HOLD_KEY +
+# hold_key(...) -> Hold JSON. A restore that reads it in order never sees a reservation
+# before the restock that allowed it.
+BATCH_CHANGELOG = "batch-changelog"
+STOCK_KEY = b"s"
+HOLD_KEY = b"h"
+
 __all__ = [
     "HOLDS_TABLE",
     "STOCK_TABLE",
     "TABLES",
     "Hold",
     "StockLevel",
+    "batch_changelog",
     "changelog_specs",
+    "faust_changelogs",
     "hold_key",
 ]
 
@@ -43,10 +53,18 @@ class Hold(BaseModel):
     detail: str | None = None
     requested_at_ms: int
     decided_at_ms: int
+    # The product's stock version after this reservation (None: the stock did not
+    # change). A restore re-applies a hold newer than the last stock snapshot it read.
+    stock_version: int | None = None
 
     @classmethod
     def of(
-        cls, request: OrderRequest, decision: Decision, requested_at_ms: int, decided_at_ms: int
+        cls,
+        request: OrderRequest,
+        decision: Decision,
+        requested_at_ms: int,
+        decided_at_ms: int,
+        stock_version: int | None = None,
     ) -> Hold:
         """Record ``decision`` on ``request``."""
         return cls(
@@ -59,6 +77,7 @@ class Hold(BaseModel):
             detail=decision.detail,
             requested_at_ms=requested_at_ms,
             decided_at_ms=decided_at_ms,
+            stock_version=stock_version,
         )
 
     def decision_event(self, stock: StockChange | None = None) -> OrderEvent:
@@ -86,17 +105,23 @@ def hold_key(order_id: str, product_id: str) -> bytes:
     return f"{len(order_id)}:{order_id}{product_id}".encode()
 
 
+def batch_changelog(settings: Settings) -> str:
+    """Return the name of the batch engine's changelog topic."""
+    return f"{settings.app_id}-{BATCH_CHANGELOG}"
+
+
+def faust_changelogs(settings: Settings) -> list[str]:
+    """Return the changelog topics of the Faust engine's tables, named as Faust names them."""
+    return [f"{settings.app_id}-{table}-changelog" for table in TABLES]
+
+
 def changelog_specs(settings: Settings) -> list[TopicSpec]:
-    """Return the changelog topic of every table, named as Faust names them.
+    """Return every changelog topic of both engines.
 
     They are created up front with the tables' partition count: a changelog that Faust
     creates lazily may be missing from the consumer's metadata at the first table write.
     """
     return [
-        TopicSpec(
-            f"{settings.app_id}-{table}-changelog",
-            settings.partitions,
-            {"cleanup.policy": "compact"},
-        )
-        for table in TABLES
+        TopicSpec(name, settings.partitions, {"cleanup.policy": "compact"})
+        for name in (*faust_changelogs(settings), batch_changelog(settings))
     ]

@@ -39,18 +39,25 @@ class Pipeline:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERSTREAM_")}
         return env | self.settings.to_env()
 
-    def start(self, command: str = "run") -> subprocess.Popen[bytes]:
-        """Start ``orderstream COMMAND`` in the background, logging to the test's folder."""
+    def start(
+        self, command: str = "run", name: str | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """Start ``orderstream COMMAND`` in the background, logging to the test's folder.
+
+        ``name`` (default: the command) tells several processes of one command apart;
+        ``env`` adds environment variables (settings) for this process only.
+        """
         self._starts += 1
-        log = (self.workdir / f"{command}-{self._starts}.log").open("wb")
+        name = name or command
+        log = (self.workdir / f"{name}-{self._starts}.log").open("wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "orderstream", command],
-            env=self.env(),
+            env=self.env() | env,
             cwd=self.workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self.processes[command] = process
+        self.processes[name] = process
         return process
 
     def kill(self, command: str = "run") -> None:

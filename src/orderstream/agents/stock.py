@@ -160,7 +160,8 @@ def _decide(
         decision.status.value.lower(), decision.reason.value if decision.reason else ""
     ).inc()
     ctx.metrics.decision_latency.observe(max(0.0, now_ms - requested_at_ms) / 1000)
-    return Hold.of(request, decision, requested_at_ms, now_ms), stock
+    version = new_level.version if new_level is not None else None
+    return Hold.of(request, decision, requested_at_ms, now_ms, version), stock
 
 
 async def _send_decision(ctx: StockAgentContext, hold: Hold, stock: StockChange | None) -> None:

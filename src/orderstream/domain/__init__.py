@@ -9,7 +9,7 @@ from orderstream.domain.models import (
     StockOperation,
 )
 from orderstream.domain.partitioning import murmur2, owner_partition
-from orderstream.domain.stock import apply_stock_operation, reserve_line
+from orderstream.domain.stock import apply_stock_operation, replay_reservation, reserve_line
 
 __all__ = [
     "Decision",
@@ -21,5 +21,6 @@ __all__ = [
     "apply_stock_operation",
     "murmur2",
     "owner_partition",
+    "replay_reservation",
     "reserve_line",
 ]

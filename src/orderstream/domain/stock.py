@@ -69,3 +69,20 @@ def apply_stock_operation(
 
 def _reject(reason: RejectReason, detail: str | None) -> tuple[Decision, None]:
     return Decision(status=OrderStatus.REJECTED, reason=reason, detail=detail), None
+
+
+def replay_reservation(level: StockLevel, quantity: int, stock_version: int) -> StockLevel:
+    """Re-apply a reservation that a recorded hold says moved the stock to ``stock_version``.
+
+    Used when restoring from a changelog whose last stock snapshot predates the hold:
+    the hold is the record of the reservation, so the stock follows it.
+    """
+    if stock_version <= level.version:
+        return level  # the snapshot already contains it
+    return level.model_copy(
+        update={
+            "available": level.available - quantity,
+            "reserved": level.reserved + quantity,
+            "version": stock_version,
+        }
+    )

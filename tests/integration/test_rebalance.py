@@ -1,0 +1,68 @@
+"""Scale out and back in mid-sale: partitions move between workers, invariants hold."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from orderstream.producer import publish_stock_command
+from tests.integration.invariants import assert_invariants
+from tests.integration.pipeline import Pipeline, request_json
+
+pytestmark = pytest.mark.integration
+
+PRODUCTS = [f"sku-{n}" for n in range(16)]  # spread over every partition
+STOCK = 40
+RESTOCK = 15
+CHUNK = 1200  # requests per phase: ~75 per product, more than any product's stock
+
+
+def requests(phase: int) -> list[tuple[str, bytes, bytes]]:
+    """Return (order id, key, value) triples for one phase, over every product."""
+    rng = random.Random(phase)
+    chosen = []
+    for i in range(CHUNK):
+        product = rng.choice(PRODUCTS)
+        order = f"p{phase}-order-{i}"
+        chosen.append((order, product.encode(), request_json(order, f"user-{i}", product)))
+    return chosen
+
+
+async def test_partitions_move_between_workers_mid_sale(pipeline: Pipeline) -> None:
+    data = pipeline.workdir / "data"
+    for worker in ("a", "b"):  # each worker its own local store
+        (data / worker).mkdir(parents=True)
+    pipeline.start("sink")
+    pipeline.start("worker", "worker-a", ORDERSTREAM_DATA_DIR=str(data / "a"))
+    for product in PRODUCTS:
+        await pipeline.set_stock(product, STOCK)
+    for product in PRODUCTS:
+        await pipeline.wait_for_stock(product, STOCK)
+    phases = [requests(n) for n in range(3)]
+    accepted: set[str] = set()
+
+    async def publish(phase: int) -> None:
+        await pipeline.publish([(key, value) for _, key, value in phases[phase]])
+        accepted.update(order for order, _, _ in phases[phase])
+
+    await publish(0)
+    await pipeline.wait_for_orders(CHUNK // 2)
+    # Scale out: a second worker joins and takes half of the partitions mid-sale.
+    pipeline.start("worker", "worker-b", ORDERSTREAM_DATA_DIR=str(data / "b"))
+    await publish(1)
+    await pipeline.wait_for_orders(CHUNK + CHUNK // 2)
+    # Scale in: the first worker leaves; the second takes its partitions over.
+    pipeline.stop("worker-a")
+    restocked = PRODUCTS[::4]
+    for product in restocked:
+        await publish_stock_command(pipeline.settings, product, "add", RESTOCK)
+    for product in restocked:
+        await pipeline.wait_for_stock(product, STOCK + RESTOCK)
+    await publish(2)
+    await pipeline.wait_for_orders(len(accepted))
+
+    stock_in = {p: STOCK + (RESTOCK if p in restocked else 0) for p in PRODUCTS}
+    levels = await pipeline.query("SELECT product_id, available FROM product_stock")
+    assert all(row["available"] == 0 for row in levels), levels  # demand exceeded stock
+    await assert_invariants(pipeline, stock_in, accepted)
