@@ -261,7 +261,7 @@ class BatchWorker(Service):
                 report.orphans[:10],
             )
         log.info(
-            "restored partitions %s in %.1f s: %d stock snapshots, %d holds, "
+            "restored partitions %s in %.1f s: stock of %d products, %d holds, "
             "%d reservations re-applied",
             partitions,
             time.monotonic() - started,

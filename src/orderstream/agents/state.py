@@ -29,7 +29,7 @@ __all__ = ["PartitionState", "RestoreReport"]
 class RestoreReport:
     """What a restore read, for the log line an operator sees."""
 
-    snapshots: int = 0
+    snapshots: int = 0  # products with a stock snapshot
     holds: int = 0
     replayed: int = 0  # reservations newer than their product's last snapshot
     orphans: list[str] = field(default_factory=list)  # holds of products with no snapshot

@@ -9,25 +9,49 @@ from psycopg_pool import AsyncConnectionPool
 from orderstream.sink.base import LocatedEvent, SinkBatch
 from orderstream.topics import StockChange
 
+# Rows are copied (COPY, one round trip per table) into session-local staging tables,
+# then merged with one INSERT ... SELECT each: at thousands of decisions per second this
+# is several times cheaper than a statement per row. Staging tables empty themselves at
+# every commit.
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS stage_orders (
+    order_id text, user_id text, status text, reason text, detail text, seq integer,
+    created_at timestamptz, updated_at timestamptz, product_id text, quantity integer
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_events (
+    order_id text, seq integer, status text, reason text, product_id text, quantity integer,
+    requested_at timestamptz, occurred_at timestamptz, kafka_partition integer,
+    kafka_offset bigint
+) ON COMMIT DELETE ROWS;
+"""
+_COPY_ORDERS = (
+    "COPY stage_orders (order_id, user_id, status, reason, detail, seq, created_at,"
+    " updated_at, product_id, quantity) FROM STDIN"
+)
+_COPY_EVENTS = (
+    "COPY stage_events (order_id, seq, status, reason, product_id, quantity, requested_at,"
+    " occurred_at, kafka_partition, kafka_offset) FROM STDIN"
+)
 # An order's row only moves forward: a replayed or late event (lower seq) changes nothing.
-_UPSERT_ORDER = """
+_MERGE_ORDERS = """
 INSERT INTO orders (order_id, user_id, status, reason, detail, seq, created_at, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+SELECT order_id, user_id, status, reason, detail, seq, created_at, updated_at
+FROM stage_orders
 ON CONFLICT (order_id) DO UPDATE
 SET status = EXCLUDED.status, reason = EXCLUDED.reason, detail = EXCLUDED.detail,
     seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at
 WHERE orders.seq < EXCLUDED.seq
 """
-_UPSERT_ITEM = """
+_MERGE_ITEMS = """
 INSERT INTO order_items (order_id, product_id, quantity, status)
-VALUES (%s, %s, %s, %s)
+SELECT order_id, product_id, quantity, status FROM stage_orders
 ON CONFLICT (order_id, product_id) DO UPDATE SET status = EXCLUDED.status
 WHERE order_items.status IS DISTINCT FROM EXCLUDED.status
 """
-_INSERT_EVENT = """
+_MERGE_EVENTS = """
 INSERT INTO order_events (order_id, seq, status, reason, product_id, quantity,
                           requested_at, occurred_at, kafka_partition, kafka_offset)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+SELECT * FROM stage_events
 ON CONFLICT (order_id, seq) DO NOTHING
 """
 _UPSERT_STOCK = """
@@ -51,12 +75,18 @@ class PostgresSink:
         latest_orders = _latest_per_order(batch.order_events)
         latest_stock = _latest_per_product(batch.stock_changes)
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            if latest_orders:
-                # Orders first: order_items references them.
-                await cur.executemany(_UPSERT_ORDER, [_order_row(e) for e in latest_orders])
-                await cur.executemany(_UPSERT_ITEM, [_item_row(e) for e in latest_orders])
             if batch.order_events:
-                await cur.executemany(_INSERT_EVENT, [_event_row(e) for e in batch.order_events])
+                await cur.execute(_STAGING)
+                async with cur.copy(_COPY_ORDERS) as copy:
+                    for located in latest_orders:
+                        await copy.write_row(_order_row(located))
+                async with cur.copy(_COPY_EVENTS) as copy:
+                    for located in batch.order_events:
+                        await copy.write_row(_event_row(located))
+                # Orders first: order_items references them.
+                await cur.execute(_MERGE_ORDERS)
+                await cur.execute(_MERGE_ITEMS)
+                await cur.execute(_MERGE_EVENTS)
             if latest_stock:
                 await cur.executemany(_UPSERT_STOCK, [_stock_row(c) for c in latest_stock])
 
@@ -90,13 +120,8 @@ def _order_row(located: LocatedEvent) -> tuple[object, ...]:
     reason = e.reason.value if e.reason else None
     return (
         e.order_id, e.user_id, e.status.value, reason, e.detail, e.seq,
-        _ts(e.requested_at_ms), _ts(e.decided_at_ms),
+        _ts(e.requested_at_ms), _ts(e.decided_at_ms), e.product_id, e.quantity,
     )  # fmt: skip
-
-
-def _item_row(located: LocatedEvent) -> tuple[object, ...]:
-    e = located.event
-    return (e.order_id, e.product_id, e.quantity, e.status.value)
 
 
 def _event_row(located: LocatedEvent) -> tuple[object, ...]:
