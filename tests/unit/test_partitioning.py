@@ -8,7 +8,7 @@ import string
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from orderstream.domain import murmur2, owner_partition
+from orderstream.domain import key_partition, murmur2, owner_partition
 
 
 def random_keys(count: int) -> list[str]:
@@ -43,3 +43,16 @@ def test_owner_partition_is_in_range_and_stable() -> None:
 def test_owner_partition_refuses_zero_partitions() -> None:
     with pytest.raises(ValueError, match="partitions"):
         owner_partition("p", 0)
+
+
+def test_key_partition_matches_aiokafkas_default_partitioner() -> None:
+    # The batch engine places keyed records itself; they must land where a plain
+    # producer.send would have put them (consumers of order-events rely on it).
+    from aiokafka.partitioner import DefaultPartitioner
+
+    partitioner = DefaultPartitioner()
+    partitions = list(range(8))
+    for key in random_keys(300):
+        raw = key.encode()
+        assert key_partition(raw, 8) == partitioner(raw, partitions, partitions)
+        assert key_partition(raw, 8) == owner_partition(key, 8)

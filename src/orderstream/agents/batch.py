@@ -32,6 +32,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
+from orderstream.agents.outbox import Outbox
 from orderstream.agents.state import PartitionState, RestoreReport
 from orderstream.domain import LineRequest, apply_stock_operation, owner_partition, reserve_line
 from orderstream.errors import InvalidMessageError
@@ -61,22 +62,12 @@ _RESTORE_PROGRESS_S = 5.0
 
 
 @dataclass
-class Output:
-    """A record to send once the batch's changelog records are acknowledged."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    partition: int | None = None
-    headers: list[tuple[str, bytes]] | None = None
-
-
-@dataclass
 class Batch:
     """What deciding one fetched batch produced."""
 
-    changelog: list[asyncio.Future[Any]] = field(default_factory=list)
-    outputs: list[Output] = field(default_factory=list)
+    changelog: Outbox  # holds and stock snapshots, by source partition
+    outputs: Outbox  # sent once the changelog records are acknowledged
+    changelog_sent: list[asyncio.Future[Any]] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read
 
 
@@ -175,13 +166,8 @@ class BatchWorker(Service):
             batch = await self._batches.get()
             try:
                 # A decision goes out only once its hold is durable (see module docstring).
-                await asyncio.gather(*batch.changelog)
-                sent = [
-                    await self._producer.send(
-                        o.topic, o.value, o.key, partition=o.partition, headers=o.headers
-                    )
-                    for o in batch.outputs
-                ]
+                await asyncio.gather(*batch.changelog_sent)
+                sent = await batch.outputs.send(self._producer)
                 self._unacked.append((sent, batch.offsets))
             finally:
                 self._batches.task_done()
@@ -271,7 +257,8 @@ class BatchWorker(Service):
         )
 
     async def _decide(self, fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> Batch:
-        batch = Batch()
+        partitions = self._settings.partitions
+        batch = Batch(changelog=Outbox(partitions), outputs=Outbox(partitions))
         for tp, records in fetched.items():
             state = self._states.get(tp.partition)
             if state is None:
@@ -281,7 +268,7 @@ class BatchWorker(Service):
             dirty: set[str] = set()  # products whose stock this batch changed
             for record in records:
                 try:
-                    await decide(batch, tp, state, record, dirty)
+                    decide(batch, tp, state, record, dirty)
                 except InvalidMessageError as exc:
                     self._dead_letter(batch, record, exc.reason)
                 except Exception as exc:
@@ -290,10 +277,11 @@ class BatchWorker(Service):
                     log.exception("internal error on %s@%d", tp, record.offset)
                     self._dead_letter(batch, record, f"internal error: {exc!r}")
             batch.offsets[tp] = records[-1].offset + 1
-            await self._snapshot_changed(batch, tp.partition, state, dirty)
+            self._snapshot_changed(batch, tp.partition, state, dirty)
+        batch.changelog_sent = await batch.changelog.send(self._producer)
         return batch
 
-    async def _on_request(
+    def _on_request(
         self,
         batch: Batch,
         tp: TopicPartition,
@@ -313,12 +301,10 @@ class BatchWorker(Service):
             hold = self._reserve(state, request, record.timestamp, dirty)
             encoded = hold.model_dump_json().encode()
             state.record_hold(key, encoded)
-            batch.changelog.append(
-                await self._send_changelog(tp.partition, HOLD_KEY + key, encoded)
-            )
+            batch.changelog.add(self._changelog, HOLD_KEY + key, encoded, tp.partition)
         event = hold.decision_event()
-        batch.outputs.append(
-            Output(self._order_events, hold.order_id.encode(), event.model_dump_json().encode())
+        batch.outputs.add(
+            self._order_events, hold.order_id.encode(), event.model_dump_json().encode()
         )
 
     def _reserve(
@@ -344,7 +330,7 @@ class BatchWorker(Service):
         self._metrics.decision_latency.observe(max(0, now_ms - requested_at_ms) / 1000)
         return Hold.of(request, decision, requested_at_ms, now_ms, version)
 
-    async def _on_command(
+    def _on_command(
         self,
         batch: Batch,
         tp: TopicPartition,
@@ -371,12 +357,11 @@ class BatchWorker(Service):
         dirty.add(command.product_id)
         # Written now, not at the end of the batch: the reservations this restock allows
         # must come after it in the changelog.
-        batch.changelog.append(
-            await self._send_changelog(
-                tp.partition,
-                STOCK_KEY + command.product_id.encode(),
-                level.model_dump_json().encode(),
-            )
+        batch.changelog.add(
+            self._changelog,
+            STOCK_KEY + command.product_id.encode(),
+            level.model_dump_json().encode(),
+            tp.partition,
         )
         self._metrics.stock_commands.labels(command.operation.value, "applied").inc()
         log.info(
@@ -389,7 +374,7 @@ class BatchWorker(Service):
             level.available,
         )
 
-    async def _snapshot_changed(
+    def _snapshot_changed(
         self, batch: Batch, partition: int, state: PartitionState, dirty: set[str]
     ) -> None:
         """Write one stock snapshot per changed product: to the changelog and the sink."""
@@ -397,21 +382,13 @@ class BatchWorker(Service):
         for product_id in dirty:
             level = state.stock[product_id]
             encoded = level.model_dump_json().encode()
-            batch.changelog.append(
-                await self._send_changelog(partition, STOCK_KEY + product_id.encode(), encoded)
+            batch.changelog.add(
+                self._changelog, STOCK_KEY + product_id.encode(), encoded, partition
             )
             change = StockChange.of(product_id, level, now_ms)
-            batch.outputs.append(
-                Output(self._stock_changes, product_id.encode(), change.model_dump_json().encode())
+            batch.outputs.add(
+                self._stock_changes, product_id.encode(), change.model_dump_json().encode()
             )
-
-    async def _send_changelog(
-        self, partition: int, key: bytes, value: bytes
-    ) -> asyncio.Future[Any]:
-        sent: asyncio.Future[Any] = await self._producer.send(
-            self._changelog, value, key, partition=partition
-        )
-        return sent
 
     def _forwarded(
         self, batch: Batch, tp: TopicPartition, record: ConsumerRecord[Any, Any], product_id: str
@@ -427,7 +404,7 @@ class BatchWorker(Service):
             tp,
             record.offset,
         )
-        batch.outputs.append(Output(tp.topic, product_id.encode(), record.value, partition=owner))
+        batch.outputs.add(tp.topic, product_id.encode(), record.value, partition=owner)
         self._metrics.forwarded.labels(tp.topic).inc()
         return True
 
@@ -436,16 +413,11 @@ class BatchWorker(Service):
             "dead letter from %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
         )
         source = f"{record.topic}/{record.partition}/{record.offset}"
-        batch.outputs.append(
-            Output(
-                record.topic + DLQ_SUFFIX,
-                record.key,
-                record.value,  # the original bytes, untouched
-                headers=[
-                    (DLQ_REASON_HEADER, reason.encode()),
-                    (DLQ_SOURCE_HEADER, source.encode()),
-                ],
-            )
+        batch.outputs.add(
+            record.topic + DLQ_SUFFIX,
+            record.key,
+            record.value,  # the original bytes, untouched
+            headers=[(DLQ_REASON_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source.encode())],
         )
         self._metrics.dead_letters.labels(record.topic).inc()
 

@@ -8,7 +8,7 @@ from orderstream.domain.models import (
     StockLevel,
     StockOperation,
 )
-from orderstream.domain.partitioning import murmur2, owner_partition
+from orderstream.domain.partitioning import key_partition, murmur2, owner_partition
 from orderstream.domain.stock import apply_stock_operation, replay_reservation, reserve_line
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "StockLevel",
     "StockOperation",
     "apply_stock_operation",
+    "key_partition",
     "murmur2",
     "owner_partition",
     "replay_reservation",

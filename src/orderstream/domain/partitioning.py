@@ -41,6 +41,11 @@ def murmur2(data: bytes) -> int:
 
 def owner_partition(key: str, partitions: int) -> int:
     """Return the partition that Kafka's default partitioner picks for ``key``."""
+    return key_partition(key.encode(), partitions)
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """Return the partition that Kafka's default partitioner picks for the key bytes."""
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
