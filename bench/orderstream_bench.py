@@ -173,8 +173,7 @@ class DecisionWatcher:
             now = time.time()
             for records in batches.values():
                 for record in records:
-                    # Cheap parse: the order id is all we need, and JSON is ours.
-                    order_id = json.loads(record.value)["order_id"]
+                    order_id = record.key.decode()  # order-events are keyed by order id
                     self.seen.setdefault(order_id, now)
                     self.produced.setdefault(order_id, record.timestamp / 1000)
 

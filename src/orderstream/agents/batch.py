@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 _QUEUE_BATCHES = 8
 _STOP_TIMEOUT_S = 30.0
 _RESTORE_PROGRESS_S = 5.0
+_OWNER_CACHE = 100_000
 
 
 @dataclass
@@ -93,6 +94,7 @@ class BatchWorker(Service):
         self._unacked: list[tuple[list[asyncio.Future[Any]], dict[TopicPartition, int]]] = []
         self._acked: dict[TopicPartition, int] = {}
         self._decision_counters: dict[tuple[str, str], Any] = {}
+        self._owners: dict[str, int] = {}  # product id -> owning partition (murmur2 is slow)
         self._producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
         self._reader: AIOKafkaConsumer
@@ -394,7 +396,13 @@ class BatchWorker(Service):
         self, batch: Batch, tp: TopicPartition, record: ConsumerRecord[Any, Any], product_id: str
     ) -> bool:
         """Forward a record that arrived on a partition not owning its product."""
-        owner = owner_partition(product_id, self._settings.partitions)
+        owner = self._owners.get(product_id)
+        if owner is None:
+            if len(self._owners) > _OWNER_CACHE:
+                self._owners.clear()  # bounded, whatever product ids arrive
+            owner = self._owners[product_id] = owner_partition(
+                product_id, self._settings.partitions
+            )
         if owner == tp.partition:
             return False
         log.info(
