@@ -18,6 +18,10 @@ CREATE TEMP TABLE IF NOT EXISTS stage_orders (
     order_id text, user_id text, status text, reason text, detail text, seq integer,
     created_at timestamptz, updated_at timestamptz, product_id text, quantity integer
 ) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_stock (
+    product_id text, available bigint, reserved bigint, sold bigint, total_in bigint,
+    version bigint, updated_at timestamptz
+) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_events (
     order_id text, seq integer, status text, reason text, product_id text, quantity integer,
     requested_at timestamptz, occurred_at timestamptz, kafka_partition integer,
@@ -54,9 +58,13 @@ INSERT INTO order_events (order_id, seq, status, reason, product_id, quantity,
 SELECT * FROM stage_events
 ON CONFLICT (order_id, seq) DO NOTHING
 """
-_UPSERT_STOCK = """
+_COPY_STOCK = (
+    "COPY stage_stock (product_id, available, reserved, sold, total_in, version, updated_at)"
+    " FROM STDIN"
+)
+_MERGE_STOCK = """
 INSERT INTO product_stock (product_id, available, reserved, sold, total_in, version, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+SELECT * FROM stage_stock
 ON CONFLICT (product_id) DO UPDATE
 SET available = EXCLUDED.available, reserved = EXCLUDED.reserved, sold = EXCLUDED.sold,
     total_in = EXCLUDED.total_in, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
@@ -75,8 +83,8 @@ class PostgresSink:
         latest_orders = _latest_per_order(batch.order_events)
         latest_stock = _latest_per_product(batch.stock_changes)
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(_STAGING)
             if batch.order_events:
-                await cur.execute(_STAGING)
                 async with cur.copy(_COPY_ORDERS) as copy:
                     for located in latest_orders:
                         await copy.write_row(_order_row(located))
@@ -88,7 +96,11 @@ class PostgresSink:
                 await cur.execute(_MERGE_ITEMS)
                 await cur.execute(_MERGE_EVENTS)
             if latest_stock:
-                await cur.executemany(_UPSERT_STOCK, [_stock_row(c) for c in latest_stock])
+                # Spread over many products, a batch carries hundreds of snapshots.
+                async with cur.copy(_COPY_STOCK) as copy:
+                    for change in latest_stock:
+                        await copy.write_row(_stock_row(change))
+                await cur.execute(_MERGE_STOCK)
 
 
 def _latest_per_order(events: list[LocatedEvent]) -> list[LocatedEvent]:
