@@ -116,6 +116,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [TopicSpec(settings.topic(name), settings.partitions, {}) for name in names]
 
 
+def dead_letter_headers(
+    topic: str, partition: int, offset: int, reason: str
+) -> list[tuple[str, bytes]]:
+    """Return the headers of a dead letter: why, and where the original record sat."""
+    source = f"{topic}/{partition}/{offset}"
+    return [(DLQ_REASON_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source.encode())]
+
+
 def decode(model: type[M], raw: bytes | None) -> M:
     """Validate raw message bytes as ``model``, or raise InvalidMessageError with the reason."""
     if raw is None:

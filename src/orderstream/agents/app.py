@@ -15,6 +15,7 @@ import faust
 from faust.types import TableT
 
 from orderstream.agents import store
+from orderstream.agents.decider import Decider
 from orderstream.agents.stock import StockAgentContext, register_stock_agent
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
@@ -98,6 +99,7 @@ def build_worker_app(settings: Settings, metrics: WorkerMetrics) -> faust.App:
         stock=_raw_table(app, STOCK_TABLE, settings.partitions),
         holds=_raw_table(app, HOLDS_TABLE, settings.partitions),
         emit=ProducerEmit(app),
+        decider=Decider(settings, metrics),
     )
     register_stock_agent(app, context)
     return app

@@ -32,16 +32,15 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
+from orderstream.agents.decider import Decider
 from orderstream.agents.outbox import Outbox
 from orderstream.agents.state import PartitionState, RestoreReport
-from orderstream.domain import LineRequest, apply_stock_operation, owner_partition, reserve_line
+from orderstream.domain import owner_partition
 from orderstream.errors import InvalidMessageError
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
 from orderstream.tables import HOLD_KEY, STOCK_KEY, Hold, batch_changelog, hold_key
 from orderstream.topics import (
-    DLQ_REASON_HEADER,
-    DLQ_SOURCE_HEADER,
     DLQ_SUFFIX,
     ORDER_EVENTS,
     ORDER_REQUESTS,
@@ -50,6 +49,7 @@ from orderstream.topics import (
     OrderRequest,
     StockChange,
     StockCommand,
+    dead_letter_headers,
     decode,
 )
 
@@ -93,7 +93,7 @@ class BatchWorker(Service):
         self._batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=_QUEUE_BATCHES)
         self._unacked: list[tuple[list[asyncio.Future[Any]], dict[TopicPartition, int]]] = []
         self._acked: dict[TopicPartition, int] = {}
-        self._decision_counters: dict[tuple[str, str], Any] = {}
+        self._decider = Decider(settings, metrics)
         self._owners: dict[str, int] = {}  # product id -> owning partition (murmur2 is slow)
         self._producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
@@ -305,7 +305,12 @@ class BatchWorker(Service):
             hold = Hold.model_validate_json(recorded)
             self._metrics.duplicates.inc()
         else:
-            hold = self._reserve(state, request, record.timestamp, dirty)
+            hold, new_level = self._decider.reserve(
+                state.stock.get(request.product_id), request, record.timestamp
+            )
+            if new_level is not None:
+                state.stock[request.product_id] = new_level
+                dirty.add(request.product_id)
             encoded = hold.model_dump_json().encode()
             state.record_hold(key, encoded)
             batch.changelog.add(self._changelog, HOLD_KEY + key, encoded, tp.partition)
@@ -313,29 +318,6 @@ class BatchWorker(Service):
         batch.outputs.add(
             self._order_events, hold.order_id.encode(), event.model_dump_json().encode()
         )
-
-    def _reserve(
-        self, state: PartitionState, request: OrderRequest, requested_at_ms: int, dirty: set[str]
-    ) -> Hold:
-        line = LineRequest(
-            product_id=request.product_id, quantity=request.quantity, line_count=request.line_count
-        )
-        decision, new_level = reserve_line(
-            state.stock.get(request.product_id), line, self._settings.max_line_quantity
-        )
-        now_ms = int(time.time() * 1000)
-        version = None
-        if new_level is not None:
-            state.stock[request.product_id] = new_level
-            dirty.add(request.product_id)
-            version = new_level.version
-        labels = (decision.status.value.lower(), decision.reason.value if decision.reason else "")
-        counter = self._decision_counters.get(labels)
-        if counter is None:
-            counter = self._decision_counters[labels] = self._metrics.decisions.labels(*labels)
-        counter.inc()
-        self._metrics.decision_latency.observe(max(0, now_ms - requested_at_ms) / 1000)
-        return Hold.of(request, decision, requested_at_ms, now_ms, version)
 
     def _on_command(
         self,
@@ -348,17 +330,10 @@ class BatchWorker(Service):
         command = decode(StockCommand, record.value)
         if self._forwarded(batch, tp, record, command.product_id):
             return
-        try:
-            level = apply_stock_operation(
-                state.stock.get(command.product_id),
-                command.operation,
-                command.quantity,
-                record.offset,
-            )
-        except ValueError as exc:
-            raise InvalidMessageError(str(exc)) from None
+        level = self._decider.apply_command(
+            state.stock.get(command.product_id), command, record.offset
+        )
         if level is None:
-            self._metrics.stock_commands.labels(command.operation.value, "already_applied").inc()
             return
         state.stock[command.product_id] = level
         dirty.add(command.product_id)
@@ -370,7 +345,6 @@ class BatchWorker(Service):
             level.model_dump_json().encode(),
             tp.partition,
         )
-        self._metrics.stock_commands.labels(command.operation.value, "applied").inc()
         log.info(
             "stock %s %s %d on %s@%d: available %d",
             command.operation.value,
@@ -425,12 +399,11 @@ class BatchWorker(Service):
         log.warning(
             "dead letter from %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
         )
-        source = f"{record.topic}/{record.partition}/{record.offset}"
         batch.outputs.add(
             record.topic + DLQ_SUFFIX,
             record.key,
             record.value,  # the original bytes, untouched
-            headers=[(DLQ_REASON_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source.encode())],
+            headers=dead_letter_headers(record.topic, record.partition, record.offset, reason),
         )
         self._metrics.dead_letters.labels(record.topic).inc()
 

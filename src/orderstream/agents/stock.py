@@ -18,23 +18,20 @@ from typing import Any, Protocol
 import faust
 from faust.types import TableT
 
+from orderstream.agents.decider import Decider
 from orderstream.domain import (
-    LineRequest,
     StockLevel,
-    apply_stock_operation,
     owner_partition,
-    reserve_line,
 )
 from orderstream.errors import InvalidMessageError
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
 from orderstream.tables import Hold, hold_key
 from orderstream.topics import (
-    DLQ_REASON_HEADER,
-    DLQ_SOURCE_HEADER,
     OrderRequest,
     StockChange,
     StockCommand,
+    dead_letter_headers,
     decode,
 )
 
@@ -66,6 +63,7 @@ class StockAgentContext:
     stock: TableT[bytes, bytes]  # product id -> StockLevel JSON
     holds: TableT[bytes, bytes]  # hold_key(order, product) -> Hold JSON
     emit: Emit  # send an output record; flushed before every offset commit
+    decider: Decider  # the decision and its metrics, shared with the batch engine
 
 
 def register_stock_agent(app: faust.App, ctx: StockAgentContext) -> None:
@@ -136,32 +134,15 @@ async def _on_request(ctx: StockAgentContext, message: Any) -> None:
             message.offset,
         )
     else:
-        hold, stock = _decide(ctx, request, requested_at_ms=int(message.timestamp * 1000))
+        product_key = request.product_id.encode()
+        hold, new_level = ctx.decider.reserve(
+            _stock_level(ctx, product_key), request, int(message.timestamp * 1000)
+        )
+        if new_level is not None:
+            ctx.stock[product_key] = new_level.model_dump_json().encode()
+            stock = StockChange.of(request.product_id, new_level, hold.decided_at_ms)
         ctx.holds[key] = hold.model_dump_json().encode()
     await _send_decision(ctx, hold, stock)
-
-
-def _decide(
-    ctx: StockAgentContext, request: OrderRequest, requested_at_ms: int
-) -> tuple[Hold, StockChange | None]:
-    """Decide a new line; write the stock table when it changes; return hold and snapshot."""
-    product_key = request.product_id.encode()
-    level = _stock_level(ctx, product_key)
-    line = LineRequest(
-        product_id=request.product_id, quantity=request.quantity, line_count=request.line_count
-    )
-    decision, new_level = reserve_line(level, line, ctx.settings.max_line_quantity)
-    now_ms = int(time.time() * 1000)
-    stock = None
-    if new_level is not None:
-        ctx.stock[product_key] = new_level.model_dump_json().encode()
-        stock = StockChange.of(request.product_id, new_level, now_ms)
-    ctx.metrics.decisions.labels(
-        decision.status.value.lower(), decision.reason.value if decision.reason else ""
-    ).inc()
-    ctx.metrics.decision_latency.observe(max(0.0, now_ms - requested_at_ms) / 1000)
-    version = new_level.version if new_level is not None else None
-    return Hold.of(request, decision, requested_at_ms, now_ms, version), stock
 
 
 async def _send_decision(ctx: StockAgentContext, hold: Hold, stock: StockChange | None) -> None:
@@ -176,18 +157,10 @@ async def _on_command(ctx: StockAgentContext, message: Any) -> None:
     if await _forwarded(ctx, ctx.commands, message, command.product_id):
         return
     product_key = command.product_id.encode()
-    level = _stock_level(ctx, product_key)
-    try:
-        new_level = apply_stock_operation(
-            level, command.operation, command.quantity, message.offset
-        )
-    except ValueError as exc:
-        raise InvalidMessageError(str(exc)) from None
+    new_level = ctx.decider.apply_command(_stock_level(ctx, product_key), command, message.offset)
     if new_level is None:
-        ctx.metrics.stock_commands.labels(command.operation.value, "already_applied").inc()
         return
     ctx.stock[product_key] = new_level.model_dump_json().encode()
-    ctx.metrics.stock_commands.labels(command.operation.value, "applied").inc()
     log.info(
         "stock %s %s %d on %s/%d@%d: available %d",
         command.operation.value,
@@ -233,10 +206,9 @@ async def _dead_letter(ctx: StockAgentContext, message: Any, reason: str) -> Non
     log.warning(
         "dead letter from %s/%d@%d: %s", message.topic, message.partition, message.offset, reason
     )
-    source = f"{message.topic}/{message.partition}/{message.offset}"
     await ctx.dead_letters[message.topic].send(
         key=message.key,
         value=message.value,  # the original bytes, untouched (None stays a null value)
-        headers=[(DLQ_REASON_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source.encode())],
+        headers=dead_letter_headers(message.topic, message.partition, message.offset, reason),
     )
     ctx.metrics.dead_letters.labels(message.topic).inc()

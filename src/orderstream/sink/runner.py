@@ -20,13 +20,12 @@ from orderstream.metrics import SinkMetrics
 from orderstream.settings import Settings
 from orderstream.sink.base import LocatedEvent, Sink, SinkBatch
 from orderstream.topics import (
-    DLQ_REASON_HEADER,
-    DLQ_SOURCE_HEADER,
     DLQ_SUFFIX,
     ORDER_EVENTS,
     STOCK_CHANGES,
     OrderEvent,
     StockChange,
+    dead_letter_headers,
     decode,
 )
 
@@ -132,12 +131,11 @@ class SinkRunner:
         log.warning(
             "dead letter from %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
         )
-        source = f"{record.topic}/{record.partition}/{record.offset}"
         await self._producer.send_and_wait(
             record.topic + DLQ_SUFFIX,
             key=record.key,
             value=record.value,
-            headers=[(DLQ_REASON_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source.encode())],
+            headers=dead_letter_headers(record.topic, record.partition, record.offset, reason),
         )
         self._metrics.dead_letters.labels(record.topic).inc()
 
