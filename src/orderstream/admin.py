@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from orderstream.errors import TopicMismatchError
 from orderstream.settings import Settings
-from orderstream.tables import batch_changelog, changelog_specs, faust_changelogs
+from orderstream.tables import changelog_specs
 from orderstream.topics import TopicSpec, topic_specs
 
 log = logging.getLogger(__name__)
@@ -85,24 +84,3 @@ async def _check_partitions(
         raise TopicMismatchError(
             "topics do not match ORDERSTREAM_PARTITIONS: " + "; ".join(problems)
         )
-
-
-async def other_engine_state(settings: Settings) -> list[str]:
-    """Return the changelogs of the engine not selected that hold records.
-
-    The engines keep their state in different changelogs and consumer groups; a worker
-    started with the other engine on the same app id would decide with no stock at all.
-    """
-    other = (
-        faust_changelogs(settings)
-        if settings.worker_engine == "batch"
-        else [batch_changelog(settings)]
-    )
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(t, p) for t in other for p in range(settings.partitions)]
-        ends = await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
-    return sorted({tp.topic for tp, end in ends.items() if end > 0})

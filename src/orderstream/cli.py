@@ -13,7 +13,6 @@ from mode import Worker as ServiceWorker
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from orderstream.errors import ConfigurationError
 from orderstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -144,38 +143,15 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run_worker(settings: Settings, registry: CollectorRegistry, *extra: ServiceT) -> int:
-    import uvloop
-    from faust import Worker
-
-    from orderstream.admin import check_topics, other_engine_state
-    from orderstream.agents import build_worker_app, reset_local_store
-    from orderstream.agents.batch import BatchWorker
+    from orderstream.admin import check_topics
+    from orderstream.agents import StockAgent
     from orderstream.metrics import WorkerMetrics
 
     # Fail before joining the group if a topic is missing or has the wrong partitions:
     # a silently auto-created topic would break co-partitioning.
     asyncio.run(check_topics(settings))
-    foreign = asyncio.run(other_engine_state(settings))
-    if foreign:
-        raise ConfigurationError(
-            f"ORDERSTREAM_WORKER_ENGINE={settings.worker_engine}, but app id "
-            f"{settings.app_id} already has state of the other engine in {', '.join(foreign)}; "
-            "keep the engine it was started with, or use a new ORDERSTREAM_APP_ID"
-        )
     metrics = WorkerMetrics.register(registry)
-    if settings.worker_engine == "batch":
-        return _run_services(settings, BatchWorker(settings, metrics), *extra)
-    reset_local_store(settings)
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    app = build_worker_app(settings, metrics)
-    worker = Worker(app, *extra, loglevel=settings.log_level, redirect_stdouts=False)
-    # Faust's terminal spinner sets the root logger to DEBUG whenever the level is WARNING
-    # or above, so that every debug call in aiokafka builds a LogRecord: a profile showed
-    # that costing more per decision than the decision itself. No spinner, no DEBUG.
-    worker.spinner = None
-    worker.execute_from_commandline()
-    return 0
+    return _run_services(settings, StockAgent(settings, metrics), *extra)
 
 
 def _sink(settings: Settings, args: argparse.Namespace) -> int:

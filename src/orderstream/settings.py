@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,15 +39,11 @@ class Settings(BaseSettings):
     # The largest quantity one line may ask for; above it the line is LIMIT_EXCEEDED.
     max_line_quantity: int = Field(default=10, ge=1)
 
-    # Which worker decides: "faust" (the Faust agent, one event at a time) or "batch"
-    # (the same single writer deciding a fetched batch at a time; see agents/batch.py).
-    # Each keeps its own consumer group and changelog: pick one per app_id.
-    worker_engine: Literal["faust", "batch"] = "faust"
-    # Batch engine: at most this many records decided per batch (bounds the latency a
-    # batch adds to its first record).
+    # The stock agent decides at most this many records per fetched batch (bounds the
+    # latency a batch adds to its first record).
     batch_max_records: int = Field(default=500, ge=1)
 
-    # Worker tuning (see agents/app.py for why each value).
+    # Worker tuning (see agents/stock.py for why each value).
     commit_interval_s: float = Field(default=0.5, gt=0)
     session_timeout_s: float = Field(default=10.0, ge=6)
     producer_linger_ms: int = Field(default=10, ge=0)

@@ -13,29 +13,20 @@ from orderstream.domain import Decision, OrderStatus, RejectReason, StockLevel
 from orderstream.settings import Settings
 from orderstream.topics import OrderEvent, OrderRequest, StockChange, TopicSpec
 
-STOCK_TABLE = "stock"  # key: product id -> StockLevel
-HOLDS_TABLE = "holds"  # key: hold_key(order id, product id) -> Hold
-
-TABLES = (STOCK_TABLE, HOLDS_TABLE)
-
-# The batch engine keeps both in one changelog, so that one partition's records stay in
-# the order they were made: key STOCK_KEY + product id -> StockLevel JSON, HOLD_KEY +
-# hold_key(...) -> Hold JSON. A restore that reads it in order never sees a reservation
-# before the restock that allowed it.
-BATCH_CHANGELOG = "batch-changelog"
+# The stock agent keeps stock and holds in one changelog, so that one partition's records
+# stay in the order they were made: key STOCK_KEY + product id -> StockLevel JSON,
+# HOLD_KEY + hold_key(...) -> Hold JSON. A restore that reads it in order never sees a
+# reservation before the restock that allowed it.
+STOCK_CHANGELOG = "stock-changelog"
 STOCK_KEY = b"s"
 HOLD_KEY = b"h"
 
 __all__ = [
-    "HOLDS_TABLE",
-    "STOCK_TABLE",
-    "TABLES",
     "Hold",
     "StockLevel",
-    "batch_changelog",
     "changelog_specs",
-    "faust_changelogs",
     "hold_key",
+    "stock_changelog",
 ]
 
 
@@ -105,23 +96,13 @@ def hold_key(order_id: str, product_id: str) -> bytes:
     return f"{len(order_id)}:{order_id}{product_id}".encode()
 
 
-def batch_changelog(settings: Settings) -> str:
-    """Return the name of the batch engine's changelog topic."""
-    return f"{settings.app_id}-{BATCH_CHANGELOG}"
-
-
-def faust_changelogs(settings: Settings) -> list[str]:
-    """Return the changelog topics of the Faust engine's tables, named as Faust names them."""
-    return [f"{settings.app_id}-{table}-changelog" for table in TABLES]
+def stock_changelog(settings: Settings) -> str:
+    """Return the name of the stock agent's changelog topic."""
+    return f"{settings.app_id}-{STOCK_CHANGELOG}"
 
 
 def changelog_specs(settings: Settings) -> list[TopicSpec]:
-    """Return every changelog topic of both engines.
-
-    They are created up front with the tables' partition count: a changelog that Faust
-    creates lazily may be missing from the consumer's metadata at the first table write.
-    """
+    """Return every changelog topic, created up front with the sources' partition count."""
     return [
-        TopicSpec(name, settings.partitions, {"cleanup.policy": "compact"})
-        for name in (*faust_changelogs(settings), batch_changelog(settings))
+        TopicSpec(stock_changelog(settings), settings.partitions, {"cleanup.policy": "compact"})
     ]

@@ -60,15 +60,8 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(params=["faust", "batch"])
-def engine(request: pytest.FixtureRequest) -> str:
-    """Every pipeline test runs with each worker engine (ORDERSTREAM_WORKER_ENGINE)."""
-    value: str = request.param
-    return value
-
-
 @pytest.fixture
-async def pipeline(base_settings: Settings, tmp_path: Path, engine: str) -> AsyncIterator[Pipeline]:
+async def pipeline(base_settings: Settings, tmp_path: Path) -> AsyncIterator[Pipeline]:
     run_id = f"t{uuid.uuid4().hex[:10]}"
     settings = base_settings.model_copy(
         update={
@@ -79,7 +72,6 @@ async def pipeline(base_settings: Settings, tmp_path: Path, engine: str) -> Asyn
             "data_dir": tmp_path / "data",
             "http_host": "127.0.0.1",
             "http_port": _free_port(),
-            "worker_engine": engine,
         }
     )
     await create_topics(settings)

@@ -1,5 +1,5 @@
-"""The stream processors: a Faust app whose agents own the stock of their partitions."""
+"""The stream processors: the stock agent, single writer of its partitions' stock."""
 
-from orderstream.agents.app import build_worker_app, reset_local_store
+from orderstream.agents.stock import StockAgent
 
-__all__ = ["build_worker_app", "reset_local_store"]
+__all__ = ["StockAgent"]
