@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     # latency a batch adds to its first record).
     batch_max_records: int = Field(default=500, ge=1)
 
+    # How long the stock agent remembers a final decision (a rejection) to recognise a
+    # duplicate: producer retries and redeliveries come within minutes, a consumer reset
+    # or a stopped pipeline may replay hours. After it, the hold is dropped (tombstoned)
+    # and a request whose Kafka timestamp is older is dead-lettered STALE, never decided.
+    # A day covers an outage of a day, and bounds state and restore time by a day of
+    # sales. Reservations are kept until they are final, whatever the window.
+    dedup_window_s: float = Field(default=86_400.0, ge=1)
+
     # Worker tuning (see agents/stock.py for why each value).
     commit_interval_s: float = Field(default=0.5, gt=0)
     session_timeout_s: float = Field(default=10.0, ge=6)

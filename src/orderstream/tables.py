@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orderstream.domain import Decision, OrderStatus, RejectReason, StockLevel
+from orderstream.domain import Decision, OrderStatus, RejectReason, Reserved, StockEvent, StockLevel
 from orderstream.settings import Settings
 from orderstream.topics import OrderEvent, OrderRequest, StockChange, TopicSpec
 
@@ -71,6 +71,17 @@ class Hold(BaseModel):
             stock_version=stock_version,
         )
 
+    @property
+    def is_final(self) -> bool:
+        """Whether nothing can change this hold any more (it may then expire)."""
+        return self.status.is_terminal
+
+    def stock_events(self) -> list[StockEvent]:
+        """Return the stock events this hold records, for a restore to re-apply."""
+        if self.stock_version is None:
+            return []  # a rejection changed no stock
+        return [Reserved(self.quantity, self.stock_version)]
+
     def decision_event(self, stock: StockChange | None = None) -> OrderEvent:
         """Return the order event that announces this decision."""
         # A single-line order is decided in one hop: its first and only stock decision
@@ -92,8 +103,16 @@ class Hold(BaseModel):
 
 def hold_key(order_id: str, product_id: str) -> bytes:
     """Return the table key of one (order, product) hold."""
-    # Length-prefixed, so ("ab", "c") and ("a", "bc") never share a key.
-    return f"{len(order_id)}:{order_id}{product_id}".encode()
+    # Length-prefixed, so ("ab", "c") and ("a", "bc") never share a key. The length is of
+    # the encoded order id, so that hold_product can find the product without decoding.
+    order = order_id.encode()
+    return b"%d:%b%b" % (len(order), order, product_id.encode())
+
+
+def hold_product(key: bytes) -> bytes:
+    """Return the encoded product id of a hold key (a restore sorts holds by product)."""
+    length, _, rest = key.partition(b":")
+    return rest[int(length) :]
 
 
 def stock_changelog(settings: Settings) -> str:

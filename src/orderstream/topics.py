@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from orderstream.domain import OrderStatus, RejectReason, StockLevel, StockOperation
 from orderstream.errors import InvalidMessageError
@@ -24,8 +24,20 @@ DLQ_SUFFIX = "-dlq"
 # Header names on dead letters: the message value stays the original bytes.
 DLQ_REASON_HEADER = "orderstream-dlq-reason"
 DLQ_SOURCE_HEADER = "orderstream-dlq-source"  # "topic/partition/offset"
+# On a dead letter cut to fit the broker: "key bytes/value bytes" of the original.
+DLQ_TRUNCATED_HEADER = "orderstream-dlq-truncated"
 
-Id = Annotated[str, Field(min_length=1, max_length=200)]
+# What PostgreSQL, HTTP paths and log lines can all carry: bounded, printable text. NUL
+# and other control characters (C0, DEL, C1) are refused at the door, where the
+# producer gets a dead letter with the reason, instead of inside the sink.
+ID_MAX_LENGTH = 200
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
+# Quantities and sequence numbers go to PostgreSQL `integer` columns.
+MAX_QUANTITY = 2**31 - 1
+# An order has at most this many lines (the order agent waits for each one's outcome).
+MAX_LINE_COUNT = 100
+DETAIL_MAX_LENGTH = 1000
 
 
 class Message(BaseModel):
@@ -43,8 +55,8 @@ class OrderRequest(Message):
     order_id: Id
     user_id: Id
     product_id: Id
-    quantity: int = Field(ge=1, strict=True)
-    line_count: int = Field(default=1, ge=1, strict=True)
+    quantity: int = Field(ge=1, le=MAX_QUANTITY, strict=True)
+    line_count: int = Field(default=1, ge=1, le=MAX_LINE_COUNT, strict=True)
 
 
 class StockCommand(Message):
@@ -52,7 +64,7 @@ class StockCommand(Message):
 
     product_id: Id
     operation: StockOperation
-    quantity: int = Field(ge=0, strict=True)
+    quantity: int = Field(ge=0, le=MAX_QUANTITY, strict=True)
 
 
 class StockChange(Message):
@@ -84,13 +96,13 @@ class OrderEvent(Message):
     """One transition of an order, on ``order-events``; ``seq`` grows per order."""
 
     order_id: Id
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=MAX_QUANTITY)
     status: OrderStatus
     reason: RejectReason | None = None
-    detail: str | None = None
+    detail: str | None = Field(default=None, max_length=DETAIL_MAX_LENGTH)
     user_id: Id
     product_id: Id
-    quantity: int = Field(ge=1)
+    quantity: int = Field(ge=1, le=MAX_QUANTITY)
     # Kafka timestamp (ms) of the request that this decision answers: latency is measured from it.
     requested_at_ms: int
     decided_at_ms: int
@@ -139,5 +151,8 @@ def _describe(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in error["loc"]) or "message"
-        parts.append(f"{where}: {error['msg']}")
+        message = error["msg"]
+        if error["type"] == "string_pattern_mismatch":
+            message = "contains a control character (NUL, tab, newline, ...), not allowed"
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)

@@ -7,7 +7,7 @@ import json
 import aiohttp
 import pytest
 
-from orderstream.topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER
+from orderstream.topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TRUNCATED_HEADER
 from tests.integration.invariants import assert_invariants
 from tests.integration.pipeline import Pipeline, request_json
 
@@ -27,7 +27,25 @@ MALFORMED: list[tuple[bytes | None, str]] = [
     (b'{"order_id": 5, "user_id": "u", "product_id": "sku-bad", "quantity": 1}', "order_id"),
     (b'{"user_id": "u", "product_id": "sku-bad", "quantity": 1}', "order_id: Field required"),
     (None, "no value"),
-]
+    # What PostgreSQL would refuse, refused at the door instead (each once crashed the sink).
+    (b'{"order_id": "x\\u0000y", "user_id": "u", "product_id": "sku-bad", "quantity": 1}',
+     "order_id: contains a control character"),
+    (b'{"order_id": "x6", "user_id": "nul\\u0000", "product_id": "sku-bad", "quantity": 1}',
+     "user_id: contains a control character"),
+    (b'{"order_id": "x7", "user_id": "u", "product_id": "sku-bad",'
+     b' "quantity": 9223372036854775808}',
+     "quantity: Input should be less than or equal to 2147483647"),
+    (b'{"order_id": "%b", "user_id": "u", "product_id": "sku-bad", "quantity": 1}'
+     % (b"m" * 1_000_000),
+     "order_id: String should have at most 200 characters"),
+]  # fmt: skip
+
+# A request keyed by a product id with a NUL in it (key and value alike).
+NUL_PRODUCT = "sku\x00bad"
+
+
+def prefix(value: bytes | None) -> bytes | None:
+    return value[:4096] if value is not None else None
 
 
 async def test_malformed_messages_are_dead_lettered_and_valid_ones_decided(
@@ -37,11 +55,13 @@ async def test_malformed_messages_are_dead_lettered_and_valid_ones_decided(
     await pipeline.set_stock(PRODUCT, 30)
     await pipeline.wait_for_stock(PRODUCT, 30)
 
-    valid = {f"good-{i}": request_json(f"good-{i}", f"user-{i}", PRODUCT) for i in range(40)}
+    valid = {f"good-{i}": request_json(f"good-{i}", f"user-{i}", PRODUCT) for i in range(60)}
     good = iter(valid.values())
     mixed: list[tuple[bytes | None, bytes | None]] = []
     for raw, _ in MALFORMED:  # interleaved: bad, good, good, good, bad, ...
         mixed += [(b"sku-bad", raw)] + [(b"sku-bad", next(good)) for _ in range(3)]
+    nul_keyed = request_json("x8", "u", NUL_PRODUCT)
+    mixed += [(NUL_PRODUCT.encode(), nul_keyed)]
     mixed += [(b"sku-bad", value) for value in good]
     await pipeline.publish(mixed)
 
@@ -49,17 +69,21 @@ async def test_malformed_messages_are_dead_lettered_and_valid_ones_decided(
     assert pipeline.alive(), pipeline.logs()
 
     dead = await pipeline.read_topic("order-requests-dlq")
-    assert len(dead) == len(MALFORMED)
-    by_value = {record.value: dict(record.headers) for record in dead}
-    for raw, fragment in MALFORMED:
-        headers = by_value[raw]
+    assert len(dead) == len(MALFORMED) + 1
+    # A megabyte record is cut to half a MiB in its dead letter: match on a prefix.
+    by_value = {prefix(record.value): dict(record.headers) for record in dead}
+    for raw, fragment in [*MALFORMED, (nul_keyed, "product_id: contains a control character")]:
+        headers = by_value[prefix(raw)]
         assert fragment in headers[DLQ_REASON_HEADER].decode()
         assert headers[DLQ_SOURCE_HEADER].decode().startswith(pipeline.topic("order-requests"))
+        if raw is not None and len(raw) > 512 * 1024:
+            # "key bytes/value bytes" of the original: the key is b"sku-bad".
+            assert headers[DLQ_TRUNCATED_HEADER] == f"7/{len(raw)}".encode()
 
-    # 30 units for 40 valid orders; the malformed ones sold nothing.
+    # 30 units for 60 valid orders; the malformed ones sold nothing.
     await assert_invariants(pipeline, {PRODUCT: 30}, set(valid))
     counts = await pipeline.query("SELECT status, count(*) AS n FROM orders GROUP BY 1 ORDER BY 1")
-    assert counts == [{"status": "REJECTED", "n": 10}, {"status": "RESERVED", "n": 30}]
+    assert counts == [{"status": "REJECTED", "n": 30}, {"status": "RESERVED", "n": 30}]
 
     # The worker still decides after all that, and its metrics counted the dead letters.
     await pipeline.publish([(b"sku-bad", request_json("late", "u", PRODUCT))])
@@ -70,7 +94,35 @@ async def test_malformed_messages_are_dead_lettered_and_valid_ones_decided(
     line = next(
         line for line in text.splitlines() if line.startswith("orderstream_dead_letters_total")
     )
-    assert float(line.rsplit(" ", 1)[1]) == len(MALFORMED)
+    assert float(line.rsplit(" ", 1)[1]) == len(MALFORMED) + 1
+
+
+async def test_one_hostile_record_among_999_good_ones(pipeline: Pipeline) -> None:
+    """Each kind of hostile record, alone in a batch of good ones: the good ones all land."""
+    pipeline.start()
+    await pipeline.set_stock(PRODUCT, 500)
+    await pipeline.wait_for_stock(PRODUCT, 500)
+    hostile = [
+        (b"sku-bad", request_json("nul\x00order", "u", PRODUCT)),
+        (b"sku-bad", request_json("o-nul-user", "nul\x00user", PRODUCT)),
+        (NUL_PRODUCT.encode(), request_json("o-nul-product", "u", NUL_PRODUCT)),
+        (b"sku-bad", request_json("o-huge", "u", PRODUCT, 9223372036854775808)),
+    ]
+    accepted: set[str] = set()
+    for round_, bad in enumerate(hostile):
+        good = [f"r{round_}-{i}" for i in range(999)]
+        batch = [
+            (b"sku-bad", request_json(order, f"user-{i}", PRODUCT)) for i, order in enumerate(good)
+        ]
+        batch.insert(500, bad)
+        await pipeline.publish(batch)
+        accepted.update(good)
+        await pipeline.wait_for_orders(len(accepted))
+        assert pipeline.alive(), pipeline.logs()
+    dead = await pipeline.read_topic("order-requests-dlq")
+    assert sorted(record.value for record in dead) == sorted(value for _, value in hostile)
+    assert all(dict(record.headers)[DLQ_REASON_HEADER] for record in dead)
+    await assert_invariants(pipeline, {PRODUCT: 500}, accepted)
 
 
 async def test_bad_http_requests_get_json_reasons(pipeline: Pipeline) -> None:

@@ -9,19 +9,39 @@ from orderstream.domain.models import (
     StockOperation,
 )
 from orderstream.domain.partitioning import key_partition, murmur2, owner_partition
-from orderstream.domain.stock import apply_stock_operation, replay_reservation, reserve_line
+from orderstream.domain.stock import (
+    Committed,
+    Released,
+    Reserved,
+    StockAdded,
+    StockEvent,
+    StockSet,
+    apply_stock_operation,
+    evolve,
+    fold_newer,
+    reserve_line,
+    stock_command,
+)
 
 __all__ = [
+    "Committed",
     "Decision",
     "LineRequest",
     "OrderStatus",
     "RejectReason",
+    "Released",
+    "Reserved",
+    "StockAdded",
+    "StockEvent",
     "StockLevel",
     "StockOperation",
+    "StockSet",
     "apply_stock_operation",
+    "evolve",
+    "fold_newer",
     "key_partition",
     "murmur2",
     "owner_partition",
-    "replay_reservation",
     "reserve_line",
+    "stock_command",
 ]

@@ -1,6 +1,13 @@
-"""The stock rules: reserve a line, apply a stock command."""
+"""The stock rules: decide a line, apply a stock command, and fold stock events.
+
+Every change to a product's stock is a ``StockEvent``; ``evolve`` is the only code that
+applies one. The stock agent decides with it, and a restore re-applies recorded events
+with it, so deciding and restoring can never disagree about what an event does.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from orderstream.domain.models import (
     Decision,
@@ -12,12 +19,97 @@ from orderstream.domain.models import (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """``quantity`` moved from available to reserved."""
+
+    quantity: int
+    version: int  # the product's stock version after this event
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """``quantity`` moved from reserved back to available (cancel, expiry, rejection)."""
+
+    quantity: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """``quantity`` moved from reserved to sold (a paid order)."""
+
+    quantity: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class StockSet:
+    """Available stock set to ``quantity`` by the stock command at ``offset``."""
+
+    quantity: int
+    version: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class StockAdded:
+    """``quantity`` added to available stock by the stock command at ``offset``."""
+
+    quantity: int
+    version: int
+    offset: int
+
+
+StockEvent = Reserved | Released | Committed | StockSet | StockAdded
+
+_EMPTY = StockLevel(available=0, total_in=0)
+
+
+def evolve(level: StockLevel | None, event: StockEvent) -> StockLevel:
+    """Return the stock level after ``event``; raise ValueError if it cannot apply.
+
+    An event never makes a figure negative: the decision that produced it checked, and
+    this check makes a replayed or corrupted log fail loudly instead of overselling.
+    """
+    current = level or _EMPTY
+    available, reserved, sold, total_in = (
+        current.available,
+        current.reserved,
+        current.sold,
+        current.total_in,
+    )
+    offset = current.last_command_offset
+    match event:
+        case Reserved(quantity=q):
+            available, reserved = available - q, reserved + q
+        case Released(quantity=q):
+            available, reserved = available + q, reserved - q
+        case Committed(quantity=q):
+            reserved, sold = reserved - q, sold + q
+        case StockSet(quantity=q, offset=offset):
+            total_in += q - available
+            available = q
+        case StockAdded(quantity=q, offset=offset):
+            available, total_in = available + q, total_in + q
+    if min(available, reserved, sold, total_in) < 0:
+        raise ValueError(f"{event} cannot apply to {current}")
+    return StockLevel(
+        available=available,
+        reserved=reserved,
+        sold=sold,
+        total_in=total_in,
+        version=event.version,
+        last_command_offset=offset,
+    )
+
+
 def reserve_line(
     level: StockLevel | None, line: LineRequest, max_line_quantity: int
-) -> tuple[Decision, StockLevel | None]:
+) -> tuple[Decision, Reserved | None]:
     """Decide one order line against a product's stock.
 
-    Return the decision and the new stock level, or ``None`` when the stock is unchanged.
+    Return the decision and the event that reserves it, or ``None`` when rejected.
     """
     if line.line_count != 1:
         return _reject(
@@ -32,57 +124,45 @@ def reserve_line(
         )
     if line.quantity > level.available:
         return _reject(RejectReason.OUT_OF_STOCK, None)
-    new_level = level.model_copy(
-        update={
-            "available": level.available - line.quantity,
-            "reserved": level.reserved + line.quantity,
-            "version": level.version + 1,
-        }
-    )
-    return Decision(status=OrderStatus.RESERVED), new_level
+    return Decision(status=OrderStatus.RESERVED), Reserved(line.quantity, level.version + 1)
+
+
+def stock_command(
+    level: StockLevel | None, operation: StockOperation, quantity: int, offset: int
+) -> StockSet | StockAdded | None:
+    """Return the event of the stock command at ``offset``; ``None`` if applied before.
+
+    Raise ValueError for a quantity the operation cannot take.
+    """
+    if level is not None and offset <= level.last_command_offset:
+        return None
+    version = (level.version if level is not None else 0) + 1
+    if operation is StockOperation.SET:
+        if quantity < 0:
+            raise ValueError(f"stock cannot be set below zero, got {quantity}")
+        return StockSet(quantity, version, offset)
+    if quantity < 1:
+        raise ValueError(f"stock add needs a quantity >= 1, got {quantity}")
+    return StockAdded(quantity, version, offset)
 
 
 def apply_stock_operation(
     level: StockLevel | None, operation: StockOperation, quantity: int, offset: int
 ) -> StockLevel | None:
     """Apply a stock command found at ``offset``; return ``None`` when it was applied before."""
-    if level is not None and offset <= level.last_command_offset:
-        return None
-    current = level or StockLevel(available=0, total_in=0)
-    if operation is StockOperation.SET:
-        if quantity < 0:
-            raise ValueError(f"stock cannot be set below zero, got {quantity}")
-        delta = quantity - current.available
-    else:
-        if quantity < 1:
-            raise ValueError(f"stock add needs a quantity >= 1, got {quantity}")
-        delta = quantity
-    return current.model_copy(
-        update={
-            "available": current.available + delta,
-            "total_in": current.total_in + delta,
-            "version": current.version + 1,
-            "last_command_offset": offset,
-        }
-    )
+    event = stock_command(level, operation, quantity, offset)
+    return evolve(level, event) if event is not None else None
+
+
+def fold_newer(level: StockLevel, events: list[StockEvent]) -> tuple[StockLevel, int]:
+    """Apply, in version order, the events newer than ``level``; return it and how many."""
+    applied = 0
+    for event in sorted(events, key=lambda e: e.version):
+        if event.version > level.version:
+            level = evolve(level, event)
+            applied += 1
+    return level, applied
 
 
 def _reject(reason: RejectReason, detail: str | None) -> tuple[Decision, None]:
     return Decision(status=OrderStatus.REJECTED, reason=reason, detail=detail), None
-
-
-def replay_reservation(level: StockLevel, quantity: int, stock_version: int) -> StockLevel:
-    """Re-apply a reservation that a recorded hold says moved the stock to ``stock_version``.
-
-    Used when restoring from a changelog whose last stock snapshot predates the hold:
-    the hold is the record of the reservation, so the stock follows it.
-    """
-    if stock_version <= level.version:
-        return level  # the snapshot already contains it
-    return level.model_copy(
-        update={
-            "available": level.available - quantity,
-            "reserved": level.reserved + quantity,
-            "version": stock_version,
-        }
-    )

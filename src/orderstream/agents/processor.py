@@ -1,0 +1,236 @@
+"""The stock agent's one seam: a source record and its partition's state in, effects out.
+
+The processor decides; it never touches Kafka or the store. What it returns (new holds,
+stock events, output records) the store appends to the changelog in order and the
+engine announces once the changelog has them. Every rule about a record lives here
+once: decoding, the dedup window, forwarding a misrouted record to its owner,
+re-sending a duplicate's recorded decision, and dead-lettering what can never succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orderstream.domain import (
+    LineRequest,
+    StockEvent,
+    StockLevel,
+    StockSet,
+    owner_partition,
+    reserve_line,
+    stock_command,
+)
+from orderstream.errors import InvalidMessageError
+from orderstream.metrics import WorkerMetrics
+from orderstream.settings import Settings
+from orderstream.tables import Hold, hold_key
+from orderstream.topics import (
+    DLQ_SUFFIX,
+    DLQ_TRUNCATED_HEADER,
+    ORDER_EVENTS,
+    ORDER_REQUESTS,
+    OrderRequest,
+    StockCommand,
+    dead_letter_headers,
+    decode,
+)
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+_OWNER_CACHE = 100_000
+# A dead letter keeps the original bytes up to this size (Kafka's default message limit
+# is 1 MiB); a larger one is cut, with the original sizes in a header.
+_DEAD_LETTER_MAX_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """What the processor needs of one consumed Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A record to send once the changelog holds the effects that caused it."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None = None  # None: Kafka's default partitioner, by key
+    headers: Headers | None = None
+
+
+@dataclass(slots=True)
+class Effects:
+    """What processing one record produced, in the order it happened."""
+
+    holds: list[tuple[bytes, Hold]] = field(default_factory=list)
+    stock: list[tuple[str, StockEvent]] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+
+
+class PartitionView(Protocol):
+    """The state of one partition, as the processor may read it."""
+
+    def level(self, product_id: str) -> StockLevel | None:
+        """Return a product's stock level, or None if it never had stock."""
+        ...
+
+    def hold(self, key: bytes) -> bytes | None:
+        """Return the encoded hold under ``key``, if any."""
+        ...
+
+
+class StockProcessor:
+    """Turn order requests and stock commands into effects, one record at a time."""
+
+    def __init__(self, settings: Settings, metrics: WorkerMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._requests = settings.topic(ORDER_REQUESTS)
+        self._order_events = settings.topic(ORDER_EVENTS)
+        self._window_ms = int(settings.dedup_window_s * 1000)
+        self._owners: dict[str, int] = {}  # product id -> owning partition (murmur2 is slow)
+        # prometheus' labels() lookup costs more than the increment: keep the children.
+        self._decisions: dict[tuple[str, str], Any] = {}
+
+    def process(self, record: SourceRecord, state: PartitionView, now_ms: int) -> Effects:
+        """Return the effects of ``record``; a record that cannot succeed is dead-lettered."""
+        effects = Effects()
+        try:
+            if record.topic == self._requests:
+                self._on_request(record, state, now_ms, effects)
+            else:
+                self._on_command(record, state, effects)
+        except InvalidMessageError as exc:
+            return self.dead_letter(record, exc.reason)
+        except Exception as exc:
+            # Deciding is pure and in memory: a failure here is a bug that a retry would
+            # repeat. Park the record with the reason; the partition goes on.
+            log.exception(
+                "internal error on %s/%d@%d", record.topic, record.partition, record.offset
+            )
+            return self.dead_letter(record, f"internal error: {exc!r}")
+        return effects
+
+    def dead_letter(self, record: SourceRecord, reason: str) -> Effects:
+        """Return the effects of parking ``record`` on its topic's dead-letter topic."""
+        log.warning(
+            "dead letter from %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+        self._metrics.dead_letters.labels(record.topic).inc()
+        headers = dead_letter_headers(record.topic, record.partition, record.offset, reason)
+        key, value = record.key, record.value
+        if len(key or b"") + len(value or b"") > _DEAD_LETTER_MAX_BYTES:
+            # With our headers it might not fit the broker's message size, and a dead
+            # letter that cannot be written would stop the partition. The whole record
+            # stays on its source topic, where the source header points.
+            headers.append(
+                (DLQ_TRUNCATED_HEADER, f"{len(key or b'')}/{len(value or b'')}".encode())
+            )
+            key = key[: _DEAD_LETTER_MAX_BYTES // 2] if key is not None else None
+            value = value[: _DEAD_LETTER_MAX_BYTES // 2] if value is not None else None
+        # The original bytes (None stays a null value).
+        dead = Output(record.topic + DLQ_SUFFIX, key, value, headers=headers)
+        return Effects(outputs=[dead])
+
+    def _on_request(
+        self, record: SourceRecord, state: PartitionView, now_ms: int, effects: Effects
+    ) -> None:
+        request = decode(OrderRequest, record.value)
+        if self._forwarded(record, request.product_id, effects):
+            return
+        if record.timestamp_ms < now_ms - self._window_ms:
+            # Its hold may already be gone: deciding it could decide an order twice.
+            raise InvalidMessageError(
+                f"STALE: requested {(now_ms - record.timestamp_ms) / 1000:.0f} s ago, "
+                f"older than the dedup window of {self._settings.dedup_window_s:.0f} s"
+            )
+        key = hold_key(request.order_id, request.product_id)
+        recorded = state.hold(key)
+        if recorded is not None:
+            hold = Hold.model_validate_json(recorded)
+            self._metrics.duplicates.inc()
+        else:
+            hold, event = self._decide(state.level(request.product_id), request, record, now_ms)
+            effects.holds.append((key, hold))
+            if event is not None:
+                effects.stock.append((request.product_id, event))
+        event_json = hold.decision_event().model_dump_json().encode()
+        effects.outputs.append(Output(self._order_events, hold.order_id.encode(), event_json))
+
+    def _decide(
+        self, level: StockLevel | None, request: OrderRequest, record: SourceRecord, now_ms: int
+    ) -> tuple[Hold, StockEvent | None]:
+        line = LineRequest(
+            product_id=request.product_id, quantity=request.quantity, line_count=request.line_count
+        )
+        decision, event = reserve_line(level, line, self._settings.max_line_quantity)
+        labels = (decision.status.value.lower(), decision.reason.value if decision.reason else "")
+        counter = self._decisions.get(labels)
+        if counter is None:
+            counter = self._decisions[labels] = self._metrics.decisions.labels(*labels)
+        counter.inc()
+        self._metrics.decision_latency.observe(max(0, now_ms - record.timestamp_ms) / 1000)
+        version = event.version if event is not None else None
+        return Hold.of(request, decision, record.timestamp_ms, now_ms, version), event
+
+    def _on_command(self, record: SourceRecord, state: PartitionView, effects: Effects) -> None:
+        command = decode(StockCommand, record.value)
+        if self._forwarded(record, command.product_id, effects):
+            return
+        level = state.level(command.product_id)
+        try:
+            event = stock_command(level, command.operation, command.quantity, record.offset)
+        except ValueError as exc:
+            raise InvalidMessageError(str(exc)) from None
+        outcome = "already_applied" if event is None else "applied"
+        self._metrics.stock_commands.labels(command.operation.value, outcome).inc()
+        if event is None:
+            return
+        effects.stock.append((command.product_id, event))
+        log.info(
+            "stock %s %s %d on %s/%d@%d: available %d -> %s",
+            command.operation.value,
+            command.product_id,
+            command.quantity,
+            record.topic,
+            record.partition,
+            record.offset,
+            level.available if level is not None else 0,
+            event.quantity if isinstance(event, StockSet) else f"+{event.quantity}",
+        )
+
+    def _forwarded(self, record: SourceRecord, product_id: str, effects: Effects) -> bool:
+        """Forward a record that arrived on a partition not owning its product."""
+        owner = self._owners.get(product_id)
+        if owner is None:
+            if len(self._owners) > _OWNER_CACHE:
+                self._owners.clear()  # bounded, whatever product ids arrive
+            owner = self._owners[product_id] = owner_partition(
+                product_id, self._settings.partitions
+            )
+        if owner == record.partition:
+            return False
+        log.info(
+            "product %s is owned by partition %d; forwarding %s/%d@%d",
+            product_id,
+            owner,
+            record.topic,
+            record.partition,
+            record.offset,
+        )
+        effects.outputs.append(
+            Output(record.topic, product_id.encode(), record.value, partition=owner)
+        )
+        self._metrics.forwarded.labels(record.topic).inc()
+        return True
