@@ -24,6 +24,7 @@ class WorkerMetrics:
     forwarded: Counter
     dead_letters: Counter
     stock_commands: Counter
+    expired_holds: Counter
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -61,6 +62,11 @@ class WorkerMetrics:
                 "orderstream_stock_commands",
                 "Stock commands applied (or skipped as already applied).",
                 ["operation", "result"],
+                registry=registry,
+            ),
+            expired_holds=Counter(
+                "orderstream_expired_holds",
+                "Final holds dropped after the dedup window (tombstoned in the changelog).",
                 registry=registry,
             ),
         )

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     # Faust application id: names the worker's consumer group and its changelog topics.
     app_id: Name = "orderstream"
     sink_group: Name = "orderstream-sink"
+    # A stable name for this worker process (Kafka static membership). A worker restarted
+    # under the same name within the session timeout gets its partitions back at once,
+    # instead of after the dead member's session times out; but a worker stopped for
+    # good hands its partitions over only then. Set it where a supervisor restarts
+    # workers in place (systemd, a StatefulSet); unique per worker.
+    worker_id: Name | None = None
     # Partitions of every topic; co-partitioned topics must agree, so there is one number.
     partitions: int = Field(default=8, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1)

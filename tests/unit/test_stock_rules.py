@@ -1,4 +1,4 @@
-"""The stock rules, without Kafka."""
+"""The stock rules, without Kafka: deciding a line, stock commands, and folding events."""
 
 from __future__ import annotations
 
@@ -7,13 +7,22 @@ import random
 import pytest
 
 from orderstream.domain import (
+    Committed,
     LineRequest,
     OrderStatus,
     RejectReason,
+    Released,
+    Reserved,
+    StockAdded,
+    StockEvent,
     StockLevel,
     StockOperation,
+    StockSet,
     apply_stock_operation,
+    evolve,
+    fold_newer,
     reserve_line,
+    stock_command,
 )
 
 LIMIT = 10
@@ -29,110 +38,171 @@ def stocked(available: int) -> StockLevel:
     return level
 
 
-def test_reserve_moves_quantity_from_available_to_reserved() -> None:
-    decision, level = reserve_line(stocked(5), line(2), LIMIT)
-    assert decision.status is OrderStatus.RESERVED
-    assert decision.reason is None
-    assert level is not None
-    assert (level.available, level.reserved, level.sold, level.total_in) == (3, 2, 0, 5)
-    assert level.is_conserved
+def figures(level: StockLevel) -> tuple[int, int, int, int]:
+    return level.available, level.reserved, level.sold, level.total_in
 
 
-def test_reserve_bumps_the_version() -> None:
+# reserve_line
+
+
+def test_reserve_returns_the_event_that_moves_available_to_reserved() -> None:
     before = stocked(5)
-    _, after = reserve_line(before, line(), LIMIT)
-    assert after is not None
+    decision, event = reserve_line(before, line(2), LIMIT)
+    assert decision.status is OrderStatus.RESERVED
+    assert (decision.reason, decision.detail) == (None, None)
+    assert event == Reserved(quantity=2, version=before.version + 1)
+    after = evolve(before, event)
+    assert figures(after) == (3, 2, 0, 5)
     assert after.version == before.version + 1
 
 
 def test_reserve_exactly_the_last_units() -> None:
-    decision, level = reserve_line(stocked(3), line(3), LIMIT)
+    decision, event = reserve_line(stocked(3), line(3), LIMIT)
     assert decision.status is OrderStatus.RESERVED
-    assert level is not None
-    assert level.available == 0
+    assert event is not None
+    assert evolve(stocked(3), event).available == 0
 
 
-def test_out_of_stock_leaves_stock_unchanged() -> None:
-    decision, level = reserve_line(stocked(2), line(3), LIMIT)
+@pytest.mark.parametrize(
+    ("level", "request_line", "reason"),
+    [
+        pytest.param(stocked(2), line(3), RejectReason.OUT_OF_STOCK, id="out-of-stock"),
+        pytest.param(None, line(), RejectReason.UNKNOWN_PRODUCT, id="unknown-product"),
+        pytest.param(stocked(100), line(LIMIT + 1), RejectReason.LIMIT_EXCEEDED, id="over-limit"),
+        pytest.param(stocked(100), line(1, line_count=2), RejectReason.INVALID, id="multi-line"),
+    ],
+)
+def test_a_rejection_carries_its_reason_and_no_event(
+    level: StockLevel | None, request_line: LineRequest, reason: RejectReason
+) -> None:
+    decision, event = reserve_line(level, request_line, LIMIT)
     assert decision.status is OrderStatus.REJECTED
-    assert decision.reason is RejectReason.OUT_OF_STOCK
-    assert level is None
+    assert decision.reason is reason
+    assert event is None
+    if reason is not RejectReason.OUT_OF_STOCK:
+        assert decision.detail  # the producer is told what to change
 
 
-def test_unknown_product_is_rejected_not_lost() -> None:
-    decision, level = reserve_line(None, line(), LIMIT)
-    assert decision.reason is RejectReason.UNKNOWN_PRODUCT
-    assert level is None
-
-
-def test_quantity_above_the_line_limit_is_rejected() -> None:
-    decision, level = reserve_line(stocked(100), line(LIMIT + 1), LIMIT)
-    assert decision.reason is RejectReason.LIMIT_EXCEEDED
-    assert level is None
-
-
-def test_multi_line_order_is_rejected_as_invalid_with_a_reason() -> None:
-    decision, level = reserve_line(stocked(100), line(1, line_count=2), LIMIT)
-    assert decision.reason is RejectReason.INVALID
-    assert decision.detail
-    assert level is None
-
-
-def test_never_oversells_under_any_sequence_of_requests() -> None:
+def test_never_oversells_under_any_sequence_of_events() -> None:
+    """Random reservations, releases, commits and restocks: stock stays conserved."""
     rng = random.Random(7)
     level = stocked(50)
-    reserved = 0
-    for _ in range(2000):
-        quantity = rng.randint(1, 4)
-        decision, new_level = reserve_line(level, line(quantity), LIMIT)
-        if new_level is not None:
-            level = new_level
-            reserved += quantity
-            assert decision.status is OrderStatus.RESERVED
-        assert level.available >= 0
+    outstanding: list[int] = []  # quantities reserved and not yet released or committed
+    sold = 0
+    for offset in range(1, 3001):
+        roll = rng.random()
+        event: StockEvent | None
+        if roll < 0.7:
+            quantity = rng.randint(1, 4)
+            decision, event = reserve_line(level, line(quantity), LIMIT)
+            if event is None:
+                assert decision.reason is RejectReason.OUT_OF_STOCK
+                assert quantity > level.available
+                continue
+            assert quantity <= level.available
+            outstanding.append(quantity)
+        elif roll < 0.8 and outstanding:
+            event = Released(outstanding.pop(rng.randrange(len(outstanding))), level.version + 1)
+        elif roll < 0.9 and outstanding:
+            quantity = outstanding.pop(rng.randrange(len(outstanding)))
+            event = Committed(quantity, level.version + 1)
+            sold += quantity
+        else:
+            operation = rng.choice([StockOperation.SET, StockOperation.ADD])
+            event = stock_command(level, operation, rng.randint(1, 5), offset)
+            assert event is not None  # every offset is new
+        level = evolve(level, event)
+        assert min(figures(level)) >= 0
         assert level.is_conserved
-    assert reserved == level.reserved <= 50
-    assert level.available < 4  # demand exceeded stock, so little is left
+        assert level.reserved == sum(outstanding)
+        assert level.sold == sold
+    assert sold > 0  # the walk went through every kind of event
 
 
-def test_set_creates_stock_and_counts_it_in() -> None:
-    level = apply_stock_operation(None, StockOperation.SET, 100, offset=4)
-    assert level is not None
+# evolve
+
+
+START = StockLevel(available=10, reserved=4, sold=1, total_in=15, version=3, last_command_offset=7)
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        pytest.param(Reserved(3, 4), (7, 7, 1, 15), id="reserved"),
+        pytest.param(Released(3, 4), (13, 1, 1, 15), id="released"),
+        pytest.param(Committed(3, 4), (10, 1, 4, 15), id="committed"),
+        pytest.param(StockSet(2, 4, offset=9), (2, 4, 1, 7), id="set-lower"),
+        pytest.param(StockSet(20, 4, offset=9), (20, 4, 1, 25), id="set-higher"),
+        pytest.param(StockAdded(5, 4, offset=9), (15, 4, 1, 20), id="added"),
+    ],
+)
+def test_evolve_applies_each_kind_of_event_and_conserves_stock(
+    event: StockEvent, expected: tuple[int, int, int, int]
+) -> None:
+    after = evolve(START, event)
+    assert figures(after) == expected
+    assert after.is_conserved
+    assert after.version == event.version
+
+
+def test_only_stock_commands_move_the_last_command_offset() -> None:
+    for event in (Reserved(1, 4), Released(1, 4), Committed(1, 4)):
+        assert evolve(START, event).last_command_offset == START.last_command_offset
+    assert evolve(START, StockSet(1, 4, offset=12)).last_command_offset == 12
+    assert evolve(START, StockAdded(1, 4, offset=13)).last_command_offset == 13
+
+
+def test_evolve_of_a_product_with_no_stock_starts_from_zero() -> None:
+    level = evolve(None, StockAdded(5, 1, offset=0))
+    assert figures(level) == (5, 0, 0, 5)
+    assert (level.version, level.last_command_offset) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("level", "event"),
+    [
+        pytest.param(START, Reserved(11, 4), id="reserve-more-than-available"),
+        pytest.param(START, Released(5, 4), id="release-more-than-reserved"),
+        pytest.param(START, Committed(5, 4), id="commit-more-than-reserved"),
+        pytest.param(None, Reserved(1, 1), id="reserve-without-stock"),
+    ],
+)
+def test_an_event_that_would_make_a_figure_negative_raises(
+    level: StockLevel | None, event: StockEvent
+) -> None:
+    with pytest.raises(ValueError, match="cannot apply"):
+        evolve(level, event)
+
+
+# stock_command
+
+
+def test_set_and_add_are_numbered_by_version_and_offset() -> None:
+    created = stock_command(None, StockOperation.SET, 100, offset=4)
+    assert created == StockSet(100, version=1, offset=4)
+    level = evolve(None, created)
     assert (level.available, level.total_in, level.last_command_offset) == (100, 100, 4)
+    added = stock_command(level, StockOperation.ADD, 5, offset=5)
+    assert added == StockAdded(5, version=2, offset=5)
 
 
-def test_set_after_reservations_keeps_stock_conserved() -> None:
-    _, level = reserve_line(stocked(10), line(4), LIMIT)
-    assert level is not None
-    restocked = apply_stock_operation(level, StockOperation.SET, 20, offset=1)
+def test_set_after_reservations_keeps_them_and_counts_the_difference_in() -> None:
+    _, reservation = reserve_line(stocked(10), line(4), LIMIT)
+    assert reservation is not None
+    restocked = apply_stock_operation(
+        evolve(stocked(10), reservation), StockOperation.SET, 20, offset=1
+    )
     assert restocked is not None
-    assert (restocked.available, restocked.reserved, restocked.total_in) == (20, 4, 24)
-    assert restocked.is_conserved
+    assert figures(restocked) == (20, 4, 0, 24)
 
 
-def test_set_lower_removes_stock() -> None:
-    lowered = apply_stock_operation(stocked(10), StockOperation.SET, 3, offset=1)
-    assert lowered is not None
-    assert (lowered.available, lowered.total_in) == (3, 3)
-
-
-def test_add_increases_available_and_total() -> None:
-    level = apply_stock_operation(stocked(10), StockOperation.ADD, 5, offset=1)
-    assert level is not None
-    assert (level.available, level.total_in) == (15, 15)
-
-
-def test_add_to_unknown_product_creates_it() -> None:
-    level = apply_stock_operation(None, StockOperation.ADD, 5, offset=0)
-    assert level is not None
-    assert level.available == 5
-
-
-def test_redelivered_command_is_applied_once() -> None:
-    once = apply_stock_operation(stocked(10), StockOperation.ADD, 5, offset=7)
+@pytest.mark.parametrize("operation", list(StockOperation))
+def test_a_redelivered_command_is_applied_once(operation: StockOperation) -> None:
+    once = apply_stock_operation(stocked(10), operation, 5, offset=7)
     assert once is not None
-    assert apply_stock_operation(once, StockOperation.ADD, 5, offset=7) is None
-    assert apply_stock_operation(once, StockOperation.ADD, 5, offset=3) is None
+    assert stock_command(once, operation, 5, offset=7) is None
+    assert stock_command(once, operation, 5, offset=3) is None
+    assert apply_stock_operation(once, operation, 5, offset=7) is None
 
 
 @pytest.mark.parametrize(
@@ -140,4 +210,31 @@ def test_redelivered_command_is_applied_once() -> None:
 )
 def test_impossible_quantities_are_refused(operation: StockOperation, quantity: int) -> None:
     with pytest.raises(ValueError, match="stock"):
-        apply_stock_operation(stocked(1), operation, quantity, offset=1)
+        stock_command(stocked(1), operation, quantity, offset=1)
+
+
+# fold_newer
+
+
+def test_fold_newer_applies_only_newer_events_in_version_order() -> None:
+    level = StockLevel(available=0, reserved=2, total_in=2, version=2)
+    # Applied in list order, v4 would reserve stock that only v3's release frees.
+    events: list[StockEvent] = [
+        Reserved(2, 4),
+        Reserved(9, 1),  # older than the level: already in it
+        Released(2, 3),
+        Committed(2, 2),  # as old as the level: already in it
+        Reserved(2, 4),  # the same event twice counts once
+        StockAdded(1, 5, offset=0),
+    ]
+    for seed in range(5):
+        shuffled = random.Random(seed).sample(events, len(events))
+        folded, applied = fold_newer(level, shuffled)
+        assert applied == 3
+        assert figures(folded) == (1, 2, 0, 3)
+        assert folded.version == 5
+
+
+def test_fold_newer_of_nothing_newer_returns_the_level() -> None:
+    level = stocked(3)
+    assert fold_newer(level, [Reserved(1, level.version)]) == (level, 0)

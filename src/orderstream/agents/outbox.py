@@ -26,7 +26,9 @@ class Outbox:
 
     def __init__(self, partitions: int) -> None:
         self._partitions = partitions  # of every topic (checked at start)
-        self._records: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]]
+        self._records: dict[
+            tuple[str, int], list[tuple[bytes | None, bytes | None, Headers, int | None]]
+        ]
         self._records = {}
 
     def add(
@@ -35,13 +37,18 @@ class Outbox:
         key: bytes | None,
         value: bytes | None,
         partition: int | None = None,
+        *,
         headers: Headers | None = None,
+        timestamp_ms: int | None = None,
     ) -> None:
-        """Queue a record; with no partition, Kafka's default partitioner picks it by key."""
+        """Queue a record; with no partition, Kafka's default partitioner picks it by key.
+
+        With no timestamp, the record is stamped when it is sent.
+        """
         if partition is None:
             partition = key_partition(key, self._partitions) if key is not None else 0
         self._records.setdefault((topic, partition), []).append(
-            (key, value, headers or _NO_HEADERS)
+            (key, value, headers or _NO_HEADERS, timestamp_ms)
         )
 
     def __len__(self) -> int:
@@ -52,14 +59,11 @@ class Outbox:
         sent = []
         for (topic, partition), records in self._records.items():
             builder = producer.create_batch()
-            for key, value, headers in records:
-                if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            for key, value, headers, ts in records:
+                if builder.append(timestamp=ts, key=key, value=value, headers=headers) is None:
                     sent.append(await _submit(producer, builder, topic, partition))
                     builder = producer.create_batch()
-                    if (
-                        builder.append(timestamp=None, key=key, value=value, headers=headers)
-                        is None
-                    ):
+                    if builder.append(timestamp=ts, key=key, value=value, headers=headers) is None:
                         raise MessageSizeTooLargeError(f"a record for {topic} exceeds a batch")
             sent.append(await _submit(producer, builder, topic, partition))
         self._records.clear()

@@ -67,6 +67,7 @@ class Output:
     value: bytes | None
     partition: int | None = None  # None: Kafka's default partitioner, by key
     headers: Headers | None = None
+    timestamp_ms: int | None = None  # None: the time it is sent
 
 
 @dataclass(slots=True)
@@ -147,14 +148,15 @@ class StockProcessor:
         self, record: SourceRecord, state: PartitionView, now_ms: int, effects: Effects
     ) -> None:
         request = decode(OrderRequest, record.value)
-        if self._forwarded(record, request.product_id, effects):
-            return
         if record.timestamp_ms < now_ms - self._window_ms:
             # Its hold may already be gone: deciding it could decide an order twice.
+            # Checked before forwarding too, wherever the record landed.
             raise InvalidMessageError(
                 f"STALE: requested {(now_ms - record.timestamp_ms) / 1000:.0f} s ago, "
                 f"older than the dedup window of {self._settings.dedup_window_s:.0f} s"
             )
+        if self._forwarded(record, request.product_id, effects):
+            return
         key = hold_key(request.order_id, request.product_id)
         recorded = state.hold(key)
         if recorded is not None:
@@ -229,8 +231,15 @@ class StockProcessor:
             record.partition,
             record.offset,
         )
+        # With the original timestamp: the owner judges its age as this partition would.
         effects.outputs.append(
-            Output(record.topic, product_id.encode(), record.value, partition=owner)
+            Output(
+                record.topic,
+                product_id.encode(),
+                record.value,
+                partition=owner,
+                timestamp_ms=record.timestamp_ms,
+            )
         )
         self._metrics.forwarded.labels(record.topic).inc()
         return True

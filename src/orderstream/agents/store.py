@@ -31,9 +31,8 @@ __all__ = ["Append", "PartitionStore", "RestoreReport"]
 # Append(key, value) adds a record to the partition's changelog (value None: a tombstone).
 Append = Callable[[bytes, bytes | None], None]
 
-# The time index of holds shares the database: hold keys start with a digit, so index
-# keys (prefix, big-endian time, hold key) sort apart and in time order.
-_INDEX = b"\x00t"
+# A hold is stored behind the time it was decided (8 bytes), which is all that expiry
+# needs to read of most holds.
 _TIME = struct.Struct(">Q")
 # A rejection's hold changed no stock: a restore need not keep it to fold (with a crowd
 # of rejections for a product that has no stock, keeping them would fill the memory).
@@ -74,6 +73,7 @@ class PartitionStore:
         # During a restore: per product, the holds read since its last snapshot.
         self._since_snapshot: dict[bytes, dict[bytes, bytes]] = {}
         self._report = RestoreReport()
+        self._expiry_cursor = b""
 
     # --- reading (the processor's PartitionView) ------------------------------------
 
@@ -83,17 +83,15 @@ class PartitionStore:
 
     def hold(self, key: bytes) -> bytes | None:
         """Return the encoded hold under ``key``, if any."""
-        value = self._db.get(key)
-        return value if isinstance(value, bytes) else None
+        stored = self._db.get(key)
+        return stored[_TIME.size :] if isinstance(stored, bytes) else None
 
     # --- writing ----------------------------------------------------------------------
 
     def put_hold(self, key: bytes, hold: Hold, append: Append) -> None:
         """Record a new or changed hold, in the cache and the changelog."""
         encoded = hold.model_dump_json().encode()
-        self._db[key] = encoded
-        if hold.is_final:
-            self._db[_INDEX + _TIME.pack(hold.decided_at_ms) + key] = b""
+        self._db[key] = _TIME.pack(hold.decided_at_ms) + encoded
         append(HOLD_KEY + key, encoded)
 
     def apply(self, product_id: str, event: StockEvent, append: Append) -> None:
@@ -114,32 +112,34 @@ class PartitionStore:
         self._dirty.clear()
         return changed
 
-    def expire(self, before_ms: int, limit: int, append: Append) -> int:
-        """Drop up to ``limit`` final holds decided before ``before_ms``; return how many.
+    def expire(self, before_ms: int, scan: int, append: Append) -> int:
+        """Scan up to ``scan`` holds on from the last call; drop the final ones decided
+        before ``before_ms`` and tombstone them in the changelog; return how many.
 
-        A dropped hold is tombstoned in the changelog, so compaction removes it there too.
+        The scan goes round the key space a slice at a time, so a pass over a million
+        holds costs a few milliseconds per call instead of one long pause.
         """
-        dropped = 0
-        stale: list[bytes] = []
-        for index_key in self._db.keys(from_key=_INDEX):
-            if not isinstance(index_key, bytes):
-                break  # raw mode: keys are bytes; this keeps mypy and us honest
-            if not index_key.startswith(_INDEX) or len(stale) >= limit:
+        old: list[bytes] = []
+        scanned = 0
+        for key, stored in self._db.items(from_key=self._expiry_cursor):
+            if not isinstance(key, bytes) or not isinstance(stored, bytes):
+                continue  # raw mode: always bytes; this keeps mypy and us honest
+            if scanned >= scan:
+                self._expiry_cursor = key
                 break
-            (decided_at_ms,) = _TIME.unpack_from(index_key, len(_INDEX))
-            if decided_at_ms >= before_ms:
-                break
-            stale.append(index_key)
-        for index_key in stale:
-            key = index_key[len(_INDEX) + _TIME.size :]
-            del self._db[index_key]
-            encoded = self.hold(key)
-            # Re-check: a restored hold is indexed before anyone read its status.
-            if encoded is not None and Hold.model_validate_json(encoded).is_final:
-                del self._db[key]
-                append(HOLD_KEY + key, None)
-                dropped += 1
-        return dropped
+            scanned += 1
+            (decided_at_ms,) = _TIME.unpack_from(stored)
+            if (
+                decided_at_ms < before_ms
+                and Hold.model_validate_json(stored[_TIME.size :]).is_final
+            ):
+                old.append(key)
+        else:
+            self._expiry_cursor = b""  # the end: start over next time
+        for key in old:
+            del self._db[key]
+            append(HOLD_KEY + key, None)
+        return len(old)
 
     # --- restoring --------------------------------------------------------------------
 
@@ -148,19 +148,16 @@ class PartitionStore:
         self._report.records += 1
         kind, rest = key[:1], key[1:]
         if kind == HOLD_KEY:
-            product = hold_product(rest)
-            pending = self._since_snapshot.setdefault(product, {})
             if value is None:  # a hold that left the dedup window
                 self._db.delete(rest)
-                pending.pop(rest, None)
+                self._since_snapshot.get(hold_product(rest), {}).pop(rest, None)
                 return
             self._report.holds += 1
-            self._db[rest] = value
-            # Indexed by the changelog's time (no need to parse the hold now); expire
-            # reads the hold before dropping it.
-            self._db[_INDEX + _TIME.pack(timestamp_ms) + rest] = b""
+            # Stamped with the changelog record's time (written when it was decided), so
+            # that restoring need not parse the hold.
+            self._db[rest] = _TIME.pack(timestamp_ms) + value
             if _NO_STOCK_EVENT not in value:
-                pending[rest] = value
+                self._since_snapshot.setdefault(hold_product(rest), {})[rest] = value
         elif kind == STOCK_KEY and value is not None:
             # Later in the log means later in time: the last snapshot wins, and it
             # contains every hold written before it.

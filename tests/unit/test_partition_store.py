@@ -1,0 +1,471 @@
+"""The stock agent's partition store: its changelog, restore as a fold, the holds cache."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from orderstream.agents.processor import SourceRecord, StockProcessor
+from orderstream.agents.store import PartitionStore, RestoreReport
+from orderstream.domain import (
+    OrderStatus,
+    RejectReason,
+    Reserved,
+    StockAdded,
+    StockLevel,
+    StockSet,
+    owner_partition,
+)
+from orderstream.metrics import WorkerMetrics
+from orderstream.settings import Settings
+from orderstream.tables import HOLD_KEY, STOCK_KEY, Hold, hold_key
+from orderstream.topics import ORDER_REQUESTS, STOCK_COMMANDS
+
+# A changelog record as the consumer reads it back: key, value (None: tombstone), timestamp.
+Record = tuple[bytes, bytes | None, int]
+
+
+class Changelog:
+    """An Append callback that keeps what it is given, stamped like the broker would."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.now_ms = 1_000
+
+    def __call__(self, key: bytes, value: bytes | None) -> None:
+        self.records.append((key, value, self.now_ms))
+
+
+def snapshot(
+    product_id: str, *, available: int, version: int, reserved: int = 0, at_ms: int = 1_000
+) -> Record:
+    """A stock snapshot record, keyed and encoded as the store writes it."""
+    level = StockLevel(
+        available=available, reserved=reserved, total_in=available + reserved, version=version
+    )
+    return STOCK_KEY + product_id.encode(), level.model_dump_json().encode(), at_ms
+
+
+def make_hold(
+    order_id: str, product_id: str, quantity: int, stock_version: int | None, decided_at_ms: int
+) -> Hold:
+    """A reservation with the stock version it produced, or a rejection (None)."""
+    rejected = stock_version is None
+    return Hold(
+        order_id=order_id,
+        user_id="u1",
+        product_id=product_id,
+        quantity=quantity,
+        status=OrderStatus.REJECTED if rejected else OrderStatus.RESERVED,
+        reason=RejectReason.OUT_OF_STOCK if rejected else None,
+        requested_at_ms=decided_at_ms - 1,
+        decided_at_ms=decided_at_ms,
+        stock_version=stock_version,
+    )
+
+
+def hold_record(
+    order_id: str, product_id: str, quantity: int, stock_version: int | None, at_ms: int = 1_000
+) -> Record:
+    value = make_hold(order_id, product_id, quantity, stock_version, at_ms)
+    return HOLD_KEY + hold_key(order_id, product_id), value.model_dump_json().encode(), at_ms
+
+
+def tombstone(order_id: str, product_id: str, at_ms: int = 1_000) -> Record:
+    return HOLD_KEY + hold_key(order_id, product_id), None, at_ms
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[PartitionStore]:
+    partition_store = PartitionStore(tmp_path / "store")
+    yield partition_store
+    partition_store.close()
+
+
+def restore(store: PartitionStore, *records: Record) -> RestoreReport:
+    for key, value, timestamp_ms in records:
+        store.restore(key, value, timestamp_ms)
+    return store.finish_restore()
+
+
+def level_of(record: Record) -> StockLevel:
+    assert record[1] is not None
+    return StockLevel.model_validate_json(record[1])
+
+
+# --- writing: what reaches the changelog, and when ---------------------------------
+
+
+def test_stock_commands_are_snapshotted_at_once_and_reservations_at_the_end_of_a_batch(
+    store: PartitionStore,
+) -> None:
+    changelog = Changelog()
+    store.apply("p1", StockSet(10, 1, offset=0), changelog)
+    [(key, _, _)] = changelog.records
+    assert key == STOCK_KEY + b"p1"
+    assert level_of(changelog.records[0]) == store.stock["p1"]
+    store.apply("p1", Reserved(2, 2), changelog)
+    store.put_hold(hold_key("o1", "p1"), make_hold("o1", "p1", 2, 2, 1_000), changelog)
+    store.apply("p2", StockAdded(4, 1, offset=1), changelog)
+    assert [key for key, *_ in changelog.records] == [
+        STOCK_KEY + b"p1",
+        HOLD_KEY + hold_key("o1", "p1"),  # the reservation itself wrote no stock record
+        STOCK_KEY + b"p2",
+    ]
+    changed = store.snapshot_changed(changelog)
+    assert dict(changed) == {"p1": store.stock["p1"], "p2": store.stock["p2"]}
+    assert {(record[0], level_of(record)) for record in changelog.records[3:]} == {
+        (STOCK_KEY + b"p1", store.stock["p1"]),
+        (STOCK_KEY + b"p2", store.stock["p2"]),
+    }
+    assert store.snapshot_changed(changelog) == []  # nothing changed since
+
+
+def test_an_event_the_stock_cannot_take_raises_and_changes_nothing(
+    store: PartitionStore,
+) -> None:
+    changelog = Changelog()
+    store.apply("p1", StockSet(1, 1, offset=0), changelog)
+    store.snapshot_changed(changelog)
+    before, written = dict(store.stock), len(changelog.records)
+    with pytest.raises(ValueError, match="cannot apply"):
+        store.apply("p1", Reserved(2, 2), changelog)
+    assert store.stock == before
+    assert len(changelog.records) == written
+    assert store.snapshot_changed(changelog) == []
+
+
+# --- restore -------------------------------------------------------------------------
+
+
+def test_restore_reapplies_reservations_after_the_last_snapshot(store: PartitionStore) -> None:
+    # A crash cut the log after o2 and o3, before their end-of-batch snapshot.
+    report = restore(
+        store,
+        snapshot("p1", available=10, version=1),
+        hold_record("o1", "p1", 2, 2),
+        snapshot("p1", available=8, reserved=2, version=2),
+        hold_record("o2", "p1", 3, 3),
+        hold_record("o3", "p1", 1, 4),
+    )
+    level = store.stock["p1"]
+    assert (level.available, level.reserved, level.sold, level.total_in) == (4, 6, 0, 10)
+    assert level.version == 4
+    assert (report.records, report.snapshots, report.holds, report.replayed) == (5, 1, 3, 2)
+    assert report.orphans == []
+
+
+def test_restore_folds_each_product_against_its_own_snapshot(store: PartitionStore) -> None:
+    report = restore(
+        store,
+        snapshot("p1", available=5, version=1),
+        snapshot("p2", available=7, version=4),
+        hold_record("o1", "p1", 1, 2),
+        hold_record("o2", "p2", 2, 5),
+        snapshot("p1", available=4, reserved=1, version=2),
+    )
+    assert (store.stock["p1"].available, store.stock["p1"].version) == (4, 2)
+    assert (store.stock["p2"].available, store.stock["p2"].reserved) == (5, 2)
+    assert store.stock["p2"].version == 5
+    assert report.replayed == 1
+
+
+def test_a_hold_written_twice_is_folded_once(store: PartitionStore) -> None:
+    twice = hold_record("o1", "p1", 2, 2)
+    report = restore(store, snapshot("p1", available=10, version=1), twice, twice)
+    assert (store.stock["p1"].available, store.stock["p1"].reserved) == (8, 2)
+    assert report.replayed == 1
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        pytest.param(
+            [
+                snapshot("p1", available=10, version=1),
+                hold_record("o1", "p1", 2, 2),
+                hold_record("o2", "p1", 3, 3),
+                snapshot("p1", available=5, reserved=5, version=3),
+            ],
+            id="whole-log",
+        ),
+        # Compaction removed the earlier snapshot: the one left follows its holds.
+        pytest.param(
+            [
+                hold_record("o1", "p1", 2, 2),
+                hold_record("o2", "p1", 3, 3),
+                snapshot("p1", available=5, reserved=5, version=3),
+            ],
+            id="compacted-log",
+        ),
+    ],
+)
+def test_reservations_the_last_snapshot_contains_are_not_reapplied(
+    store: PartitionStore, log: list[Record]
+) -> None:
+    report = restore(store, *log)
+    assert store.stock == {"p1": level_of(log[-1])}
+    assert (report.holds, report.replayed, report.orphans) == (2, 0, [])
+
+
+def test_rejected_holds_never_change_the_stock(store: PartitionStore) -> None:
+    first = snapshot("p1", available=1, version=1)
+    report = restore(
+        store,
+        first,
+        hold_record("o1", "p1", 5, None),
+        hold_record("o2", "p1", 3, None),
+        hold_record("o3", "ghost", 1, None),  # a rejection of a product never stocked
+    )
+    assert store.stock == {"p1": level_of(first)}
+    assert (report.holds, report.replayed, report.orphans) == (3, 0, [])
+
+
+def test_a_reservation_of_a_product_without_snapshot_is_an_orphan(store: PartitionStore) -> None:
+    report = restore(
+        store, snapshot("p1", available=3, version=1), hold_record("o1", "ghost", 1, 2)
+    )
+    assert isinstance(report, RestoreReport)
+    assert report.orphans == ["ghost"]
+    assert "ghost" not in store.stock
+    assert report.replayed == 0
+
+
+def test_a_hold_tombstone_removes_the_hold(store: PartitionStore) -> None:
+    report = restore(
+        store,
+        snapshot("p1", available=3, version=1),
+        hold_record("o1", "p1", 5, None),
+        tombstone("o1", "p1"),
+        tombstone("o2", "p1"),  # of a hold this prefix never saw
+    )
+    assert store.hold(hold_key("o1", "p1")) is None
+    assert store.stock["p1"].available == 3
+    assert (report.records, report.holds) == (4, 1)
+
+
+def test_unknown_keys_are_ignored_with_a_warning(
+    store: PartitionStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = snapshot("p1", available=3, version=1)
+    with caplog.at_level(logging.WARNING, logger="orderstream.agents.store"):
+        report = restore(
+            store,
+            first,
+            (STOCK_KEY + b"p1", None, 1_000),
+            (b"x-something", b"not json", 1_000),
+            (b"", b"{}", 1_000),
+        )
+    assert store.stock == {"p1": level_of(first)}
+    assert (report.records, report.holds, report.replayed, report.orphans) == (4, 0, 0, [])
+    assert caplog.text.count("ignoring changelog record") == 3
+
+
+def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
+    tmp_path: Path,
+) -> None:
+    """Wherever a crash cuts the changelog, restore gives the stock that prefix implies.
+
+    Decide a seeded random stream (restocks, reservations, rejections, duplicates,
+    misrouted and stale requests, expiry) exactly as the engine does, keeping every
+    record the changelog got and the live stock right after it; then restore a fresh
+    store from each prefix.
+    """
+    rng = random.Random(20_240_501)
+    window_s = 30
+    settings = Settings(partitions=8, topic_prefix="", dedup_window_s=window_s, max_line_quantity=4)
+    registry = CollectorRegistry()
+    processor = StockProcessor(settings, WorkerMetrics.register(registry))
+    owned = [p for p in (f"p{i}" for i in range(50)) if owner_partition(p, 8) == 0][:4]
+    stocked, never_stocked = owned[:3], owned[3]
+    elsewhere = next(p for p in (f"q{i}" for i in range(50)) if owner_partition(p, 8) != 0)
+    live = PartitionStore(tmp_path / "live")
+    changelog = Changelog()
+    live_after: list[dict[str, StockLevel]] = []  # store.stock right after each record
+
+    def append(key: bytes, value: bytes | None) -> None:
+        changelog(key, value)
+        live_after.append(dict(live.stock))
+
+    def command(operation: str, product_id: str, quantity: int, now_ms: int) -> SourceRecord:
+        value = b'{"product_id":"%s","operation":"%s","quantity":%d}' % (
+            product_id.encode(),
+            operation.encode(),
+            quantity,
+        )
+        return SourceRecord(STOCK_COMMANDS, 0, len(commands), now_ms, None, value)
+
+    def request(product_id: str, quantity: int, requested_at_ms: int) -> SourceRecord:
+        value = b'{"order_id":"o%d","user_id":"u","product_id":"%s","quantity":%d}' % (
+            len(requests),
+            product_id.encode(),
+            quantity,
+        )
+        return SourceRecord(ORDER_REQUESTS, 0, len(requests), requested_at_ms, None, value)
+
+    commands: list[SourceRecord] = []
+    requests: list[SourceRecord] = []
+    for batch in range(30):
+        changelog.now_ms += rng.randint(1, 6_000)
+        now_ms = changelog.now_ms
+        records: list[SourceRecord] = []
+        if batch == 0:
+            for product_id in stocked:
+                commands.append(command("set", product_id, 8, now_ms))
+            records += commands
+        for _ in range(rng.randint(1, 6)):
+            roll = rng.random()
+            if roll < 0.1:
+                operation = rng.choice(["set", "add"])
+                quantity = rng.randint(0, 8) if operation == "set" else rng.randint(1, 4)
+                commands.append(command(operation, rng.choice(stocked), quantity, now_ms))
+                records.append(commands[-1])
+            elif roll < 0.15:
+                records.append(rng.choice(commands))  # redelivered: applied once
+            elif roll < 0.3 and requests:
+                records.append(rng.choice(requests))  # a duplicate, maybe stale by now
+            else:
+                product_id = rng.choice([*stocked * 4, never_stocked, elsewhere])
+                quantity = rng.choice([1, 1, 2, 2, 3, 4, 5])  # 5 is over the line limit
+                requests.append(request(product_id, quantity, now_ms - rng.randint(0, 500)))
+                records.append(requests[-1])
+        for record in records:
+            effects = processor.process(record, live, now_ms)
+            for product_id, event in effects.stock:  # stock first, as the engine does
+                live.apply(product_id, event, append)
+            for key, hold in effects.holds:
+                live.put_hold(key, hold, append)
+        live.snapshot_changed(append)
+        if rng.random() < 0.3:
+            live.expire(now_ms - window_s * 1000, rng.randint(1, 4), append)
+    live.close()
+
+    log = changelog.records
+    hold_keys = {key[1:] for key, _, _ in log if key[:1] == HOLD_KEY}
+    # The stream went through every kind of record a changelog holds.
+    assert any(value is None for _, value, _ in log)
+    assert any(value and b'"REJECTED"' in value for _, value, _ in log)
+    assert any(value and b'"RESERVED"' in value for _, value, _ in log)
+    assert sum(key[:1] == STOCK_KEY for key, _, _ in log) > 10
+    assert registry.get_sample_value("orderstream_duplicate_requests_total")
+    assert registry.get_sample_value(
+        "orderstream_stock_commands_total", {"operation": "set", "result": "already_applied"}
+    )
+    for cut in range(len(log) + 1):
+        prefix = log[:cut]
+        restored = PartitionStore(tmp_path / f"restored-{cut}")
+        report = restore(restored, *prefix)
+        assert restored.stock == (live_after[cut - 1] if cut else {}), f"cut at {cut}"
+        assert report.orphans == []
+        present: dict[bytes, bytes | None] = {}
+        for key, value, _ in prefix:
+            if key[:1] == HOLD_KEY:
+                present[key[1:]] = value
+        for key in hold_keys:
+            assert restored.hold(key) == present.get(key)
+        holds = [Hold.model_validate_json(value) for value in present.values() if value]
+        for product_id, level in restored.stock.items():
+            reserved = sum(
+                h.quantity
+                for h in holds
+                if h.product_id == product_id and h.status is OrderStatus.RESERVED
+            )
+            assert level.reserved == reserved
+            assert level.available == level.total_in - reserved
+            assert level.is_conserved
+        restored.close()
+
+
+# --- expiry ----------------------------------------------------------------------------
+
+
+def test_expire_drops_old_final_holds_a_bounded_slice_at_a_time_and_tombstones_them(
+    store: PartitionStore,
+) -> None:
+    changelog = Changelog()
+    old = [hold_key(f"o{i}", "p1") for i in range(5)]
+    for i, key in enumerate(old):
+        store.put_hold(key, make_hold(f"o{i}", "p1", 1, None, 1_000 + i), changelog)
+    kept = [hold_key("old-reserved", "p1"), hold_key("new", "p1")]
+    store.put_hold(kept[0], make_hold("old-reserved", "p1", 1, 2, 500), changelog)
+    store.put_hold(kept[1], make_hold("new", "p1", 1, None, 5_000), changelog)
+    del changelog.records[:]
+
+    # Each call looks at no more than `scan` holds and goes on where the last one stopped:
+    # one pass over the seven holds takes four calls.
+    dropped = [store.expire(5_000, 2, changelog) for _ in range(4)]
+    assert all(count <= 2 for count in dropped)
+    assert sum(dropped) == len(old)
+    assert sorted(changelog.records) == sorted(
+        (HOLD_KEY + key, None, changelog.now_ms) for key in old
+    )
+    assert all(store.hold(key) is None for key in old)
+    assert all(store.hold(key) is not None for key in kept)
+    assert store.expire(5_000, 100, changelog) == 0  # the next pass finds nothing more
+
+
+def test_expire_after_a_restore_leaves_reservations_alone(store: PartitionStore) -> None:
+    # A restore stamps every hold with its changelog time, reservations too.
+    restore(
+        store,
+        snapshot("p1", available=10, version=1),
+        hold_record("o1", "p1", 2, 2, at_ms=1_000),
+        hold_record("o2", "p1", 1, None, at_ms=1_500),
+        hold_record("o3", "p1", 3, 3, at_ms=2_000),
+        hold_record("o4", "p1", 1, None, at_ms=9_000),
+    )
+    stock = dict(store.stock)
+    changelog = Changelog()
+    assert store.expire(5_000, 10, changelog) == 1
+    assert changelog.records == [(HOLD_KEY + hold_key("o2", "p1"), None, changelog.now_ms)]
+    assert store.expire(10_000, 10, changelog) == 1  # o4 only: reservations are never final
+    assert store.expire(10_000, 10, changelog) == 0
+    for order_id in ("o1", "o3"):
+        assert store.hold(hold_key(order_id, "p1")) is not None
+    assert store.stock == stock
+
+
+# --- the holds cache -------------------------------------------------------------------
+
+
+def test_hold_returns_the_bytes_recorded_or_restored(store: PartitionStore) -> None:
+    changelog = Changelog()
+    recorded = make_hold("o1", "p1", 2, 2, 1_000)
+    store.put_hold(hold_key("o1", "p1"), recorded, changelog)
+    encoded = recorded.model_dump_json().encode()
+    assert store.hold(hold_key("o1", "p1")) == encoded
+    assert changelog.records == [(HOLD_KEY + hold_key("o1", "p1"), encoded, 1_000)]
+    key, value, _ = hold_record("o2", "p1", 1, None)
+    restore(store, (key, value, 1_000))
+    assert store.hold(hold_key("o2", "p1")) == value
+    assert store.hold(hold_key("o3", "p1")) is None
+
+
+def test_a_new_store_on_the_same_path_starts_empty(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    first = PartitionStore(path)
+    first.put_hold(hold_key("o1", "p1"), make_hold("o1", "p1", 1, None, 1_000), Changelog())
+    first.apply("p1", StockSet(3, 1, offset=0), Changelog())
+    first._db.close()  # a crash: the cache is left on disk, not deleted
+    (path / "leftover").write_bytes(b"x")
+    second = PartitionStore(path)
+    try:
+        assert second.hold(hold_key("o1", "p1")) is None
+        assert second.stock == {}
+        assert not (path / "leftover").exists()
+    finally:
+        second.close()
+
+
+def test_close_removes_the_directory(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    partition_store = PartitionStore(path)
+    partition_store.put_hold(hold_key("o1", "p1"), make_hold("o1", "p1", 1, 2, 1_000), Changelog())
+    assert path.is_dir()
+    partition_store.close()
+    assert not path.exists()

@@ -1,0 +1,334 @@
+"""The stock agent's processor: one source record and the partition's state in, effects out."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from orderstream.agents.processor import Effects, Output, SourceRecord, StockProcessor
+from orderstream.domain import (
+    OrderStatus,
+    RejectReason,
+    Reserved,
+    StockAdded,
+    StockEvent,
+    StockLevel,
+    StockSet,
+    evolve,
+    owner_partition,
+)
+from orderstream.metrics import WorkerMetrics
+from orderstream.settings import Settings
+from orderstream.tables import hold_key
+from orderstream.topics import (
+    DLQ_REASON_HEADER,
+    DLQ_SOURCE_HEADER,
+    ORDER_EVENTS,
+    ORDER_REQUESTS,
+    STOCK_COMMANDS,
+    OrderEvent,
+)
+
+PARTITIONS = 8
+WINDOW_S = 60
+NOW_MS = 10_000_000
+PRODUCT = "p1"
+OWNER = owner_partition(PRODUCT, PARTITIONS)
+ELSEWHERE = (OWNER + 1) % PARTITIONS
+
+
+class MemoryState:
+    """A PartitionView in two dicts, taking effects as the store would."""
+
+    def __init__(self) -> None:
+        self.stock: dict[str, StockLevel] = {}
+        self.holds: dict[bytes, bytes] = {}
+
+    def level(self, product_id: str) -> StockLevel | None:
+        return self.stock.get(product_id)
+
+    def hold(self, key: bytes) -> bytes | None:
+        return self.holds.get(key)
+
+    def take(self, effects: Effects) -> None:
+        for product_id, event in effects.stock:
+            self.stock[product_id] = evolve(self.stock.get(product_id), event)
+        for key, hold in effects.holds:
+            self.holds[key] = hold.model_dump_json().encode()
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def processor(registry: CollectorRegistry) -> StockProcessor:
+    # Every value explicit: ORDERSTREAM_* variables of the shell must not leak in.
+    settings = Settings(
+        partitions=PARTITIONS, topic_prefix="", dedup_window_s=WINDOW_S, max_line_quantity=10
+    )
+    return StockProcessor(settings, WorkerMetrics.register(registry))
+
+
+@pytest.fixture
+def state() -> MemoryState:
+    memory = MemoryState()
+    memory.stock[PRODUCT] = StockLevel(available=5, total_in=5, version=1)
+    return memory
+
+
+def request_value(order_id: str = "o1", quantity: int = 2, product_id: str = PRODUCT) -> bytes:
+    return b'{"order_id":"%s","user_id":"u1","product_id":"%s","quantity":%d}' % (
+        order_id.encode(),
+        product_id.encode(),
+        quantity,
+    )
+
+
+def request(
+    value: bytes | None,
+    *,
+    partition: int = OWNER,
+    offset: int = 42,
+    timestamp_ms: int = NOW_MS - 5,
+) -> SourceRecord:
+    return SourceRecord(ORDER_REQUESTS, partition, offset, timestamp_ms, PRODUCT.encode(), value)
+
+
+def command(operation: str, quantity: int, offset: int, partition: int = OWNER) -> SourceRecord:
+    value = b'{"product_id":"%s","operation":"%s","quantity":%d}' % (
+        PRODUCT.encode(),
+        operation.encode(),
+        quantity,
+    )
+    return SourceRecord(STOCK_COMMANDS, partition, offset, NOW_MS, PRODUCT.encode(), value)
+
+
+def announced(output: Output) -> OrderEvent:
+    assert output.topic == ORDER_EVENTS
+    assert output.value is not None
+    return OrderEvent.model_validate_json(output.value)
+
+
+def dead_letter_reason(effects: Effects, source: SourceRecord) -> str:
+    """Check ``effects`` is exactly the dead letter of ``source``; return its reason."""
+    assert (effects.holds, effects.stock) == ([], [])
+    [dead] = effects.outputs
+    assert dead.topic == source.topic + "-dlq"
+    assert (dead.key, dead.value, dead.partition) == (source.key, source.value, None)
+    headers = dict(dead.headers or [])
+    assert (
+        headers[DLQ_SOURCE_HEADER] == f"{source.topic}/{source.partition}/{source.offset}".encode()
+    )
+    return headers[DLQ_REASON_HEADER].decode()
+
+
+# --- order requests -------------------------------------------------------------------
+
+
+def test_a_valid_request_reserves_records_a_hold_and_announces_it(
+    processor: StockProcessor, state: MemoryState
+) -> None:
+    source = request(request_value("o1", 2))
+    effects = processor.process(source, state, NOW_MS)
+
+    [(key, hold)] = effects.holds
+    assert key == hold_key("o1", PRODUCT)
+    assert (hold.order_id, hold.user_id, hold.product_id, hold.quantity) == ("o1", "u1", PRODUCT, 2)
+    assert (hold.status, hold.reason, hold.stock_version) == (OrderStatus.RESERVED, None, 2)
+    assert (hold.requested_at_ms, hold.decided_at_ms) == (source.timestamp_ms, NOW_MS)
+    assert effects.stock == [(PRODUCT, Reserved(2, version=2))]
+    [output] = effects.outputs
+    assert (output.key, output.partition, output.headers) == (b"o1", None, None)
+    event = announced(output)
+    assert (event.order_id, event.seq, event.status) == ("o1", 1, OrderStatus.RESERVED)
+    assert event == hold.decision_event()
+
+
+def test_out_of_stock_records_a_rejection_and_changes_no_stock(
+    processor: StockProcessor, state: MemoryState
+) -> None:
+    effects = processor.process(request(request_value("o1", 6)), state, NOW_MS)
+    [(_, hold)] = effects.holds
+    assert (hold.status, hold.reason, hold.stock_version) == (
+        OrderStatus.REJECTED,
+        RejectReason.OUT_OF_STOCK,
+        None,
+    )
+    assert effects.stock == []
+    [output] = effects.outputs
+    assert (announced(output).status, announced(output).reason) == (
+        OrderStatus.REJECTED,
+        RejectReason.OUT_OF_STOCK,
+    )
+
+
+def test_a_duplicate_resends_the_recorded_decision_and_decides_nothing(
+    processor: StockProcessor, state: MemoryState, registry: CollectorRegistry
+) -> None:
+    first = processor.process(request(request_value("o1", 2)), state, NOW_MS)
+    state.take(first)
+    # Redelivered later, with stock gone meanwhile: the first decision still stands.
+    state.stock[PRODUCT] = StockLevel(available=0, reserved=5, total_in=5, version=9)
+    again = processor.process(request(request_value("o1", 2), offset=99), state, NOW_MS + 1_000)
+    assert (again.holds, again.stock) == ([], [])
+    assert again.outputs == first.outputs
+    assert registry.get_sample_value("orderstream_duplicate_requests_total") == 1
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param(request(request_value(), partition=ELSEWHERE), id="order-request"),
+        pytest.param(command("set", 5, offset=3, partition=ELSEWHERE), id="stock-command"),
+    ],
+)
+def test_a_record_on_the_wrong_partition_is_forwarded_to_its_owner_undecided(
+    processor: StockProcessor, state: MemoryState, source: SourceRecord
+) -> None:
+    effects = processor.process(source, state, NOW_MS)
+    assert (effects.holds, effects.stock) == ([], [])
+    assert effects.outputs == [
+        Output(
+            source.topic, PRODUCT.encode(), source.value, OWNER, timestamp_ms=source.timestamp_ms
+        )
+    ]
+
+
+def test_a_request_older_than_the_dedup_window_is_dead_lettered_stale(
+    processor: StockProcessor, state: MemoryState
+) -> None:
+    edge = NOW_MS - WINDOW_S * 1000
+    stale = request(request_value("o1"), timestamp_ms=edge - 1)
+    reason = dead_letter_reason(processor.process(stale, state, NOW_MS), stale)
+    assert reason.startswith("STALE")
+    # At the edge of the window it is still decided.
+    on_edge = processor.process(request(request_value("o1"), timestamp_ms=edge), state, NOW_MS)
+    assert on_edge.stock == [(PRODUCT, Reserved(2, version=2))]
+
+
+def test_a_stale_request_on_the_wrong_partition_is_dead_lettered_not_forwarded(
+    processor: StockProcessor, state: MemoryState
+) -> None:
+    stale = request(
+        request_value("o1"), partition=ELSEWHERE, timestamp_ms=NOW_MS - WINDOW_S * 1000 - 1
+    )
+    reason = dead_letter_reason(processor.process(stale, state, NOW_MS), stale)
+    assert reason.startswith("STALE")
+
+
+VALID = {"order_id": "o1", "user_id": "u1", "product_id": PRODUCT}
+
+
+def fields(**overrides: str) -> bytes:
+    """A request's JSON with some fields' raw JSON text replaced."""
+    raw = {key: f'"{value}"' for key, value in VALID.items()} | {"quantity": "1"} | overrides
+    return ("{" + ",".join(f'"{key}":{value}' for key, value in raw.items()) + "}").encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        pytest.param(b"not json", "Invalid JSON", id="not-json"),
+        pytest.param(None, "no value", id="null-value"),
+        pytest.param(
+            fields(order_id=r'"o\u00001"'),
+            "order_id: contains a control character",
+            id="nul-in-order-id",
+        ),
+        pytest.param(
+            fields(product_id=r'"p\u00001"'),
+            "product_id: contains a control character",
+            id="nul-in-product-id",
+        ),
+        pytest.param(
+            fields(user_id=r'"u\u001b[31m"'),
+            "user_id: contains a control character",
+            id="escape-in-user-id",
+        ),
+        pytest.param(
+            fields(order_id=f'"{"o" * 201}"'),
+            "order_id: String should have at most 200",
+            id="201-char-id",
+        ),
+        pytest.param(
+            fields(quantity="9223372036854775808"),
+            "quantity: Input should be less than or equal to 2147483647",
+            id="quantity-over-int64",
+        ),
+        pytest.param(
+            fields(quantity="0"),
+            "quantity: Input should be greater than or equal to 1",
+            id="quantity-zero",
+        ),
+        pytest.param(
+            fields(quantity='"1"'),
+            "quantity: Input should be a valid integer",
+            id="quantity-as-string",
+        ),
+        pytest.param(
+            fields(line_count="0"),
+            "line_count: Input should be greater than or equal to 1",
+            id="line-count-zero",
+        ),
+    ],
+)
+def test_a_malformed_request_is_dead_lettered_with_the_original_bytes_and_why(
+    processor: StockProcessor,
+    state: MemoryState,
+    registry: CollectorRegistry,
+    value: bytes | None,
+    fragment: str,
+) -> None:
+    source = request(value)
+    reason = dead_letter_reason(processor.process(source, state, NOW_MS), source)
+    assert fragment in reason
+    assert registry.get_sample_value("orderstream_dead_letters_total", {"topic": ORDER_REQUESTS})
+
+
+def test_a_corrupt_recorded_hold_dead_letters_the_request_instead_of_stopping(
+    processor: StockProcessor, state: MemoryState
+) -> None:
+    state.holds[hold_key("o1", PRODUCT)] = b"{not a hold"
+    source = request(request_value("o1"))
+    assert dead_letter_reason(processor.process(source, state, NOW_MS), source).startswith(
+        "internal error"
+    )
+
+
+# --- stock commands -----------------------------------------------------------------------
+
+
+def test_stock_commands_apply_once_by_offset(processor: StockProcessor, state: MemoryState) -> None:
+    state.stock.clear()
+    steps: list[tuple[SourceRecord, list[tuple[str, StockEvent]]]] = [
+        (command("set", 10, offset=5), [(PRODUCT, StockSet(10, 1, offset=5))]),
+        (command("set", 10, offset=5), []),  # redelivered
+        (command("add", 3, offset=6), [(PRODUCT, StockAdded(3, 2, offset=6))]),
+        (command("add", 3, offset=6), []),
+        (command("set", 1, offset=4), []),  # an older offset was applied before too
+    ]
+    for source, stock in steps:
+        effects = processor.process(source, state, NOW_MS)
+        assert effects == Effects(stock=stock)  # no hold, nothing sent: the store snapshots
+        state.take(effects)
+    level = state.stock[PRODUCT]
+    assert (level.available, level.total_in, level.last_command_offset) == (13, 13, 6)
+
+
+@pytest.mark.parametrize(
+    ("operation", "quantity", "fragment"),
+    [
+        pytest.param(
+            "set", -1, "quantity: Input should be greater than or equal to 0", id="negative-set"
+        ),
+        pytest.param("add", 0, "stock add needs a quantity >= 1", id="empty-add"),
+    ],
+)
+def test_an_impossible_stock_command_is_dead_lettered(
+    processor: StockProcessor, state: MemoryState, operation: str, quantity: int, fragment: str
+) -> None:
+    source = command(operation, quantity, offset=7)
+    assert fragment in dead_letter_reason(processor.process(source, state, NOW_MS), source)
+    assert state.stock[PRODUCT].last_command_offset == -1
