@@ -125,13 +125,16 @@ async def first_decision_after(settings: Settings, order_id: str, deadline_s: fl
         await consumer.stop()
 
 
-async def measure(base: Settings, requests: int, stock: int, workdir: Path) -> dict[str, float]:
+async def measure(
+    base: Settings, requests: int, stock: int, workdir: Path, worker_id: str | None
+) -> dict[str, float]:
     run_id = f"r{uuid.uuid4().hex[:8]}"
     settings = base.model_copy(
         update={
             "topic_prefix": f"{run_id}.",
             "app_id": f"orderstream-{run_id}",
             "data_dir": workdir / run_id,
+            "worker_id": worker_id,
         }
     )
     await create_topics(settings)
@@ -191,13 +194,16 @@ async def measure(base: Settings, requests: int, stock: int, workdir: Path) -> d
 async def main(args: argparse.Namespace) -> None:
     workdir = REPO / ".stack" / "bench-restore"
     workdir.mkdir(parents=True, exist_ok=True)
-    results = [await measure(Settings(), n, args.stock, workdir) for n in args.requests]
+    results = [
+        await measure(Settings(), n, args.stock, workdir, args.worker_id) for n in args.requests
+    ]
     print("| requests in the sale | holds in the partition | restore | kill -9 -> first decision |")
     print("|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r['requests']:,} | {r['requests']:,} | {r['restore_s']:.2f} s "
-            f"| {r['kill_to_first_decision_s']:.2f} s (session timeout {r['session_timeout_s']:.0f} s) |"
+            f"| {r['kill_to_first_decision_s']:.2f} s "
+            f"(session timeout {r['session_timeout_s']:.0f} s) |"
         )
 
 
@@ -205,4 +211,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--stock", type=int, default=10_000)
+    parser.add_argument(
+        "--worker-id", help="ORDERSTREAM_WORKER_ID of both workers (static membership)"
+    )
     asyncio.run(main(parser.parse_args()))

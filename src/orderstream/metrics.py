@@ -110,8 +110,9 @@ class SinkMetrics:
             ),
             dead_letters=Counter(
                 "orderstream_sink_dead_letters",
-                "Undecodable records the sink sent to a dead-letter topic.",
-                ["topic"],
+                "Records the sink sent to a dead-letter topic, by source topic and cause:"
+                " invalid (undecodable) or refused (by PostgreSQL).",
+                ["topic", "cause"],
                 registry=registry,
             ),
         )

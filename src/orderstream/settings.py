@@ -83,6 +83,8 @@ class Settings(BaseSettings):
         env = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
+            if value is None:
+                continue  # unset: no variable reproduces None but its absence
             if isinstance(value, SecretStr):
                 secret = value.get_secret_value()
                 value = _mask_url(secret) if mask_secrets else secret

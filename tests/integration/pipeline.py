@@ -118,14 +118,17 @@ class Pipeline:
         finally:
             await producer.stop()
 
-    async def read_topic(self, name: str) -> list[Any]:
-        """Read a topic from its beginning to its current end (no consumer group)."""
+    async def read_topic(self, name: str, *, prefixed: bool = True) -> list[Any]:
+        """Read a topic from its beginning to its current end (no consumer group).
+
+        ``name`` gets the deployment's topic prefix unless ``prefixed`` is false.
+        """
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
         )
         await consumer.start()
         try:
-            topic = self.topic(name)
+            topic = self.topic(name) if prefixed else name
             partitions = [
                 TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
             ]

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from orderstream.sink.base import LocatedEvent, SinkBatch
+from orderstream.sink.base import LocatedEvent, RecordRejectedError, SinkBatch, SinkUnavailableError
 from orderstream.topics import StockChange
+
+# A dead letter's reason header carries this much of the database's error at most.
+REASON_MAX_CHARS = 500
+
+Row = tuple[object, ...]
 
 # Rows are copied (COPY, one round trip per table) into session-local staging tables,
 # then merged with one INSERT ... SELECT each: at thousands of decisions per second this
@@ -75,32 +81,70 @@ WHERE product_stock.version < EXCLUDED.version
 class PostgresSink:
     """Write batches of order events and stock changes to PostgreSQL."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, connection_timeout_s: float = 5.0) -> None:
         self._pool = pool
+        # Bounds a write's wait for a connection while PostgreSQL is down, so that the
+        # caller's retry loop gets control back (to log, poll Kafka, or stop).
+        self._connection_timeout_s = connection_timeout_s
 
     async def write(self, batch: SinkBatch) -> None:
-        """Write ``batch`` in one transaction."""
-        latest_orders = _latest_per_order(batch.order_events)
-        latest_stock = _latest_per_product(batch.stock_changes)
-        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        """Write ``batch`` in one transaction.
+
+        Errors by class: a DataError or an IntegrityError is a record's fault (raised as
+        RecordRejectedError); any other database error, whatever the records, is raised
+        as SinkUnavailableError: PostgreSQL down, or its schema not as expected.
+        """
+        try:
+            await self._write(batch)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            raise RecordRejectedError(describe(exc)) from exc
+        except psycopg.Error as exc:  # OperationalError, PoolTimeout, ProgrammingError, ...
+            raise SinkUnavailableError(describe(exc)) from exc
+
+    async def _write(self, batch: SinkBatch) -> None:
+        order_rows, event_rows, stock_rows = _rows(batch)
+        async with (
+            self._pool.connection(timeout=self._connection_timeout_s) as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
             await cur.execute(_STAGING)
-            if batch.order_events:
+            if event_rows:
                 async with cur.copy(_COPY_ORDERS) as copy:
-                    for located in latest_orders:
-                        await copy.write_row(_order_row(located))
+                    for row in order_rows:
+                        await copy.write_row(row)
                 async with cur.copy(_COPY_EVENTS) as copy:
-                    for located in batch.order_events:
-                        await copy.write_row(_event_row(located))
+                    for row in event_rows:
+                        await copy.write_row(row)
                 # Orders first: order_items references them.
                 await cur.execute(_MERGE_ORDERS)
                 await cur.execute(_MERGE_ITEMS)
                 await cur.execute(_MERGE_EVENTS)
-            if latest_stock:
+            if stock_rows:
                 # Spread over many products, a batch carries hundreds of snapshots.
                 async with cur.copy(_COPY_STOCK) as copy:
-                    for change in latest_stock:
-                        await copy.write_row(_stock_row(change))
+                    for row in stock_rows:
+                        await copy.write_row(row)
                 await cur.execute(_MERGE_STOCK)
+
+
+def _rows(batch: SinkBatch) -> tuple[list[Row], list[Row], list[Row]]:
+    """Return the batch's order, event and stock rows, or refuse a value no row can hold."""
+    try:
+        return (
+            [_order_row(located) for located in _latest_per_order(batch.order_events)],
+            [_event_row(located) for located in batch.order_events],
+            [_stock_row(change) for change in _latest_per_product(batch.stock_changes)],
+        )
+    except (ValueError, OverflowError, OSError) as exc:
+        # A timestamp beyond what a datetime holds: the record's fault, like a DataError.
+        raise RecordRejectedError(describe(exc)) from exc
+
+
+def describe(exc: BaseException) -> str:
+    """Return an error as one bounded line: its class and the first line of its message."""
+    message = str(exc).strip().partition("\n")[0]
+    return f"{type(exc).__name__}: {message}"[:REASON_MAX_CHARS]
 
 
 def _latest_per_order(events: list[LocatedEvent]) -> list[LocatedEvent]:
@@ -127,7 +171,7 @@ def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def _order_row(located: LocatedEvent) -> tuple[object, ...]:
+def _order_row(located: LocatedEvent) -> Row:
     e = located.event
     reason = e.reason.value if e.reason else None
     return (
@@ -136,7 +180,7 @@ def _order_row(located: LocatedEvent) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-def _event_row(located: LocatedEvent) -> tuple[object, ...]:
+def _event_row(located: LocatedEvent) -> Row:
     e = located.event
     reason = e.reason.value if e.reason else None
     return (
@@ -145,7 +189,7 @@ def _event_row(located: LocatedEvent) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-def _stock_row(c: StockChange) -> tuple[object, ...]:
+def _stock_row(c: StockChange) -> Row:
     return (
         c.product_id, c.available, c.reserved, c.sold, c.total_in, c.version,
         _ts(c.changed_at_ms),

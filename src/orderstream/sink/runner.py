@@ -3,22 +3,36 @@
 Offsets are committed only after the database transaction commits, in the sink's own
 consumer group; so a crash replays at most one batch (harmless: writes are idempotent),
 and `kafka-consumer-groups --reset-offsets --to-earliest` rebuilds the same tables.
+
+No record stops the sink. One that cannot be decoded, or that PostgreSQL refuses (found
+by halving the refused batch), goes to ``<topic>-dlq`` and the rest of the batch lands.
+While PostgreSQL takes no writes at all, consumption pauses and the same batch is retried
+with backoff; the consumer is still polled, so it keeps its place in the group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
 
-import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import CommitFailedError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from orderstream.errors import InvalidMessageError
 from orderstream.metrics import SinkMetrics
 from orderstream.settings import Settings
-from orderstream.sink.base import LocatedEvent, Sink, SinkBatch
+from orderstream.sink.base import (
+    LocatedEvent,
+    Sink,
+    SinkBatch,
+    SinkUnavailableError,
+    write_isolating,
+)
 from orderstream.topics import (
     DLQ_SUFFIX,
     ORDER_EVENTS,
@@ -33,6 +47,48 @@ log = logging.getLogger(__name__)
 
 _RETRY_FIRST_S = 0.2
 _RETRY_MAX_S = 10.0
+# While paused, the consumer is polled this often: far inside max.poll.interval.ms.
+_PAUSED_POLL_S = 1.0
+# stop() bounds: SIGTERM must end the process within 30 s, whatever is down. The loop
+# notices the stop between attempts; these bound a write or commit that hangs, and the
+# Kafka clients' own shutdown.
+_STOP_LOOP_S = 5.0
+_STOP_CANCELLED_S = 6.0  # psycopg gives a cancelled query 5 s to end
+_STOP_CLIENT_S = 5.0
+
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+class _StoppingError(Exception):
+    """stop() was called while a batch was waiting for PostgreSQL or Kafka."""
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A record read from Kafka and what it adds to a batch."""
+
+    record: Record
+    event: LocatedEvent | None
+    stock: StockChange | None
+
+
+def _batch_of(items: Iterable[_Decoded]) -> SinkBatch:
+    batch = SinkBatch()
+    for item in items:
+        if item.event is not None:
+            batch.order_events.append(item.event)
+        if item.stock is not None:
+            batch.stock_changes.append(item.stock)
+    return batch
+
+
+def _next_offsets(records: Iterable[Record]) -> dict[TopicPartition, int]:
+    """Return, per partition, the offset after the last of ``records``."""
+    offsets: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+    return offsets
 
 
 class SinkRunner:
@@ -59,6 +115,9 @@ class SinkRunner:
         )
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
         self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._task: asyncio.Task[object] | None = None
+        self._paused = False
 
     async def start(self) -> None:
         """Connect to Kafka."""
@@ -66,78 +125,190 @@ class SinkRunner:
         await self._consumer.start()
 
     async def stop(self) -> None:
-        """Ask the loop to finish its batch, then disconnect."""
+        """Stop the loop between two attempts, then disconnect, in bounded time."""
         self._stopping.set()
-        await self._consumer.stop()
-        await self._producer.stop()
+        task = self._task
+        if task is not None and not self._finished.is_set():
+            try:
+                await asyncio.wait_for(self._finished.wait(), _STOP_LOOP_S)
+            except TimeoutError:
+                # A write waiting for PostgreSQL, or a commit for Kafka: its batch is read
+                # again by whoever consumes next.
+                log.warning("sink busy %.0f s after stop; cancelling its batch", _STOP_LOOP_S)
+                task.cancel()
+                await asyncio.wait({task}, timeout=_STOP_CANCELLED_S)
+        for name, stop_client in (
+            ("consumer", self._consumer.stop),
+            ("producer", self._producer.stop),
+        ):
+            try:
+                await asyncio.wait_for(stop_client(), _STOP_CLIENT_S)
+            except TimeoutError:
+                log.warning("Kafka %s did not stop within %.0f s; leaving it", name, _STOP_CLIENT_S)
 
     async def run(self) -> None:
         """Consume until stop() is called."""
-        while not self._stopping.is_set():
-            fetched = await self._consumer.getmany(
-                timeout_ms=self._settings.sink_batch_wait_ms,
-                max_records=self._settings.sink_batch_max,
-            )
-            records = [record for batch in fetched.values() for record in batch]
-            if records:
-                await self._process(records)
-            await self._update_lag()
+        self._task = asyncio.current_task()
+        try:
+            while not self._stopping.is_set():
+                fetched = await self._consumer.getmany(
+                    timeout_ms=self._settings.sink_batch_wait_ms,
+                    max_records=self._settings.sink_batch_max,
+                )
+                records = [record for batch in fetched.values() for record in batch]
+                if records:
+                    try:
+                        await self._process(records)
+                    except _StoppingError:
+                        log.info("stopping with a batch not written: it will be read again")
+                        return
+                await self._update_lag()
+        finally:
+            self._finished.set()
 
-    async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        batch = SinkBatch()
+    async def _process(self, records: list[Record]) -> None:
+        decoded: list[_Decoded] = []
+        dead: list[tuple[Record, str, str]] = []
         for record in records:
             try:
-                self._add(batch, record)
+                decoded.append(self._decode(record))
             except InvalidMessageError as exc:
-                await self._dead_letter(record, exc.reason)
-        if batch:
-            await self._write_with_retry(batch)
-            for topic, count in Counter(record.topic for record in records).items():
-                self._metrics.records.labels(topic).inc(count)
+                dead.append((record, exc.reason, "invalid"))
         try:
-            await self._consumer.commit()
+            refused = await write_isolating(decoded, self._write)
+            if refused:
+                log.warning(
+                    "PostgreSQL refused %d of a batch of %d records; the rest landed",
+                    len(refused), len(decoded),
+                )  # fmt: skip
+            dead += [(item.record, exc.reason, "refused") for item, exc in refused]
+            for record, reason, cause in dead:
+                await self._dead_letter(record, reason, cause)
+        finally:
+            self._resume()
+        refused_items = {id(item) for item, _ in refused}
+        written = Counter(item.record.topic for item in decoded if id(item) not in refused_items)
+        for topic, count in written.items():
+            self._metrics.records.labels(topic).inc(count)
+        await self._commit(records)
+
+    def _decode(self, record: Record) -> _Decoded:
+        if record.topic == self._events_topic:
+            event = decode(OrderEvent, record.value)
+            return _Decoded(
+                record, LocatedEvent(event, record.partition, record.offset), event.stock
+            )
+        return _Decoded(record, None, decode(StockChange, record.value))
+
+    async def _write(self, items: Sequence[_Decoded]) -> None:
+        """Write ``items`` in one transaction, waiting while PostgreSQL takes no writes."""
+        batch = _batch_of(items)
+
+        async def attempt() -> None:
+            started = asyncio.get_running_loop().time()
+            await self._sink.write(batch)
+            self._metrics.batch_size.observe(len(batch))
+            self._metrics.batch_seconds.observe(asyncio.get_running_loop().time() - started)
+
+        await self._until_done("PostgreSQL", attempt, SinkUnavailableError)
+
+    async def _dead_letter(self, record: Record, reason: str, cause: str) -> None:
+        log.warning(
+            "dead letter from %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+
+        async def send() -> None:
+            await self._producer.send_and_wait(
+                record.topic + DLQ_SUFFIX,
+                key=record.key,
+                value=record.value,
+                headers=dead_letter_headers(record.topic, record.partition, record.offset, reason),
+            )
+
+        await self._until_done("Kafka", send, KafkaError)
+        self._metrics.dead_letters.labels(record.topic, cause).inc()
+
+    async def _until_done(
+        self,
+        target: str,
+        attempt: Callable[[], Awaitable[None]],
+        retriable: type[Exception],
+    ) -> None:
+        """Run ``attempt`` until it succeeds, pausing consumption while ``target`` is down.
+
+        Raise _StoppingError instead of waiting once stop() was called.
+        """
+        delay = _RETRY_FIRST_S
+        failures = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            try:
+                await attempt()
+            except retriable as exc:
+                if self._stopping.is_set():
+                    raise _StoppingError from exc
+                failures += 1
+                log.warning(
+                    "%s unavailable (%s); consumption paused, retry %d in %.1f s",
+                    target, exc, failures, delay,
+                )  # fmt: skip
+                self._pause()
+                await self._wait_polling(delay)
+                if self._stopping.is_set():
+                    raise _StoppingError from exc
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            if failures:
+                log.info(
+                    "%s is back after %d failed attempts (%.1f s); consumption resumes",
+                    target, failures, loop.time() - started,
+                )  # fmt: skip
+            return
+
+    def _pause(self) -> None:
+        # Pausing again also covers partitions that a rebalance assigned meanwhile.
+        self._consumer.pause(*self._consumer.assignment())
+        self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused:
+            # paused() holds only partitions still assigned: a rebalance while paused may
+            # have revoked some, and resuming those would fail.
+            self._consumer.resume(*self._consumer.paused())
+            self._paused = False
+
+    async def _wait_polling(self, seconds: float) -> None:
+        """Wait ``seconds`` or until stop(), polling the paused consumer to stay in its group."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self._stopping.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._pause()
+            # Paused partitions return nothing; should a rebalance slip a partition in
+            # unpaused, its records are rewound, to be read after the batch.
+            fetched = await self._consumer.getmany(timeout_ms=0)
+            for tp, records in fetched.items():
+                if records:
+                    self._consumer.seek(tp, records[0].offset)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(remaining, _PAUSED_POLL_S))
+
+    async def _commit(self, records: list[Record]) -> None:
+        # Only partitions still assigned: a rebalance during the batch may have moved some
+        # to another consumer, which rewrites their records (harmless, idempotent).
+        assigned = self._consumer.assignment()
+        offsets = {tp: o for tp, o in _next_offsets(records).items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
         except CommitFailedError:
             # A rebalance took the partitions away: the new owner rewrites this batch,
             # which the idempotent writes make harmless.
             log.warning("offset commit failed after a rebalance; the batch will be replayed")
-
-    def _add(self, batch: SinkBatch, record: ConsumerRecord[bytes, bytes]) -> None:
-        if record.topic == self._events_topic:
-            event = decode(OrderEvent, record.value)
-            batch.order_events.append(LocatedEvent(event, record.partition, record.offset))
-            if event.stock is not None:
-                batch.stock_changes.append(event.stock)
-        else:
-            batch.stock_changes.append(decode(StockChange, record.value))
-
-    async def _write_with_retry(self, batch: SinkBatch) -> None:
-        delay = _RETRY_FIRST_S
-        while True:
-            started = asyncio.get_running_loop().time()
-            try:
-                await self._sink.write(batch)
-            except psycopg.OperationalError as exc:
-                # PostgreSQL down or restarting: nothing was committed, so try the same
-                # batch again; offsets stay where they were until it lands.
-                log.warning("PostgreSQL write failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-                continue
-            self._metrics.batch_size.observe(len(batch))
-            self._metrics.batch_seconds.observe(asyncio.get_running_loop().time() - started)
-            return
-
-    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        log.warning(
-            "dead letter from %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
-        )
-        await self._producer.send_and_wait(
-            record.topic + DLQ_SUFFIX,
-            key=record.key,
-            value=record.value,
-            headers=dead_letter_headers(record.topic, record.partition, record.offset, reason),
-        )
-        self._metrics.dead_letters.labels(record.topic).inc()
 
     async def _update_lag(self) -> None:
         lag = 0
