@@ -6,14 +6,18 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from mode import ServiceT
 from mode import Worker as ServiceWorker
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from orderstream.settings import Settings
+
+if TYPE_CHECKING:
+    from orderstream.http.roles import RoleRegistry
+    from orderstream.services import RoleFactory
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +134,21 @@ def _stock(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from orderstream.services import SinkService, StatusService
+    from orderstream.http.roles import RoleRegistry
+    from orderstream.metrics import SinkMetrics
+    from orderstream.services import SINK, STATUS_SERVICE, SinkService, StatusService
 
     registry = CollectorRegistry()
+    roles = RoleRegistry()
+    sink_metrics = SinkMetrics.register(registry)  # once: every sink attempt counts here
     return _run_worker(
-        settings, registry, SinkService(settings, registry), StatusService(settings, registry)
+        settings,
+        registry,
+        roles,
+        {
+            SINK: lambda: SinkService(settings, sink_metrics),
+            STATUS_SERVICE: lambda: StatusService(settings, registry, roles),
+        },
     )
 
 
@@ -142,36 +156,57 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     return _run_worker(settings, CollectorRegistry())
 
 
-def _run_worker(settings: Settings, registry: CollectorRegistry, *extra: ServiceT) -> int:
+def _run_worker(
+    settings: Settings,
+    registry: CollectorRegistry,
+    roles: RoleRegistry | None = None,
+    others: Mapping[str, RoleFactory] | None = None,
+) -> int:
     from orderstream.admin import check_topics
     from orderstream.agents import StockAgent
     from orderstream.metrics import WorkerMetrics
+    from orderstream.services import STOCK_AGENT
 
     # Fail before joining the group if a topic is missing or has the wrong partitions:
     # a silently auto-created topic would break co-partitioning.
     asyncio.run(check_topics(settings))
     metrics = WorkerMetrics.register(registry)
-    return _run_services(settings, StockAgent(settings, metrics), *extra)
+    return _run_services(
+        settings, {STOCK_AGENT: lambda: StockAgent(settings, metrics), **(others or {})}, roles
+    )
 
 
 def _sink(settings: Settings, args: argparse.Namespace) -> int:
-    from orderstream.services import SinkService
+    from orderstream.metrics import SinkMetrics
+    from orderstream.services import SINK, SinkService
 
-    return _run_services(settings, SinkService(settings, CollectorRegistry()))
+    metrics = SinkMetrics.register(CollectorRegistry())
+    return _run_services(settings, {SINK: lambda: SinkService(settings, metrics)})
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from orderstream.services import StatusService
+    from orderstream.services import STATUS_SERVICE, StatusService
 
-    return _run_services(settings, StatusService(settings, CollectorRegistry()))
+    registry = CollectorRegistry()
+    # Alone, the service has no other roles to report: /readyz shows its own checks.
+    return _run_services(settings, {STATUS_SERVICE: lambda: StatusService(settings, registry)})
 
 
-def _run_services(settings: Settings, *services: ServiceT) -> int:
+def _run_services(
+    settings: Settings, roles: Mapping[str, RoleFactory], registry: RoleRegistry | None = None
+) -> int:
+    """Run the roles under one Supervisor until SIGTERM or SIGINT; a failed role restarts."""
     import uvloop
+
+    from orderstream.http.roles import RoleRegistry
+    from orderstream.services import Supervisor
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
+    # The roles' services are made by the supervisor, inside the running loop (aiokafka
+    # clients bind to it), and anew for each attempt.
+    supervisor = Supervisor(roles, registry if registry is not None else RoleRegistry())
     ServiceWorker(
-        *services, loglevel=settings.log_level, redirect_stdouts=False
+        supervisor, loglevel=settings.log_level, redirect_stdouts=False
     ).execute_from_commandline()
     return 0

@@ -11,8 +11,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from orderstream.db import make_pool
 from orderstream.http import routes
+from orderstream.http.errors import json_errors
 from orderstream.http.kafka_link import KafkaLink
-from orderstream.http.keys import KAFKA, POOL, REGISTRY, SETTINGS
+from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES, SETTINGS
+from orderstream.http.roles import RoleRegistry
+from orderstream.http.validation import MAX_BODY_BYTES
 from orderstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,11 +25,17 @@ def create_app(
     settings: Settings,
     registry: CollectorRegistry,
     pool: AsyncConnectionPool | None = None,
+    roles: RoleRegistry | None = None,
 ) -> web.Application:
-    """Return the status service; it opens its own pool unless one is given."""
-    app = web.Application(middlewares=[routes.json_errors])
+    """Return the status service; it opens its own pool unless one is given.
+
+    ``roles``: the states of the process's roles, for /readyz to show beside its checks.
+    """
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[REGISTRY] = registry
+    if roles is not None:
+        app[ROLES] = roles
     if pool is not None:
         app[POOL] = pool
     else:

@@ -7,9 +7,12 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from orderstream.http.kafka_link import KafkaLink
+from orderstream.http.roles import RoleRegistry
 from orderstream.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 POOL = web.AppKey("pool", AsyncConnectionPool)
 KAFKA = web.AppKey("kafka", KafkaLink)
+# Present when the service runs beside other roles (`orderstream run`): /readyz shows them.
+ROLES = web.AppKey("roles", RoleRegistry)

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
-from datetime import datetime
+from collections.abc import Awaitable
 from typing import Any
+from urllib.parse import quote
 
-import psycopg
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
-from orderstream.http.keys import KAFKA, POOL, REGISTRY, SETTINGS
+from orderstream.http.encoding import error, json_response
+from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES, SETTINGS
+from orderstream.http.validation import decode_cursor, encode_cursor, int_param, path_id
 from orderstream.topics import ORDER_REQUESTS, OrderRequest
 
 log = logging.getLogger(__name__)
@@ -38,27 +37,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
 
 
-def _error(status: type[web.HTTPException], reason: str, **extra: Any) -> web.HTTPException:
-    return status(text=json.dumps({"error": reason, **extra}), content_type="application/json")
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every error with a JSON reason, never an HTML page or a bare traceback."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.content_type == "application/json" or exc.status < 400:
-            raise
-        raise _error(type(exc), exc.reason) from None
-    except psycopg.OperationalError as exc:
-        log.warning("PostgreSQL unavailable for %s: %s", request.path, exc)
-        raise _error(web.HTTPServiceUnavailable, "database unavailable, retry later") from None
-
-
 async def get_order(request: web.Request) -> web.Response:
     """Return an order, its items and its history; 404 when unknown."""
-    order_id = request.match_info["order_id"]
+    order_id = path_id(request, "order_id")
     async with request.app[POOL].connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT order_id, user_id, status, reason, detail, created_at, updated_at"
@@ -67,7 +48,7 @@ async def get_order(request: web.Request) -> web.Response:
         )
         order = await cur.fetchone()
         if order is None:
-            raise _error(web.HTTPNotFound, "order not found", order_id=order_id)
+            raise error(web.HTTPNotFound, "order not found", order_id=order_id)
         await cur.execute(
             "SELECT product_id, quantity, status FROM order_items WHERE order_id = %s"
             " ORDER BY product_id",
@@ -80,18 +61,18 @@ async def get_order(request: web.Request) -> web.Response:
             (order_id,),
         )
         history = await cur.fetchall()
-    return _json({**order, "items": items, "history": history})
+    return json_response({**order, "items": items, "history": history})
 
 
 async def get_user_orders(request: web.Request) -> web.Response:
     """Return a user's orders, newest first, a page at a time (keyset pagination)."""
-    user_id = request.match_info["user_id"]
-    limit = _int_param(request, "limit", _PAGE_DEFAULT, 1, _PAGE_MAX)
+    user_id = path_id(request, "user_id")
+    limit = int_param(request, "limit", _PAGE_DEFAULT, 1, _PAGE_MAX)
     after = request.query.get("after")
     params: list[Any] = [user_id]
     where = "user_id = %s"
     if after:
-        created_at, order_id = _decode_cursor(after)
+        created_at, order_id = decode_cursor(after)
         where += " AND (created_at, order_id) < (%s, %s)"
         params += [created_at, order_id]
     async with request.app[POOL].connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -101,13 +82,15 @@ async def get_user_orders(request: web.Request) -> web.Response:
             (*params, limit),
         )
         rows = await cur.fetchall()
-    next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
-    return _json({"user_id": user_id, "orders": rows, "next": next_cursor})
+    next_cursor = None
+    if len(rows) == limit:
+        next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["order_id"])
+    return json_response({"user_id": user_id, "orders": rows, "next": next_cursor})
 
 
 async def get_product(request: web.Request) -> web.Response:
     """Return a product's stock as PostgreSQL last saw it; 404 when unknown."""
-    product_id = request.match_info["product_id"]
+    product_id = path_id(request, "product_id")
     async with request.app[POOL].connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT product_id, available, reserved, sold, total_in, version, updated_at"
@@ -116,32 +99,38 @@ async def get_product(request: web.Request) -> web.Response:
         )
         row = await cur.fetchone()
     if row is None:
-        raise _error(web.HTTPNotFound, "product not found", product_id=product_id)
-    return _json(row)
+        raise error(web.HTTPNotFound, "product not found", product_id=product_id)
+    return json_response(row)
 
 
 async def post_order(request: web.Request) -> web.Response:
     """Validate an order request and publish it; 202 with where to ask for its status."""
+    raw = await request.read()  # 413 past MAX_BODY_BYTES
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _error(web.HTTPBadRequest, "body is not JSON") from None
+        # UTF-8 whatever the Content-Type's charset says: JSON is UTF-8 (RFC 8259).
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise error(web.HTTPBadRequest, "body is not UTF-8") from None
+    except (ValueError, RecursionError):
+        # ValueError: not JSON, or an integer of more than 4,300 digits; RecursionError:
+        # arrays nested thousands deep.
+        raise error(web.HTTPBadRequest, "body is not JSON") from None
     if not isinstance(body, dict):
-        raise _error(web.HTTPBadRequest, "body must be a JSON object")
+        raise error(web.HTTPBadRequest, "body must be a JSON object")
     key = request.headers.get("Idempotency-Key")
     if key is not None and body.setdefault("order_id", key) != key:
-        raise _error(
+        raise error(
             web.HTTPUnprocessableEntity, "Idempotency-Key and order_id differ", order_id=key
         )
     try:
         order = OrderRequest.model_validate(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        raise _error(web.HTTPUnprocessableEntity, "invalid order request", details=errors) from None
+        raise error(web.HTTPUnprocessableEntity, "invalid order request", details=errors) from None
     try:
         producer = await request.app[KAFKA].producer()
     except ConnectionError:
-        raise _error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
+        raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
     settings = request.app[SETTINGS]
     # Retrying with the same order_id is safe: the stock agent decides an order line once.
     await producer.send_and_wait(
@@ -149,24 +138,28 @@ async def post_order(request: web.Request) -> web.Response:
         key=order.product_id.encode(),
         value=order.model_dump_json().encode(),
     )
-    return _json(
-        {"order_id": order.order_id, "status_url": f"/orders/{order.order_id}"}, status=202
-    )
+    status_url = f"/orders/{quote(order.order_id, safe='')}"
+    return json_response({"order_id": order.order_id, "status_url": status_url}, status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:
     """Say the process is alive."""
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Say whether PostgreSQL and Kafka answer; 503 with the failing checks when not."""
-    checks = {
-        "postgres": await _check(_ping_postgres(request.app)),
-        "kafka": await _check(_ping_kafka(request.app)),
-    }
+    """Say whether PostgreSQL and Kafka answer and every role runs; 503 naming what fails."""
+    postgres, kafka = await asyncio.gather(
+        _check(_ping_postgres(request.app)), _check(_ping_kafka(request.app))
+    )
+    checks = {"postgres": postgres, "kafka": kafka}
     ready = all(value == "ok" for value in checks.values())
-    return _json({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    answer: dict[str, Any] = {"checks": checks}
+    roles = request.app.get(ROLES)
+    if roles is not None:  # beside other roles: each must run too
+        ready = ready and roles.all_running()
+        answer["roles"] = roles.describe()
+    return json_response({"ready": ready, **answer}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -177,7 +170,7 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
-async def _check(probe: Any) -> str:
+async def _check(probe: Awaitable[None]) -> str:
     try:
         await asyncio.wait_for(probe, _READY_TIMEOUT_S)
     except Exception as exc:
@@ -193,33 +186,3 @@ async def _ping_postgres(app: web.Application) -> None:
 async def _ping_kafka(app: web.Application) -> None:
     producer = await app[KAFKA].producer()
     await producer.client.fetch_all_metadata()
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _error(web.HTTPBadRequest, f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise _error(web.HTTPBadRequest, f"{name} must be between {low} and {high}")
-    return value
-
-
-def _encode_cursor(row: dict[str, Any]) -> str:
-    raw = json.dumps([row["created_at"].isoformat(), row["order_id"]])
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created_at, order_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created_at), str(order_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise _error(web.HTTPBadRequest, "after is not a cursor this service gave") from None
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
