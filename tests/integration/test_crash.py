@@ -9,12 +9,15 @@ import pytest
 from tests.integration.invariants import assert_invariants
 from tests.integration.pipeline import Pipeline
 from tests.integration.test_flash_sale import (
-    DISTINCT,
     PRODUCT,
     STOCK,
     flash_sale_requests,
     publish_concurrently,
 )
+
+# Large enough that the kill lands mid-sale: the stock agent decides 5,000 requests in
+# well under a second.
+DISTINCT = 40_000
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +26,7 @@ async def test_kill_9_mid_sale_keeps_invariants(pipeline: Pipeline) -> None:
     pipeline.start()
     await pipeline.set_stock(PRODUCT, STOCK)
     await pipeline.wait_for_stock(PRODUCT, STOCK)
-    requests, distinct = flash_sale_requests(seed=29)
+    requests, distinct = flash_sale_requests(seed=29, distinct=DISTINCT, resends=4_000)
 
     publishing = asyncio.create_task(publish_concurrently(pipeline, requests))
 

@@ -21,14 +21,16 @@ PRODUCERS = 5
 PRODUCT = "sku-flash"
 
 
-def flash_sale_requests(seed: int) -> tuple[list[tuple[str, bytes]], set[str]]:
-    """Return 5,000 (order id, value) pairs, 500 of them exact re-sends, shuffled."""
+def flash_sale_requests(
+    seed: int, distinct: int = DISTINCT, resends: int = RESENDS
+) -> tuple[list[tuple[str, bytes]], set[str]]:
+    """Return (order id, value) pairs (5,000: 500 of them exact re-sends), shuffled."""
     rng = random.Random(seed)
     originals = [
         (f"order-{i}", request_json(f"order-{i}", f"user-{rng.randrange(USERS)}", PRODUCT))
-        for i in range(DISTINCT)
+        for i in range(distinct)
     ]
-    requests = originals + rng.sample(originals, RESENDS)
+    requests = originals + rng.sample(originals, resends)
     rng.shuffle(requests)
     return requests, {order_id for order_id, _ in originals}
 
