@@ -64,6 +64,9 @@ class StockAdded:
 StockEvent = Reserved | Released | Committed | StockSet | StockAdded
 
 _EMPTY = StockLevel(available=0, total_in=0)
+# The two decisions of a flash sale, made once (decisions are immutable).
+_RESERVED = Decision(status=OrderStatus.RESERVED)
+_OUT_OF_STOCK = Decision(status=OrderStatus.REJECTED, reason=RejectReason.OUT_OF_STOCK)
 
 
 def evolve(level: StockLevel | None, event: StockEvent) -> StockLevel:
@@ -123,8 +126,8 @@ def reserve_line(
             f"quantity {line.quantity} is above the limit of {max_line_quantity} per line",
         )
     if line.quantity > level.available:
-        return _reject(RejectReason.OUT_OF_STOCK, None)
-    return Decision(status=OrderStatus.RESERVED), Reserved(line.quantity, level.version + 1)
+        return _OUT_OF_STOCK, None
+    return _RESERVED, Reserved(line.quantity, level.version + 1)
 
 
 def stock_command(
