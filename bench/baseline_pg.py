@@ -16,34 +16,22 @@ from bench.baseline_common import (
     check_final_stock,
     check_orders,
     connect,
-    drive,
     event_loop_name,
+    load_products,
+    measure,
+    products_stock,
     recreate_schema,
     server_settings,
 )
-from bench.result import Result, summarize
-from bench.workload import Request, Workload
+from bench.result import Result
+from bench.workload import Request, Workload, combine
 
 SYSTEM = "pg-rowlock"
 SCHEMA = "bench_rowlock"
 
-PRODUCTS_DDL = """
-    CREATE TABLE products (
-        product_id text PRIMARY KEY,
-        stock int NOT NULL CHECK (stock >= 0)
-    )
-"""
 LOCK_STOCK = "SELECT stock FROM products WHERE product_id = %s FOR UPDATE"
 TAKE_STOCK = "UPDATE products SET stock = stock - %s WHERE product_id = %s"
 INSERT_ORDER = "INSERT INTO orders (order_id, user_id, product_id, status) VALUES (%s, %s, %s, %s)"
-
-
-async def _load(conn: Connection, workload: Workload) -> None:
-    await recreate_schema(conn, SCHEMA)
-    await conn.execute(PRODUCTS_DDL)
-    async with conn.cursor().copy("COPY products (product_id, stock) FROM STDIN") as copy:
-        for product_id, stock in workload.stock.items():
-            await copy.write_row((product_id, stock))
 
 
 def _decider(conn: Connection) -> Decide:
@@ -66,39 +54,42 @@ def _decider(conn: Connection) -> Decide:
 
 async def _check(conn: Connection, workload: Workload) -> list[str]:
     problems, reserved = await check_orders(conn, workload)
-    cursor = await conn.execute("SELECT product_id, stock FROM products")
-    final: dict[str, int | None] = dict(await cursor.fetchall())
-    return problems + check_final_stock(workload, final, reserved)
+    return problems + check_final_stock(workload, await products_stock(conn), reserved)
 
 
-async def run_pg_rowlock(workload: Workload, database_url: str, clients: int = 32) -> Result:
-    """Decide `workload` with `clients` concurrent row-locking transactions; check it."""
+async def run_pg_rowlock(
+    workload: Workload,
+    latency_workload: Workload,
+    latency_rate: float,
+    database_url: str,
+    clients: int = 32,
+) -> Result:
+    """Decide `workload` flat out, then `latency_workload` at a fixed rate; check both."""
+    everything = combine(workload, latency_workload)
     async with contextlib.AsyncExitStack() as stack:
         admin = await connect(database_url, SCHEMA)
         stack.push_async_callback(admin.close)
-        await _load(admin, workload)
+        await recreate_schema(admin, SCHEMA)
+        await load_products(admin, everything.stock)
         connections = []
         for _ in range(clients):  # opened before the clock starts: setup is not measured
             conn = await connect(database_url, SCHEMA)
             stack.push_async_callback(conn.close)
             connections.append(conn)
-        latencies, elapsed = await drive(
-            workload.requests, [_decider(c) for c in connections], f"{SYSTEM}/{workload.name}"
+        result = await measure(
+            SYSTEM,
+            workload,
+            latency_workload,
+            latency_rate,
+            [_decider(c) for c in connections],
+            database_url,
+            SCHEMA,
         )
-        problems = await _check(admin, workload)
-        settings = {
-            "clients": clients,
+        result.problems = await _check(admin, everything)
+        result.correct = not result.problems
+        result.settings |= {
             "isolation": "read committed",
             "event_loop": event_loop_name(),
             **await server_settings(admin),
         }
-    return summarize(
-        SYSTEM,
-        workload.name,
-        latencies,
-        elapsed,
-        correct=not problems,
-        problems=problems,
-        settings=settings,
-        requests=len(workload.requests),
-    )
+    return result

@@ -20,13 +20,13 @@ from bench.baseline_common import (
     check_final_stock,
     check_orders,
     connect,
-    drive,
     event_loop_name,
+    measure,
     recreate_schema,
     server_settings,
 )
-from bench.result import Result, summarize
-from bench.workload import Request, Workload
+from bench.result import Result
+from bench.workload import Request, Workload, combine
 
 SYSTEM = "redis-lua+pg"
 SCHEMA = "bench_redis"
@@ -91,11 +91,14 @@ async def _redis_settings(client: aioredis.Redis) -> dict[str, object]:
 
 async def run_redis_lua(
     workload: Workload,
+    latency_workload: Workload,
+    latency_rate: float,
     database_url: str,
     redis_url: str = "redis://127.0.0.1:56379/0",
     clients: int = 32,
 ) -> Result:
-    """Decide `workload` with a Redis Lua script, record orders in PostgreSQL; check it."""
+    """Decide with a Redis Lua script and record orders in PostgreSQL; check both phases."""
+    everything = combine(workload, latency_workload)
     async with contextlib.AsyncExitStack() as stack:
         # One connection per client, as for PostgreSQL: no client waits for another's.
         client = aioredis.Redis.from_url(redis_url, max_connections=clients + 1)
@@ -103,7 +106,7 @@ async def run_redis_lua(
         admin = await connect(database_url, SCHEMA)
         stack.push_async_callback(admin.close)
         await recreate_schema(admin, SCHEMA)
-        await _load_redis(client, workload)
+        await _load_redis(client, everything)
         reserve = client.register_script(RESERVE_LUA)
         await client.script_load(RESERVE_LUA)  # loaded up front: every timed call is EVALSHA
         connections = []
@@ -111,25 +114,20 @@ async def run_redis_lua(
             conn = await connect(database_url, SCHEMA)
             stack.push_async_callback(conn.close)
             connections.append(conn)
-        latencies, elapsed = await drive(
-            workload.requests,
+        result = await measure(
+            SYSTEM,
+            workload,
+            latency_workload,
+            latency_rate,
             [_decider(c, reserve) for c in connections],
-            f"{SYSTEM}/{workload.name}",
+            database_url,
+            SCHEMA,
         )
-        problems = await _check(admin, client, workload)
-        settings = {
-            "clients": clients,
+        result.problems = await _check(admin, client, everything)
+        result.correct = not result.problems
+        result.settings |= {
             "event_loop": event_loop_name(),
             **await _redis_settings(client),
             **await server_settings(admin),
         }
-    return summarize(
-        SYSTEM,
-        workload.name,
-        latencies,
-        elapsed,
-        correct=not problems,
-        problems=problems,
-        settings=settings,
-        requests=len(workload.requests),
-    )
+    return result

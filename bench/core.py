@@ -2,11 +2,10 @@
 
     python -m bench.core [N]
 
-Runs the stock agent's own work for N requests in a loop, in one process: decode the
-request JSON, look up and decode the stock level and the hold (dict lookups standing in
-for RocksDB), call the domain rule, encode the new stock level, the hold and the decision
-event. Everything the worker does per request except Faust's stream machinery, the
-Kafka client and RocksDB.
+Runs the stock agent's own work for N requests in a loop, in one process: the processor
+(decode the request JSON, look up the hold, call the domain rule, build the hold and the
+decision event), then what the store does with the effects (encode the hold, apply the
+stock event). Dicts stand in for RocksDB; no Kafka client, no changelog, no sink.
 """
 
 from __future__ import annotations
@@ -14,44 +13,63 @@ from __future__ import annotations
 import sys
 import time
 
-from orderstream.domain import LineRequest, StockLevel, reserve_line
-from orderstream.tables import Hold, hold_key
-from orderstream.topics import OrderRequest, StockChange, decode
+from prometheus_client import CollectorRegistry
+
+from orderstream.agents.processor import SourceRecord, StockProcessor
+from orderstream.domain import StockLevel, evolve
+from orderstream.metrics import WorkerMetrics
+from orderstream.settings import Settings
+from orderstream.topics import ORDER_REQUESTS
+
+PRODUCT = "hot-1"
+PARTITIONS = 1  # every product is owned here: nothing is forwarded
+
+
+class DictPartition:
+    """A partition's state in plain dicts (the processor's PartitionView)."""
+
+    def __init__(self, stock: dict[str, StockLevel]) -> None:
+        self.stock = stock
+        self.holds: dict[bytes, bytes] = {}
+
+    def level(self, product_id: str) -> StockLevel | None:
+        return self.stock.get(product_id)
+
+    def hold(self, key: bytes) -> bytes | None:
+        return self.holds.get(key)
 
 
 def run(requests: int) -> float:
     """Decide ``requests`` lines against one hot product; return decisions per second."""
-    raw = [
-        (
+    settings = Settings(partitions=PARTITIONS)
+    processor = StockProcessor(settings, WorkerMetrics.register(CollectorRegistry()))
+    topic = settings.topic(ORDER_REQUESTS)
+    now_ms = int(time.time() * 1000)
+    records = [
+        SourceRecord(
+            topic,
+            0,
+            n,
+            now_ms,
+            PRODUCT.encode(),
             b'{"order_id":"o-%d","user_id":"u-%d","product_id":"hot-1","quantity":1}'
-            % (n, n % 50_000)
+            % (n, n % 50_000),
         )
         for n in range(requests)
     ]
-    stock: dict[bytes, bytes] = {
-        b"hot-1": StockLevel(available=requests // 10, total_in=requests // 10)
-        .model_dump_json()
-        .encode()
-    }
-    holds: dict[bytes, bytes] = {}
+    stock = requests // 10
+    state = DictPartition({PRODUCT: StockLevel(available=stock, total_in=stock)})
     started = time.perf_counter()
-    for value in raw:
-        request = decode(OrderRequest, value)
-        key = hold_key(request.order_id, request.product_id)
-        if key in holds:
-            continue
-        level = StockLevel.model_validate_json(stock[request.product_id.encode()])
-        line = LineRequest(product_id=request.product_id, quantity=request.quantity)
-        decision, new_level = reserve_line(level, line, 10)
-        now_ms = int(time.time() * 1000)
-        snapshot = None
-        if new_level is not None:
-            stock[request.product_id.encode()] = new_level.model_dump_json().encode()
-            snapshot = StockChange.of(request.product_id, new_level, now_ms)
-        hold = Hold.of(request, decision, now_ms, now_ms)
-        holds[key] = hold.model_dump_json().encode()
-        hold.decision_event(snapshot).model_dump_json().encode()
-    return requests / (time.perf_counter() - started)
+    for record in records:
+        effects = processor.process(record, state, now_ms)
+        for key, hold in effects.holds:
+            state.holds[key] = hold.model_dump_json().encode()
+        for product_id, event in effects.stock:
+            state.stock[product_id] = evolve(state.stock.get(product_id), event)
+    elapsed = time.perf_counter() - started
+    if len(state.holds) != requests or state.stock[PRODUCT].available != 0:
+        raise RuntimeError("the loop did not decide every request")
+    return requests / elapsed
 
 
 def main() -> int:

@@ -1,50 +1,45 @@
 """orderstream under load: a worker process and a sink process on the real stack.
 
-Two phases per workload, each on its own topics, group and schema:
-1. throughput: publish the whole workload as fast as one producer can while the worker
-   runs; the rate is measured over the middle 80 % of decisions (warm-up and tail cut);
-2. latency: publish fresh requests at a fixed rate (default: half the measured
-   throughput) and time each one from its send to the bench seeing its decision event.
-Then: how long until PostgreSQL shows the last decision, worker RSS at start and end,
-and the invariants (no oversell, every request decided once) checked in PostgreSQL.
+Two phases per workload, in one deployment with its own topics, groups and schema:
+1. throughput: the whole workload is published as a burst while the worker runs. The
+   rate is requests / (first send -> the poller first sees every order in PostgreSQL);
+   beside it, requests / (first send -> the bench's consumer sees the last decision
+   event on order-events), labelled as the rate at the decision topic;
+2. latency: fresh requests of the same shape, published open loop at the fixed rate, each
+   timed from its scheduled send to its orders row seen by the poller, and to its
+   decision event seen by the bench's consumer.
+Then worker RSS at start and end, and the invariants (no oversell, every request decided
+once, stock conserved) checked in PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.result import Result, percentile, summarize
-from bench.workload import Request, Workload
+from bench.kafka_load import publish_burst, publish_paced
+from bench.result import Latency, Result
+from bench.timing import POLL_INTERVAL_S, RowPoller, log, now, wait_for
+from bench.workload import Workload, combine
 from orderstream.admin import all_topic_specs, create_topics
-from orderstream.agents.outbox import Outbox
 from orderstream.db import connection_kwargs
-from orderstream.domain import owner_partition
 from orderstream.producer import publish_stock_commands
 from orderstream.settings import Settings
 from orderstream.sink import migrate
 from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS
 
-PROGRESS_EVERY_S = 5.0
-# The row each worker engine gets in the results.
-SYSTEM_NAMES = {"faust": "orderstream-faust", "batch": "orderstream-batch"}
-
-
-def log(message: str) -> None:
-    print(f"[orderstream] {message}", file=sys.stderr, flush=True)
+SYSTEM = "orderstream"
 
 
 @dataclass
@@ -53,11 +48,10 @@ class Deployment:
 
     settings: Settings
     workdir: Path
-    engine: str = "faust"  # ORDERSTREAM_WORKER_ENGINE: "faust" or "batch"
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @classmethod
-    async def create(cls, base: Settings, workdir: Path, engine: str = "faust") -> Deployment:
+    async def create(cls, base: Settings, workdir: Path) -> Deployment:
         run_id = f"b{uuid.uuid4().hex[:8]}"
         settings = base.model_copy(
             update={
@@ -67,19 +61,18 @@ class Deployment:
                 "database_schema": run_id,
                 "data_dir": workdir / run_id,
                 "log_level": "WARNING",
-                "worker_engine": engine,
             }
         )
         await create_topics(settings)
         await migrate(settings)
-        return cls(settings, workdir, engine)
+        return cls(settings, workdir)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERSTREAM_")}
         return env | self.settings.to_env()
 
     def start(self, role: str) -> None:
-        out = (self.workdir / f"{self.settings.app_id}-{role}.log").open("wb")
+        out = self.log(role).open("wb")
         command = [sys.executable, "-m", "orderstream", role]
         profile = os.environ.get("BENCH_PROFILE_WORKER")
         if profile and role == "worker":
@@ -99,6 +92,16 @@ class Deployment:
 
     def alive(self, role: str) -> bool:
         return self.processes[role].poll() is None
+
+    def dead(self) -> str | None:
+        """Name a process of the deployment that has exited, if one has."""
+        for role, process in self.processes.items():
+            if process.poll() is not None:
+                return f"orderstream {role} (exit {process.returncode}; see {self.log(role)})"
+        return None
+
+    def log(self, role: str) -> Path:
+        return self.workdir / f"{self.settings.app_id}-{role}.log"
 
     async def stop(self) -> None:
         for process in self.processes.values():
@@ -135,25 +138,22 @@ class Deployment:
             return int(row[0]) if row and row[0] is not None else 0
 
     async def wait_until(self, what: str, check: Any, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
+        deadline = now() + timeout_s
         while not await check():
             for role in self.processes:
                 if not self.alive(role):
                     raise RuntimeError(f"orderstream {role} died waiting for {what}")
-            if time.monotonic() > deadline:
+            if now() > deadline:
                 raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
             await asyncio.sleep(0.1)
 
 
 class DecisionWatcher:
-    """Read order-events from the start and note when each order's decision arrived."""
+    """Read order-events from the start and note when the bench first saw each order."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.seen: dict[str, float] = {}
-        # When the worker produced each decision (the record's Kafka timestamp): latency
-        # up to here excludes the bench's own consumer, which shares the CPUs.
-        self.produced: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -172,16 +172,17 @@ class DecisionWatcher:
     async def _run(self) -> None:
         while True:
             batches = await self._consumer.getmany(timeout_ms=50, max_records=5000)
-            now = time.time()
+            seen_at = now()
             for records in batches.values():
                 for record in records:
-                    order_id = record.key.decode()  # order-events are keyed by order id
-                    self.seen.setdefault(order_id, now)
-                    self.produced.setdefault(order_id, record.timestamp / 1000)
+                    # order-events are keyed by order id; an order's first event is its
+                    # decision (the benchmark runs no payment, so there is one per order).
+                    self.seen.setdefault(record.key.decode(), seen_at)
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         await self._consumer.stop()
 
 
@@ -198,114 +199,10 @@ async def _count_reaches(deployment: Deployment, sql: str, expected: int) -> boo
     return await deployment.scalar(sql) >= expected
 
 
-def encode(request: Request) -> bytes:
-    return json.dumps(
-        {
-            "order_id": request.order_id,
-            "user_id": request.user_id,
-            "product_id": request.product_id,
-            "quantity": request.quantity,
-        }
-    ).encode()
-
-
-async def publish(
-    settings: Settings, requests: list[Request], rate_per_s: float | None
-) -> dict[str, float]:
-    """Publish requests (as fast as possible, or paced); return each one's send time."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, linger_ms=2, max_batch_size=65536
-    )
-    await producer.start()
-    try:
-        if rate_per_s is None:
-            return await _publish_burst(producer, settings, requests)
-        return await _publish_paced(producer, settings, requests, rate_per_s)
-    finally:
-        await producer.stop()
-
-
-async def _publish_burst(
-    producer: AIOKafkaProducer, settings: Settings, requests: list[Request]
-) -> dict[str, float]:
-    """A flash-sale burst: whole record batches per partition, as fast as one producer can.
-
-    Building batches (``send_batch``) instead of one ``send`` per record keeps the load
-    generator's share of the shared CPUs small; the records are the same.
-    """
-    topic = settings.topic(ORDER_REQUESTS)
-    sent: dict[str, float] = {}
-    owners: dict[str, int] = {}
-    for start in range(0, len(requests), 5000):
-        outbox = Outbox(settings.partitions)
-        for request in requests[start : start + 5000]:
-            partition = owners.get(request.product_id)
-            if partition is None:
-                partition = owners[request.product_id] = owner_partition(
-                    request.product_id, settings.partitions
-                )
-            sent[request.order_id] = time.time()
-            outbox.add(topic, request.product_id.encode(), encode(request), partition)
-        await asyncio.gather(*await outbox.send(producer))
-        if start and start % 50_000 == 0:
-            log(f"published {start}/{len(requests)}")
-    return sent
-
-
-async def _publish_paced(
-    producer: AIOKafkaProducer, settings: Settings, requests: list[Request], rate_per_s: float
-) -> dict[str, float]:
-    """Publish at a fixed rate, one send per request, timing each from its send."""
-    sent: dict[str, float] = {}
-    topic = settings.topic(ORDER_REQUESTS)
-    started = time.monotonic()
-    last_report = started
-    pending = []
-    for n, request in enumerate(requests):
-        # Open-loop pacing: request n leaves at started + n / rate, whatever the worker
-        # does, so queueing shows up in the latency instead of hiding.
-        delay = started + n / rate_per_s - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        sent[request.order_id] = time.time()
-        pending.append(
-            await producer.send(topic, key=request.product_id.encode(), value=encode(request))
-        )
-        if len(pending) >= 5000:
-            await asyncio.gather(*pending)
-            pending.clear()
-        if time.monotonic() - last_report > PROGRESS_EVERY_S:
-            last_report = time.monotonic()
-            log(f"published {n + 1}/{len(requests)}")
-    await asyncio.gather(*pending)
-    return sent
-
-
-async def wait_for_decisions(
-    deployment: Deployment, watcher: DecisionWatcher, expected: int
-) -> None:
-    last_report = time.monotonic()
-
-    async def done() -> bool:
-        nonlocal last_report
-        if time.monotonic() - last_report > PROGRESS_EVERY_S:
-            last_report = time.monotonic()
-            log(f"decided {len(watcher.seen)}/{expected}")
-        return len(watcher.seen) >= expected
-
-    await deployment.wait_until(f"{expected} decisions", done, timeout_s=900)
-
-
-def sustained_rate(decided_at: list[float]) -> float:
-    """Decisions per second over the middle 80 % (drops warm-up and the tail)."""
-    times = sorted(decided_at)
-    lo, hi = int(len(times) * 0.1), int(len(times) * 0.9) - 1
-    span = times[hi] - times[lo]
-    return (hi - lo) / span if span > 0 else float("nan")
-
-
-async def check_correct(deployment: Deployment, workload: Workload, requests: int) -> list[str]:
+async def check_correct(deployment: Deployment, workload: Workload) -> list[str]:
+    """Check PostgreSQL against the workload: one order and one event per request, stock."""
     problems = []
+    requests = len(workload.requests)
     orders = await deployment.scalar("SELECT count(*) FROM orders")
     if orders != requests:
         problems.append(f"{orders} orders in PostgreSQL, expected {requests}")
@@ -322,9 +219,11 @@ async def check_correct(deployment: Deployment, workload: Workload, requests: in
             )
         ).fetchall()
     expected = workload.expected_reserved()
+    found = set()
     for product_id, available, reserved, sold, total_in in rows:
         if product_id not in workload.stock:
             continue
+        found.add(product_id)
         if (
             available + reserved + sold != workload.stock[product_id]
             or total_in != workload.stock[product_id]
@@ -332,81 +231,108 @@ async def check_correct(deployment: Deployment, workload: Workload, requests: in
             problems.append(f"{product_id}: stock not conserved")
         if reserved != expected[product_id]:
             problems.append(f"{product_id}: reserved {reserved}, expected {expected[product_id]}")
+    if len(found) != len(workload.stock):
+        problems.append(f"{len(workload.stock) - len(found)} products missing in product_stock")
     return problems
 
 
 async def run_orderstream(
     workload: Workload,
+    latency_workload: Workload,
+    latency_rate: float,
     base: Settings,
     workdir: Path,
-    latency_requests: int,
-    latency_rate: float | None = None,
-    engine: str = "faust",
 ) -> Result:
-    """Measure orderstream on ``workload``: throughput, latency at half of it, PG lag."""
+    """Measure orderstream on ``workload``: rate to PostgreSQL, then latency at a fixed rate."""
     workdir.mkdir(parents=True, exist_ok=True)
-    deployment = await Deployment.create(base, workdir, engine)
-    watcher = DecisionWatcher(deployment.settings)
+    label = f"{SYSTEM}/{workload.name}"
+    everything = combine(workload, latency_workload)
+    n, n_lat = len(workload.requests), len(latency_workload.requests)
+    deployment = await Deployment.create(base, workdir)
+    settings = deployment.settings
+    url = settings.database_url.get_secret_value()
+    topic = settings.topic(ORDER_REQUESTS)
+    watcher = DecisionWatcher(settings)
+    pollers: list[RowPoller] = []
     try:
         deployment.start("worker")
         deployment.start("sink")
-        log(f"{workload.name}: setting stock of {len(workload.stock)} products")
-        await set_stock(deployment, workload.stock)
+        log(label, f"setting stock of {len(everything.stock)} products")
+        await set_stock(deployment, everything.stock)
         rss_start = deployment.rss_mib("worker")
         await watcher.start()
-
-        log(f"{workload.name}: publishing {len(workload.requests)} requests, full speed")
-        await publish(deployment.settings, workload.requests, rate_per_s=None)
-        await wait_for_decisions(deployment, watcher, len(workload.requests))
-        last_decision = max(watcher.seen.values())
-        throughput = sustained_rate(list(watcher.seen.values()))
-        await deployment.wait_until(
-            "the sink to write every decision",
-            lambda: _count_reaches(
-                deployment, "SELECT count(*) FROM orders", len(workload.requests)
-            ),
+        # The sink is the orders table's one writer, a transaction at a time: new rows
+        # are the heap's new tuples, read without reading the earlier ones again.
+        throughput = RowPoller(
+            url, settings.database_schema, workload.order_ids(), label, appended=True
         )
-        pg_visible_s = time.time() - last_decision
-        problems = await check_correct(deployment, workload, len(workload.requests))
-        log(f"{workload.name}: {throughput:.0f} decisions/s sustained; PG +{pg_visible_s:.2f} s")
+        pollers.append(throughput)
+        await throughput.start()
 
-        # Latency at a fixed rate, on a fresh product with plenty of stock.
-        rate = latency_rate or max(100.0, throughput / 2)
-        lat_requests = [
-            Request(f"lat-{n}", f"lat-user-{n}", "latency-1") for n in range(latency_requests)
-        ]
-        await set_stock(deployment, {"latency-1": latency_requests})
-        log(f"{workload.name}: latency phase, {latency_requests} requests at {rate:.0f}/s")
-        sent = await publish(deployment.settings, lat_requests, rate_per_s=rate)
-        await wait_for_decisions(deployment, watcher, len(workload.requests) + latency_requests)
-        latencies = [watcher.seen[order_id] - t for order_id, t in sent.items()]
-        to_record = sorted(watcher.produced[order_id] - t for order_id, t in sent.items())
+        burst = await publish_burst(
+            settings.kafka_bootstrap, topic, settings.partitions, workload.requests, label
+        )
+        await wait_for(label, "decision events", n, lambda: len(watcher.seen), deployment.dead)
+        last_decision = max(watcher.seen[order_id] for order_id in workload.order_ids())
+        pg_done = await throughput.wait(deployment.dead)
+        elapsed, to_topic_s = pg_done - burst.first_send, last_decision - burst.first_send
+        log(
+            label,
+            f"{n / elapsed:,.0f}/s to PostgreSQL ({elapsed:.2f} s), "
+            f"{n / to_topic_s:,.0f}/s to the decision topic ({to_topic_s:.2f} s)",
+        )
+
+        latency = RowPoller(url, settings.database_schema, latency_workload.order_ids(), label)
+        pollers.append(latency)
+        await latency.start()
+        log(label, f"latency phase: {n_lat:,} requests at {latency_rate:,.0f}/s")
+        paced = await publish_paced(
+            settings.kafka_bootstrap, topic, latency_workload.requests, latency_rate, label
+        )
+        await wait_for(
+            label, "decision events", n + n_lat, lambda: len(watcher.seen), deployment.dead
+        )
+        await latency.wait(deployment.dead)
+        to_pg = [latency.seen[o] - due for o, due in paced.scheduled.items()]
+        to_decision = [watcher.seen[o] - due for o, due in paced.scheduled.items()]
         rss_end = deployment.rss_mib("worker")
+        problems = await check_correct(deployment, everything)
     finally:
+        for poller in pollers:
+            await poller.stop()
         await watcher.stop()
         await deployment.stop()
 
-    result = summarize(
-        SYSTEM_NAMES[engine],
-        workload.name,
-        latencies,
-        elapsed_s=len(workload.requests) / throughput,
+    return Result(
+        system=SYSTEM,
+        workload=workload.name,
+        mode="burst (live)",
+        requests=n,
+        elapsed_s=elapsed,
+        rate_per_s=n / elapsed,
         correct=not problems,
+        decision_rate_per_s=n / to_topic_s,
+        latency_rate_per_s=latency_rate,
+        latency_requests=n_lat,
+        latency_to_pg=Latency.of(to_pg),
+        latency_to_decision=Latency.of(to_decision),
         problems=problems,
         settings={
             "partitions": base.partitions,
+            "batch_max_records": base.batch_max_records,
             "commit_interval_s": base.commit_interval_s,
-            "producer_linger_ms": base.producer_linger_ms,
-            "latency_rate_per_s": round(rate),
-            "latency_requests": latency_requests,
-            # Send -> the decision record's timestamp (the worker's clock, same machine).
-            "p50_ms_to_decision_record": round(percentile(to_record, 50) * 1000, 1),
-            "p99_ms_to_decision_record": round(percentile(to_record, 99) * 1000, 1),
-            "pg_visible_after_last_decision_s": round(pg_visible_s, 3),
+            "sink_batch_max": base.sink_batch_max,
+            "sink_batch_wait_ms": base.sink_batch_wait_ms,
+            "poll_interval_ms": POLL_INTERVAL_S * 1000,
+            # Rows the pollers read (out-of-order rows are read again): their load on PG.
+            "poll_rows_read": [poller.rows_read for poller in pollers],
+            "polls": [poller.polls for poller in pollers],
+            # Rows the throughput phase's appended reads missed (found by id, late): 0.
+            "poll_rows_swept": throughput.swept,
+            "burst_publish_s": round(burst.last_acked - burst.first_send, 3),
+            "pg_after_last_decision_event_s": round(pg_done - last_decision, 3),
+            "max_send_lag_ms": round(paced.max_send_lag_s * 1000, 1),
             "worker_rss_mib_start": round(rss_start, 1),
             "worker_rss_mib_end": round(rss_end, 1),
         },
     )
-    result.decisions_per_s = throughput
-    result.requests = result.decisions = len(workload.requests)
-    return result

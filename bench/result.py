@@ -5,24 +5,65 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+BACKLOG = "backlog"  # the mode of a run whose requests were all published before it began
+
 
 @dataclass
-class Result:
-    """What one system did with one workload."""
+class Latency:
+    """Percentiles of one latency phase, in milliseconds."""
 
-    system: str
-    workload: str
-    requests: int
-    decisions: int
-    elapsed_s: float
-    decisions_per_s: float
     p50_ms: float
     p95_ms: float
     p99_ms: float
     max_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Latency:
+        ordered = sorted(seconds)
+        return cls(
+            p50_ms=percentile(ordered, 50) * 1000,
+            p95_ms=percentile(ordered, 95) * 1000,
+            p99_ms=percentile(ordered, 99) * 1000,
+            max_ms=(ordered[-1] if ordered else 0.0) * 1000,
+        )
+
+    def brief(self) -> str:
+        return (
+            f"p50 {self.p50_ms:.1f} p95 {self.p95_ms:.1f} p99 {self.p99_ms:.1f} "
+            f"max {self.max_ms:.1f} ms"
+        )
+
+
+@dataclass
+class Result:
+    """What one system did with one workload.
+
+    Throughput: ``requests / elapsed_s``, where ``elapsed_s`` runs from the first request
+    sent (or, for a pre-published backlog, the consumer's start) to the last order
+    committed in PostgreSQL. Latency: an open-loop phase at ``latency_rate_per_s``, each
+    request timed from its scheduled send to its orders row seen in PostgreSQL.
+    """
+
+    system: str
+    workload: str
+    mode: str  # how requests arrived: burst while running, backlog, closed-loop clients
+    requests: int
+    elapsed_s: float
+    rate_per_s: float  # orders committed in PostgreSQL per second, whole run
     correct: bool
+    # orderstream only: requests / (first send -> last decision event seen on the topic)
+    decision_rate_per_s: float | None = None
+    latency_rate_per_s: float | None = None  # None: no latency phase (backlog mode)
+    latency_requests: int = 0
+    latency_to_pg: Latency | None = None
+    latency_to_decision: Latency | None = None  # orderstream only: to its order-events record
     problems: list[str] = field(default_factory=list)
     settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Name the row: the system, and "backlog" when requests were published first."""
+        return f"{self.system} (backlog)" if self.mode == BACKLOG else self.system
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -33,40 +74,13 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[rank - 1]
 
 
-def summarize(
-    system: str,
-    workload: str,
-    latencies_s: list[float],
-    elapsed_s: float,
-    correct: bool,
-    problems: list[str],
-    settings: dict[str, object],
-    requests: int | None = None,
-) -> Result:
-    """Build a Result: one latency per decision; `requests` defaults to that count."""
-    ordered = sorted(latencies_s)
-    decisions = len(ordered)
-    return Result(
-        system=system,
-        workload=workload,
-        requests=decisions if requests is None else requests,
-        decisions=decisions,
-        elapsed_s=elapsed_s,
-        decisions_per_s=decisions / elapsed_s if elapsed_s > 0 else 0.0,
-        p50_ms=percentile(ordered, 50) * 1000,
-        p95_ms=percentile(ordered, 95) * 1000,
-        p99_ms=percentile(ordered, 99) * 1000,
-        max_ms=(ordered[-1] if ordered else 0.0) * 1000,
-        correct=correct,
-        problems=problems,
-        settings=settings,
-    )
-
-
 def format_line(result: Result) -> str:
-    """Return one aligned line: system, workload, rate, latency percentiles, verdict."""
-    return (
-        f"{result.system:<24} {result.workload:<7} {result.decisions_per_s:>9,.0f}/s"
-        f"  p50 {result.p50_ms:7.2f}  p95 {result.p95_ms:7.2f}  p99 {result.p99_ms:7.2f}"
-        f"  max {result.max_ms:8.2f} ms  correct={result.correct}"
-    )
+    """Return one line: system, workload, rates, latency percentiles, verdict."""
+    line = f"{result.name:<26} {result.workload:<6}{result.rate_per_s:>9,.0f}/s to PG"
+    if result.decision_rate_per_s is not None:
+        line += f" ({result.decision_rate_per_s:,.0f}/s to decision topic)"
+    if result.latency_to_pg is not None:
+        line += f"; @{result.latency_rate_per_s:,.0f}/s to PG {result.latency_to_pg.brief()}"
+    if result.latency_to_decision is not None:
+        line += f"; to decision {result.latency_to_decision.brief()}"
+    return line + f"; correct={result.correct}"

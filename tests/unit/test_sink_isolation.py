@@ -17,7 +17,6 @@ from orderstream.sink.base import (
     write_isolating,
 )
 from orderstream.sink.postgres import REASON_MAX_CHARS, PostgresSink, describe
-from orderstream.topics import OrderEvent
 from tests.unit.test_sink_batches import event
 
 
@@ -131,12 +130,3 @@ async def test_only_data_and_integrity_errors_are_the_records_fault(
         await sink.write(batch)
     assert raised.value.__cause__ is exc
     assert type(exc).__name__ in str(raised.value)
-
-
-async def test_a_timestamp_no_datetime_holds_is_the_records_fault() -> None:
-    located = event("o1", 1, OrderStatus.RESERVED, 0)
-    far = OrderEvent.model_validate(located.event.model_dump() | {"requested_at_ms": 10**18})
-    batch = SinkBatch(order_events=[type(located)(far, 0, 0)])
-    sink = PostgresSink(RaisingPool(AssertionError("no connection is needed")))  # type: ignore[arg-type]
-    with pytest.raises(RecordRejectedError, match="year"):
-        await sink.write(batch)

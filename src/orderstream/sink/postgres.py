@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -18,34 +16,35 @@ Row = tuple[object, ...]
 # Rows are copied (COPY, one round trip per table) into session-local staging tables,
 # then merged with one INSERT ... SELECT each: at thousands of decisions per second this
 # is several times cheaper than a statement per row. Staging tables empty themselves at
-# every commit.
+# every commit. Times are staged as the messages carry them (epoch milliseconds) and
+# converted by PostgreSQL: building a datetime per field was a tenth of the sink's CPU.
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS stage_orders (
     order_id text, user_id text, status text, reason text, detail text, seq integer,
-    created_at timestamptz, updated_at timestamptz, product_id text, quantity integer
+    created_ms bigint, updated_ms bigint, product_id text, quantity integer
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_stock (
     product_id text, available bigint, reserved bigint, sold bigint, total_in bigint,
-    version bigint, updated_at timestamptz
+    version bigint, updated_ms bigint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_events (
     order_id text, seq integer, status text, reason text, product_id text, quantity integer,
-    requested_at timestamptz, occurred_at timestamptz, kafka_partition integer,
-    kafka_offset bigint
+    requested_ms bigint, occurred_ms bigint, kafka_partition integer, kafka_offset bigint
 ) ON COMMIT DELETE ROWS;
 """
 _COPY_ORDERS = (
-    "COPY stage_orders (order_id, user_id, status, reason, detail, seq, created_at,"
-    " updated_at, product_id, quantity) FROM STDIN"
+    "COPY stage_orders (order_id, user_id, status, reason, detail, seq, created_ms,"
+    " updated_ms, product_id, quantity) FROM STDIN"
 )
 _COPY_EVENTS = (
-    "COPY stage_events (order_id, seq, status, reason, product_id, quantity, requested_at,"
-    " occurred_at, kafka_partition, kafka_offset) FROM STDIN"
+    "COPY stage_events (order_id, seq, status, reason, product_id, quantity, requested_ms,"
+    " occurred_ms, kafka_partition, kafka_offset) FROM STDIN"
 )
 # An order's row only moves forward: a replayed or late event (lower seq) changes nothing.
 _MERGE_ORDERS = """
 INSERT INTO orders (order_id, user_id, status, reason, detail, seq, created_at, updated_at)
-SELECT order_id, user_id, status, reason, detail, seq, created_at, updated_at
+SELECT order_id, user_id, status, reason, detail, seq,
+       to_timestamp(created_ms / 1000.0), to_timestamp(updated_ms / 1000.0)
 FROM stage_orders
 ON CONFLICT (order_id) DO UPDATE
 SET status = EXCLUDED.status, reason = EXCLUDED.reason, detail = EXCLUDED.detail,
@@ -61,16 +60,19 @@ WHERE order_items.status IS DISTINCT FROM EXCLUDED.status
 _MERGE_EVENTS = """
 INSERT INTO order_events (order_id, seq, status, reason, product_id, quantity,
                           requested_at, occurred_at, kafka_partition, kafka_offset)
-SELECT * FROM stage_events
+SELECT order_id, seq, status, reason, product_id, quantity, to_timestamp(requested_ms / 1000.0),
+       to_timestamp(occurred_ms / 1000.0), kafka_partition, kafka_offset
+FROM stage_events
 ON CONFLICT (order_id, seq) DO NOTHING
 """
 _COPY_STOCK = (
-    "COPY stage_stock (product_id, available, reserved, sold, total_in, version, updated_at)"
+    "COPY stage_stock (product_id, available, reserved, sold, total_in, version, updated_ms)"
     " FROM STDIN"
 )
 _MERGE_STOCK = """
 INSERT INTO product_stock (product_id, available, reserved, sold, total_in, version, updated_at)
-SELECT * FROM stage_stock
+SELECT product_id, available, reserved, sold, total_in, version, to_timestamp(updated_ms / 1000.0)
+FROM stage_stock
 ON CONFLICT (product_id) DO UPDATE
 SET available = EXCLUDED.available, reserved = EXCLUDED.reserved, sold = EXCLUDED.sold,
     total_in = EXCLUDED.total_in, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
@@ -129,16 +131,13 @@ class PostgresSink:
 
 
 def _rows(batch: SinkBatch) -> tuple[list[Row], list[Row], list[Row]]:
-    """Return the batch's order, event and stock rows, or refuse a value no row can hold."""
-    try:
-        return (
-            [_order_row(located) for located in _latest_per_order(batch.order_events)],
-            [_event_row(located) for located in batch.order_events],
-            [_stock_row(change) for change in _latest_per_product(batch.stock_changes)],
-        )
-    except (ValueError, OverflowError, OSError) as exc:
-        # A timestamp beyond what a datetime holds: the record's fault, like a DataError.
-        raise RecordRejectedError(describe(exc)) from exc
+    """Return the batch's order, event and stock rows (a time out of range is PostgreSQL's
+    DataError, like any value it refuses)."""
+    return (
+        [_order_row(located) for located in _latest_per_order(batch.order_events)],
+        [_event_row(located) for located in batch.order_events],
+        [_stock_row(change) for change in _latest_per_product(batch.stock_changes)],
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -167,16 +166,12 @@ def _latest_per_product(changes: list[StockChange]) -> list[StockChange]:
     return list(latest.values())
 
 
-def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 def _order_row(located: LocatedEvent) -> Row:
     e = located.event
     reason = e.reason.value if e.reason else None
     return (
         e.order_id, e.user_id, e.status.value, reason, e.detail, e.seq,
-        _ts(e.requested_at_ms), _ts(e.decided_at_ms), e.product_id, e.quantity,
+        e.requested_at_ms, e.decided_at_ms, e.product_id, e.quantity,
     )  # fmt: skip
 
 
@@ -185,12 +180,11 @@ def _event_row(located: LocatedEvent) -> Row:
     reason = e.reason.value if e.reason else None
     return (
         e.order_id, e.seq, e.status.value, reason, e.product_id, e.quantity,
-        _ts(e.requested_at_ms), _ts(e.decided_at_ms), located.partition, located.offset,
+        e.requested_at_ms, e.decided_at_ms, located.partition, located.offset,
     )  # fmt: skip
 
 
 def _stock_row(c: StockChange) -> Row:
     return (
-        c.product_id, c.available, c.reserved, c.sold, c.total_in, c.version,
-        _ts(c.changed_at_ms),
+        c.product_id, c.available, c.reserved, c.sold, c.total_in, c.version, c.changed_at_ms,
     )  # fmt: skip
