@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install stack-up stack-down run test test-unit test-integration lint compose-check bench bench-quick clean
+.PHONY: help install stack-up stack-down run test test-unit test-integration lint compose-check bench bench-quick bench-restore clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -49,11 +49,15 @@ lint: install ## ruff check, ruff format --check, mypy --strict on src/
 compose-check: ## validate docker-compose.yml (needs Debian's docker-compose)
 	docker-compose config -q
 
-bench: stack-up ## full benchmark: orderstream vs row lock vs Redis Lua (long)
+bench: stack-up ## full benchmark: orderstream vs row lock, Redis Lua, group commit (~15 min)
 	$(BIN)/python -m bench.run
 
 bench-quick: stack-up ## the same benchmark with small counts (about two minutes)
 	$(BIN)/python -m bench.run --quick
+
+bench-restore: stack-up ## restore and kill -9 failover after sales of 100k and 1M requests (~6 min)
+	$(BIN)/python -m bench.restore
+	$(BIN)/python -m bench.restore --worker-id bench-worker
 
 clean: ## remove caches and the worker's local table cache (not the stack)
 	rm -rf .orderstream-data .pytest_cache .mypy_cache .ruff_cache

@@ -60,7 +60,6 @@ class Settings(BaseSettings):
     # Worker tuning (see agents/stock.py for why each value).
     commit_interval_s: float = Field(default=0.5, gt=0)
     session_timeout_s: float = Field(default=10.0, ge=6)
-    producer_linger_ms: int = Field(default=10, ge=0)
 
     # Sink batching: up to this many records, or whatever arrived within the wait. With
     # COPY the cost per batch dominates: behind the batch engine on spread (~12-14k

@@ -106,7 +106,7 @@ class StockAgent(Service):
             # Retries never reorder or double a partition's records: a restore reads the
             # changelog in order and trusts that order.
             enable_idempotence=True,
-            linger_ms=self._settings.producer_linger_ms,
+            # Decided batches are handed over whole (agents/outbox.py): no linger needed.
             max_batch_size=256 * 1024,  # a decided batch goes out in few produce requests
         )
         self._consumer = AIOKafkaConsumer(
