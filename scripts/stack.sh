@@ -5,6 +5,8 @@
 #   scripts/stack.sh up      start both (idempotent; first run fetches jars / inits data)
 #   scripts/stack.sh down    stop both (data is kept)
 #   scripts/stack.sh status  say what runs (exit 0 when both run, 3 otherwise)
+#   scripts/stack.sh kafka-kill | kafka-up | pg-stop | pg-up
+#                            one server alone (the fault matrix, bench/faults.py)
 #
 # Everything lives under .stack/ at the repo root (git-ignored); `rm -rf .stack`
 # after `down` gives a clean slate.  Ports: KAFKA_PORT (9092),
@@ -449,12 +451,26 @@ cmd_status() {
   return "$rc"
 }
 
+kafka_kill() {
+  # kill -9: no shutdown, no flush; what a crashed machine does to the broker.
+  local pid
+  pid="$(kafka_pid)" || pid="$(kafka_adopt)" || die "Kafka is not running"
+  kill -KILL "$pid"
+  while alive "$pid"; do sleep 0.1; done
+  rm -f "$KAFKA_PID"
+  log "Kafka (pid $pid) killed"
+}
+
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  kafka-kill) kafka_kill ;;
+  kafka-up) mkdir -p "$LOGS"; kafka_up ;;
+  pg-stop) pg_down ;;
+  pg-up) mkdir -p "$LOGS"; pg_up ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|kafka-kill|kafka-up|pg-stop|pg-up" >&2
     exit 2
     ;;
 esac

@@ -13,6 +13,7 @@ from mode import Worker as ServiceWorker
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from orderstream.logs import configure as configure_logging
 from orderstream.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"orderstream: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    # Before anything logs, for every command; mode's Worker is told not to redo it.
+    configure_logging(settings.log_level, settings.log_format)
     handler: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
         return handler(settings, args)
@@ -60,7 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     command("worker", _worker, "run the stream worker (stock agent) only")
     command("sink", _sink, "run the PostgreSQL sink only")
     command("serve", _serve, "run the HTTP status service only")
+    command("orders", _orders, "run the order lifecycle only (the order and payment agents)")
     command("settings", _settings, "print the effective settings as ORDERSTREAM_NAME=value")
+    command(
+        "audit",
+        _audit,
+        "check the invariants against PostgreSQL and the stock changelog; exit 1 on a violation",
+    )
 
     stock = command("stock", _no_subcommand, "set or add a product's stock")
     stock_ops = stock.add_subparsers(required=True, metavar="OPERATION")
@@ -91,17 +100,19 @@ def _settings(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    from orderstream.admin import check_topics
+    from orderstream.audit import audit
+
+    asyncio.run(check_topics(settings))  # a missing changelog is a setup error, said plainly
+    report = asyncio.run(audit(settings))  # progress on long reads goes to the log
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from orderstream.sink import migrate
 
-    _configure_logging(settings)
     applied = asyncio.run(migrate(settings))
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     return 0
@@ -110,7 +121,6 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 def _create_topics(settings: Settings, args: argparse.Namespace) -> int:
     from orderstream.admin import create_topics
 
-    _configure_logging(settings)
     created = asyncio.run(create_topics(settings))
     print(f"topics created: {', '.join(created) if created else 'none (all exist, checked)'}")
     return 0
@@ -148,12 +158,16 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         {
             SINK: lambda: SinkService(settings, sink_metrics),
             STATUS_SERVICE: lambda: StatusService(settings, registry, roles),
+            **(_lifecycle(settings, registry) if settings.run_lifecycle else {}),
         },
     )
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_worker(settings, CollectorRegistry())
+    registry = CollectorRegistry()
+    return _run_worker(
+        settings, registry, others=_metrics_server(settings, settings.worker_metrics_port, registry)
+    )
 
 
 def _run_worker(
@@ -180,8 +194,54 @@ def _sink(settings: Settings, args: argparse.Namespace) -> int:
     from orderstream.metrics import SinkMetrics
     from orderstream.services import SINK, SinkService
 
-    metrics = SinkMetrics.register(CollectorRegistry())
-    return _run_services(settings, {SINK: lambda: SinkService(settings, metrics)})
+    registry = CollectorRegistry()
+    metrics = SinkMetrics.register(registry)
+    return _run_services(
+        settings,
+        {
+            SINK: lambda: SinkService(settings, metrics),
+            **_metrics_server(settings, settings.sink_metrics_port, registry),
+        },
+    )
+
+
+def _metrics_server(
+    settings: Settings, port: int, registry: CollectorRegistry
+) -> dict[str, RoleFactory]:
+    """Return the metrics server of a role run apart, as a role of its own (none on port 0).
+
+    A role of its own, so that a taken port is logged and retried, and never stops the
+    role whose metrics it serves.
+    """
+    from orderstream.services import METRICS_SERVER, MetricsService
+
+    if port == 0:
+        return {}
+    return {METRICS_SERVER: lambda: MetricsService(settings.http_host, port, registry)}
+
+
+def _orders(settings: Settings, args: argparse.Namespace) -> int:
+    from orderstream.admin import check_topics
+
+    asyncio.run(check_topics(settings))  # as the worker: no silently auto-created topic
+    registry = CollectorRegistry()
+    return _run_services(
+        settings,
+        {
+            **_lifecycle(settings, registry),
+            **_metrics_server(settings, settings.orders_metrics_port, registry),
+        },
+    )
+
+
+def _lifecycle(settings: Settings, registry: CollectorRegistry) -> dict[str, RoleFactory]:
+    """Return the order lifecycle (a Faust app: order and payment agents) as a role."""
+    from orderstream.agents.faust_app import new_lifecycle_app
+    from orderstream.metrics import LifecycleMetrics
+    from orderstream.services import ORDER_LIFECYCLE
+
+    metrics = LifecycleMetrics.register(registry)  # once: every attempt counts here
+    return {ORDER_LIFECYCLE: lambda: new_lifecycle_app(settings, metrics)}
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -207,6 +267,11 @@ def _run_services(
     # clients bind to it), and anew for each attempt.
     supervisor = Supervisor(roles, registry if registry is not None else RoleRegistry())
     ServiceWorker(
-        supervisor, loglevel=settings.log_level, redirect_stdouts=False
+        supervisor,
+        # Logging is configured already (orderstream.logs): mode would replace the
+        # handler with its own colored one, and JSON lines with text.
+        override_logging=False,
+        redirect_stdouts=False,
+        quiet=settings.log_format == "json",  # mode's own prints are not log lines
     ).execute_from_commandline()
     return 0

@@ -60,7 +60,9 @@ class WorkerMetrics:
             ),
             stock_commands=Counter(
                 "orderstream_stock_commands",
-                "Stock commands applied (or skipped as already applied).",
+                "Stock commands by operation and result: applied, already_applied; for"
+                " commit and release also not_reserved (no reserved line of that order) and"
+                " conflicting (the line was settled the other way).",
                 ["operation", "result"],
                 registry=registry,
             ),
@@ -113,6 +115,74 @@ class SinkMetrics:
                 "Records the sink sent to a dead-letter topic, by source topic and cause:"
                 " invalid (undecodable) or refused (by PostgreSQL).",
                 ["topic", "cause"],
+                registry=registry,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class LifecycleMetrics:
+    """What the order and payment agents count."""
+
+    order_inputs: Counter
+    order_transitions: Counter
+    order_dead_letters: Counter
+    expire_commands: Counter
+    payments: Counter
+    payment_calls: Counter
+    payment_seconds: Histogram
+    breaker_open: Gauge
+
+    @classmethod
+    def register(cls, registry: CollectorRegistry) -> LifecycleMetrics:
+        return cls(
+            order_inputs=Counter(
+                "orderstream_order_inputs",
+                "Inputs of the order agent, by kind (line, payment, cancel, expire) and"
+                " result: applied, or why it changed nothing.",
+                ["kind", "result"],
+                registry=registry,
+            ),
+            order_transitions=Counter(
+                "orderstream_order_transitions",
+                "Order events the order agent emitted, by status.",
+                ["status"],
+                registry=registry,
+            ),
+            order_dead_letters=Counter(
+                "orderstream_order_dead_letters",
+                "Messages the order and payment agents could not process, by topic.",
+                ["topic"],
+                registry=registry,
+            ),
+            expire_commands=Counter(
+                "orderstream_expire_commands",
+                "Expire commands the expiry timer sent.",
+                registry=registry,
+            ),
+            payments=Counter(
+                "orderstream_payments",
+                "Payment requests handled, by action (charge, refund) and outcome: paid,"
+                " declined, unavailable (charges); refunded, failed (refunds).",
+                ["action", "outcome"],
+                registry=registry,
+            ),
+            payment_calls=Counter(
+                "orderstream_payment_provider_calls",
+                "Calls to the payment provider, by result: ok, error, timeout, or"
+                " circuit_open (not called).",
+                ["result"],
+                registry=registry,
+            ),
+            payment_seconds=Histogram(
+                "orderstream_payment_seconds",
+                "Time to handle one payment request, retries included.",
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            breaker_open=Gauge(
+                "orderstream_payment_breaker_open",
+                "1 while the payment provider's circuit breaker is open.",
                 registry=registry,
             ),
         )

@@ -3,7 +3,8 @@
 `orderstream run` runs the stock agent, the sink and the status service in one process;
 `orderstream worker`, `sink` and `serve` run one each. Every command runs its roles under
 the same Supervisor, so every process survives a failing role and stops the same way on
-SIGTERM.
+SIGTERM. A worker or a sink run apart also runs a metrics server: the status service,
+which serves /metrics otherwise, is not in its process.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import NamedTuple, TypeAlias
 
 from aiohttp import web
 from mode import Service, ServiceT
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from orderstream.db import make_pool
 from orderstream.http import create_app
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 STOCK_AGENT = "stock-agent"
 SINK = "sink"
 STATUS_SERVICE = "status-service"
+METRICS_SERVER = "metrics-server"
+ORDER_LIFECYCLE = "order-lifecycle"  # a Faust app: agents/faust_app.py
 
 # SIGTERM must end a process within 30 s whatever is down. Roles stop at the same time,
 # each within this bound; closing the event loop afterwards takes the mode Worker ~2 s.
@@ -98,6 +101,34 @@ class StatusService(Service):
     async def on_stop(self) -> None:
         if self._server is not None:
             self._server.close()  # no new connections; cleanup() closes the open ones
+        await self._runner.cleanup()
+
+
+class MetricsService(Service):
+    """Serve a process's metrics registry at /metrics, for Prometheus to scrape."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._host, self._port = host, port
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(
+                body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=_HTTP_SHUTDOWN_S)
+        self._server: asyncio.Server | None = None
+
+    async def on_start(self) -> None:
+        await self._runner.setup()
+        self._server = await listen(self._runner, self._host, self._port)
+        log.info("metrics on http://%s:%d/metrics", self._host, self._port)
+
+    async def on_stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
         await self._runner.cleanup()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +68,48 @@ class Settings(BaseSettings):
     sink_batch_wait_ms: int = Field(default=50, ge=1)
 
     log_level: str = "INFO"
+
+    # Where a worker and a sink run apart (`orderstream worker`, `orderstream sink`) serve
+    # their /metrics, on http_host; 0: not served. One setting per role, so that a worker
+    # and a sink on one host never ask for the same port with the defaults (9100 is left
+    # to Prometheus' node exporter); a second worker on the same host needs a port of its
+    # own. `orderstream run` serves every role's metrics at the status service's /metrics.
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    sink_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    # "text" lines, or "json": one JSON object per line (orderstream/logs.py).
+    log_format: Literal["text", "json"] = "text"
+
+    # The order lifecycle (`orderstream orders`: the order and payment agents).
+    # An order RESERVED and not paid within this long is EXPIRED and its stock released.
+    order_ttl_s: float = Field(default=600.0, gt=0)
+    # How often the expiry timer scans its partitions of the orders table: an order
+    # expires at most this long after its TTL, and every pass reads the whole table.
+    expiry_interval_s: float = Field(default=2.0, gt=0)
+    # The mock payment provider: the share of charges that succeed, and how long each
+    # answer takes (uniform between the two).
+    payment_success_rate: float = Field(default=0.9, ge=0, le=1)
+    payment_delay_min_s: float = Field(default=0.1, ge=0)
+    payment_delay_max_s: float = Field(default=0.5, ge=0)
+    # The share of the mock's calls that fail as an outage would (retried); 0 in a sale.
+    payment_error_rate: float = Field(default=0.0, ge=0, le=1)
+    # Payments run concurrently, so that a slow one never holds up the others.
+    payment_concurrency: int = Field(default=8, ge=1, le=256)
+    # A call to the provider that takes longer than this is a failure, and retried.
+    payment_timeout_s: float = Field(default=2.0, gt=0)
+    # Attempts per charge or refund, waiting payment_backoff_s, doubling, between them;
+    # after the last the order is CANCELLED with PAYMENT_UNAVAILABLE.
+    payment_attempts: int = Field(default=5, ge=1)
+    payment_backoff_s: float = Field(default=0.2, ge=0)
+    # After this many failed calls in a row, the provider is not called for
+    # payment_breaker_open_s (attempts fail at once), then tried again with one call.
+    payment_breaker_failures: int = Field(default=5, ge=1)
+    payment_breaker_open_s: float = Field(default=10.0, gt=0)
+    # Where `orderstream orders` serves its /metrics (0: not served).
+    orders_metrics_port: int = Field(default=9103, ge=0, le=65535)
+    # Whether `orderstream run` runs the order lifecycle beside its other roles. Off until
+    # the suites that expect orders to stay RESERVED under `run` start `orderstream
+    # orders` themselves; `orderstream orders` runs it in a process of its own.
+    run_lifecycle: bool = False
 
     def topic(self, name: str) -> str:
         """Return the full name of a topic, with this deployment's prefix."""

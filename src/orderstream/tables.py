@@ -7,9 +7,21 @@ cache that recovery rebuilds.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Self
 
-from orderstream.domain import Decision, OrderStatus, RejectReason, Reserved, StockEvent, StockLevel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orderstream.domain import (
+    Committed,
+    Decision,
+    LineStatus,
+    OrderStatus,
+    RejectReason,
+    Released,
+    Reserved,
+    StockEvent,
+    StockLevel,
+)
 from orderstream.settings import Settings
 from orderstream.topics import OrderEvent, OrderRequest, StockChange, TopicSpec
 
@@ -21,6 +33,13 @@ STOCK_CHANGELOG = "stock-changelog"
 STOCK_KEY = b"s"
 HOLD_KEY = b"h"
 
+# (settled, final_version given, settled_at_ms given) of a hold: unsettled, or settled whole.
+_SETTLED_SHAPES = {
+    (None, False, False),
+    (LineStatus.COMMITTED, True, True),
+    (LineStatus.RELEASED, True, True),
+}
+
 __all__ = [
     "Hold",
     "StockLevel",
@@ -31,7 +50,13 @@ __all__ = [
 
 
 class Hold(BaseModel):
-    """The recorded decision for one (order, product): a duplicate request re-emits it."""
+    """One (order, product) line at the stock agent: its decision, and where its stock stands.
+
+    The decision (``status``: RESERVED or REJECTED) never changes once recorded: a
+    duplicate request re-emits it, whatever happened to the line since. A reserved line
+    moves on once more, by a commit or a release, and the hold is rewritten with that
+    (``settled``) and the stock version it produced (``final_version``).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -39,7 +64,7 @@ class Hold(BaseModel):
     user_id: str
     product_id: str
     quantity: int = Field(ge=1)
-    status: OrderStatus
+    status: OrderStatus  # the decision announced
     reason: RejectReason | None = None
     detail: str | None = None
     requested_at_ms: int
@@ -47,6 +72,24 @@ class Hold(BaseModel):
     # The product's stock version after this reservation (None: the stock did not
     # change). A restore re-applies a hold newer than the last stock snapshot it read.
     stock_version: int | None = None
+    # COMMITTED or RELEASED once a commit or a release moved the reserved line, with the
+    # product's stock version after that event and when it happened (None: not yet).
+    settled: LineStatus | None = None
+    final_version: int | None = None
+    settled_at_ms: int | None = None
+
+    @model_validator(mode="after")
+    def _settled_whole(self) -> Self:
+        # A restore re-applies what a hold records: half a settlement would be a guess.
+        shape = (self.settled, self.final_version is not None, self.settled_at_ms is not None)
+        if shape not in _SETTLED_SHAPES or (self.settled and self.stock_version is None):
+            raise ValueError(
+                "settled (COMMITTED or RELEASED), final_version and settled_at_ms come"
+                f" together, on a reservation; got settled={self.settled},"
+                f" final_version={self.final_version}, settled_at_ms={self.settled_at_ms},"
+                f" stock_version={self.stock_version}"
+            )
+        return self
 
     @classmethod
     def of(
@@ -72,15 +115,38 @@ class Hold(BaseModel):
         )
 
     @property
+    def line_status(self) -> LineStatus:
+        """Return where the line's stock stands now."""
+        if self.settled is not None:
+            return self.settled
+        return LineStatus.RESERVED if self.status is OrderStatus.RESERVED else LineStatus.REJECTED
+
+    @property
     def is_final(self) -> bool:
         """Whether nothing can change this hold any more (it may then expire)."""
-        return self.status.is_terminal
+        return self.line_status is not LineStatus.RESERVED
+
+    @property
+    def changed_at_ms(self) -> int:
+        """Return when this hold was last written: the dedup window counts from then."""
+        return self.settled_at_ms if self.settled_at_ms is not None else self.decided_at_ms
+
+    def settled_by(self, event: Committed | Released, at_ms: int) -> Hold:
+        """Return this reserved line moved on by ``event`` at ``at_ms``."""
+        settled = LineStatus.COMMITTED if isinstance(event, Committed) else LineStatus.RELEASED
+        return self.model_copy(
+            update={"settled": settled, "final_version": event.version, "settled_at_ms": at_ms}
+        )
 
     def stock_events(self) -> list[StockEvent]:
         """Return the stock events this hold records, for a restore to re-apply."""
         if self.stock_version is None:
             return []  # a rejection changed no stock
-        return [Reserved(self.quantity, self.stock_version)]
+        reserved = Reserved(self.quantity, self.stock_version)
+        if self.final_version is None:
+            return [reserved]
+        settled = Committed if self.settled is LineStatus.COMMITTED else Released
+        return [reserved, settled(self.quantity, self.final_version)]
 
     def decision_event(self, stock: StockChange | None = None) -> OrderEvent:
         """Return the order event that announces this decision."""

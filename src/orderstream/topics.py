@@ -7,9 +7,17 @@ where they enter a process; unknown fields are ignored so producers can add fiel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from enum import StrEnum
+from typing import Annotated, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from orderstream.domain import OrderStatus, RejectReason, StockLevel, StockOperation
 from orderstream.errors import InvalidMessageError
@@ -19,6 +27,11 @@ ORDER_REQUESTS = "order-requests"  # key: product id
 STOCK_COMMANDS = "stock-commands"  # key: product id (co-partitioned with order-requests)
 ORDER_EVENTS = "order-events"  # key: order id
 STOCK_CHANGES = "stock-changes"  # key: product id
+# The order lifecycle (agents/orders.py, agents/payment.py): keyed by order id, so an
+# order's inputs and its table partition meet in one agent.
+ORDER_COMMANDS = "order-commands"  # key: order id
+PAYMENT_REQUESTS = "payment-requests"  # key: order id
+PAYMENT_RESULTS = "payment-results"  # key: order id
 DLQ_SUFFIX = "-dlq"
 
 # Header names on dead letters: the message value stays the original bytes.
@@ -60,11 +73,32 @@ class OrderRequest(Message):
 
 
 class StockCommand(Message):
-    """Set or add a product's stock; published on ``stock-commands``."""
+    """A command to one product's stock, on ``stock-commands``.
+
+    ``set`` and ``add`` change the stock on sale by ``quantity`` and name no order.
+    ``commit`` (reserved -> sold) and ``release`` (reserved -> available) settle the line
+    of ``order_id``, by the quantity its hold recorded: a ``quantity`` given with them
+    must be that one.
+    """
 
     product_id: Id
     operation: StockOperation
-    quantity: int = Field(ge=0, le=MAX_QUANTITY, strict=True)
+    quantity: int | None = Field(default=None, ge=0, le=MAX_QUANTITY, strict=True)
+    order_id: Id | None = None
+
+    @model_validator(mode="after")
+    def _fits_operation(self) -> Self:
+        operation = self.operation.value
+        if self.operation.settles_line:
+            if self.order_id is None:
+                raise ValueError(f"{operation} needs the order_id of the line it settles")
+        elif self.order_id is not None:
+            # Most likely a commit or a release with the wrong operation: applying it
+            # would change the stock on sale instead of one order's line.
+            raise ValueError(f"{operation} changes the stock on sale and takes no order_id")
+        elif self.quantity is None:
+            raise ValueError(f"{operation} needs a quantity")
+        return self
 
 
 class StockChange(Message):
@@ -124,6 +158,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     # Co-partitioned topics share one count: the stock table's partition n owns exactly
     # the products that hash to partition n of order-requests and of stock-commands.
     sources = [ORDER_REQUESTS, STOCK_COMMANDS, ORDER_EVENTS, STOCK_CHANGES]
+    sources += [ORDER_COMMANDS, PAYMENT_REQUESTS, PAYMENT_RESULTS]
     names = [*sources, *(name + DLQ_SUFFIX for name in sources)]
     return [TopicSpec(settings.topic(name), settings.partitions, {}) for name in names]
 
@@ -156,3 +191,49 @@ def _describe(exc: ValidationError) -> str:
             message = "contains a control character (NUL, tab, newline, ...), not allowed"
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
+
+
+class OrderCommandKind(StrEnum):
+    """What an order command asks of the order agent."""
+
+    CANCEL = "cancel"
+    EXPIRE = "expire"
+
+
+class OrderCommand(Message):
+    """A cancel (a user, through the status service) or an expire (the timer), on
+    ``order-commands``; the order agent decides whether it still applies."""
+
+    order_id: Id
+    command: OrderCommandKind
+    detail: str | None = Field(default=None, max_length=DETAIL_MAX_LENGTH)
+
+
+class PaymentAction(StrEnum):
+    """What a payment request asks of the payment agent."""
+
+    CHARGE = "charge"
+    REFUND = "refund"  # a charge arrived for an order that can no longer be sold
+
+
+class PaymentRequest(Message):
+    """A charge or a refund for one order, on ``payment-requests``."""
+
+    order_id: Id
+    # Unknown (None) only for a refund of an order the order agent has no state of.
+    user_id: Id | None = None
+    amount: int = Field(default=0, ge=0, le=MAX_QUANTITY)  # a refund gives back the charge
+    action: PaymentAction = PaymentAction.CHARGE
+
+
+class PaymentOutcome(Message):
+    """The payment agent's answer to a charge, on ``payment-results``.
+
+    Not paid carries PAYMENT_FAILED (declined) or PAYMENT_UNAVAILABLE (the provider
+    could not be reached within the retries).
+    """
+
+    order_id: Id
+    paid: bool
+    reason: RejectReason | None = None
+    detail: str | None = Field(default=None, max_length=DETAIL_MAX_LENGTH)

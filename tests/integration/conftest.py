@@ -72,6 +72,10 @@ async def pipeline(base_settings: Settings, tmp_path: Path) -> AsyncIterator[Pip
             "data_dir": tmp_path / "data",
             "http_host": "127.0.0.1",
             "http_port": _free_port(),
+            # Several workers and sinks run on this host at once: no fixed metrics ports
+            # (tests that scrape a role apart give it a free port).
+            "worker_metrics_port": 0,
+            "sink_metrics_port": 0,
         }
     )
     await create_topics(settings)

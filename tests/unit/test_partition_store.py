@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Iterator
@@ -13,8 +14,11 @@ from prometheus_client import CollectorRegistry
 from orderstream.agents.processor import SourceRecord, StockProcessor
 from orderstream.agents.store import PartitionStore, RestoreReport
 from orderstream.domain import (
+    Committed,
+    LineStatus,
     OrderStatus,
     RejectReason,
+    Released,
     Reserved,
     StockAdded,
     StockLevel,
@@ -42,11 +46,21 @@ class Changelog:
 
 
 def snapshot(
-    product_id: str, *, available: int, version: int, reserved: int = 0, at_ms: int = 1_000
+    product_id: str,
+    *,
+    available: int,
+    version: int,
+    reserved: int = 0,
+    sold: int = 0,
+    at_ms: int = 1_000,
 ) -> Record:
     """A stock snapshot record, keyed and encoded as the store writes it."""
     level = StockLevel(
-        available=available, reserved=reserved, total_in=available + reserved, version=version
+        available=available,
+        reserved=reserved,
+        sold=sold,
+        total_in=available + reserved + sold,
+        version=version,
     )
     return STOCK_KEY + product_id.encode(), level.model_dump_json().encode(), at_ms
 
@@ -74,6 +88,21 @@ def hold_record(
 ) -> Record:
     value = make_hold(order_id, product_id, quantity, stock_version, at_ms)
     return HOLD_KEY + hold_key(order_id, product_id), value.model_dump_json().encode(), at_ms
+
+
+def settled_record(
+    order_id: str,
+    product_id: str,
+    quantity: int,
+    versions: tuple[int, int],
+    settled: LineStatus,
+    at_ms: int = 1_000,
+) -> Record:
+    """The record of a reservation (at versions[0]) that a commit or a release settled."""
+    event = Committed if settled is LineStatus.COMMITTED else Released
+    reservation = make_hold(order_id, product_id, quantity, versions[0], at_ms - 10)
+    hold = reservation.settled_by(event(quantity, versions[1]), at_ms)
+    return HOLD_KEY + hold_key(order_id, product_id), hold.model_dump_json().encode(), at_ms
 
 
 def tombstone(order_id: str, product_id: str, at_ms: int = 1_000) -> Record:
@@ -213,6 +242,93 @@ def test_reservations_the_last_snapshot_contains_are_not_reapplied(
     assert (report.holds, report.replayed, report.orphans) == (2, 0, [])
 
 
+@pytest.mark.parametrize(
+    ("settled", "after"),
+    [
+        pytest.param(LineStatus.COMMITTED, (8, 0, 2), id="committed"),
+        pytest.param(LineStatus.RELEASED, (10, 0, 0), id="released"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("log", "replayed"),
+    [
+        # Reserved and settled in one batch, cut before its snapshot: both events re-applied.
+        pytest.param(
+            [snapshot("p1", available=10, version=1), "reserved", "settled"], 2, id="no-snapshot"
+        ),
+        # The snapshot between holds the reservation: only the settlement is re-applied.
+        pytest.param(
+            [
+                snapshot("p1", available=10, version=1),
+                "reserved",
+                snapshot("p1", available=8, reserved=2, version=2),
+                "settled",
+            ],
+            1,
+            id="reservation-snapshotted",
+        ),
+        # Compaction kept the hold's last record and the last snapshot, which holds both.
+        pytest.param(["settled", "final-snapshot"], 0, id="compacted"),
+    ],
+)
+def test_restore_folds_a_settled_hold_exactly_once(
+    store: PartitionStore,
+    settled: LineStatus,
+    after: tuple[int, int, int],
+    log: list[Record | str],
+    replayed: int,
+) -> None:
+    available, reserved, sold = after
+    records = {
+        "reserved": hold_record("o1", "p1", 2, 2),
+        "settled": settled_record("o1", "p1", 2, (2, 3), settled),
+        "final-snapshot": snapshot(
+            "p1", available=available, reserved=reserved, sold=sold, version=3
+        ),
+    }
+    report = restore(store, *(records[r] if isinstance(r, str) else r for r in log))
+    level = store.stock["p1"]
+    assert (level.available, level.reserved, level.sold, level.version) == (*after, 3)
+    assert level.is_conserved
+    assert report.replayed == replayed
+    assert store.hold(hold_key("o1", "p1")) == records["settled"][1]
+
+
+def test_a_hold_written_before_settlements_existed_restores_as_unsettled(
+    store: PartitionStore,
+) -> None:
+    key, value, at_ms = hold_record("o1", "p1", 2, 2)
+    assert value is not None
+    older = json.loads(value)
+    for field in ("settled", "final_version", "settled_at_ms"):
+        del older[field]
+    restore(
+        store, snapshot("p1", available=10, version=1), (key, json.dumps(older).encode(), at_ms)
+    )
+    assert (store.stock["p1"].available, store.stock["p1"].reserved) == (8, 2)
+    recorded = store.hold(key[1:])
+    assert recorded is not None
+    assert Hold.model_validate_json(recorded).line_status is LineStatus.RESERVED
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"settled": "COMMITTED"}, id="no-final-version"),
+        pytest.param({"final_version": 3, "settled_at_ms": 5}, id="no-settled-status"),
+        pytest.param({"settled": "REJECTED", "final_version": 3, "settled_at_ms": 5}, id="bad"),
+        pytest.param(
+            {"stock_version": None, "settled": "RELEASED", "final_version": 3, "settled_at_ms": 5},
+            id="settled-rejection",
+        ),
+    ],
+)
+def test_a_half_settled_hold_is_refused(fields: dict[str, object]) -> None:
+    hold = make_hold("o1", "p1", 2, 2, 1_000).model_dump(mode="json") | fields
+    with pytest.raises(ValueError, match="come together"):
+        Hold.model_validate(hold)
+
+
 def test_rejected_holds_never_change_the_stock(store: PartitionStore) -> None:
     first = snapshot("p1", available=1, version=1)
     report = restore(
@@ -272,9 +388,10 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
     """Wherever a crash cuts the changelog, restore gives the stock that prefix implies.
 
     Decide a seeded random stream (restocks, reservations, rejections, duplicates,
-    misrouted and stale requests, expiry) exactly as the engine does, keeping every
-    record the changelog got and the live stock right after it; then restore a fresh
-    store from each prefix.
+    misrouted and stale requests, commits and releases of reserved, rejected and unknown
+    lines and their redeliveries, expiry) exactly as the engine does, keeping every record
+    the changelog got and the live stock right after it; then restore a fresh store from
+    each prefix.
     """
     rng = random.Random(20_240_501)
     window_s = 30
@@ -306,10 +423,32 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
             product_id.encode(),
             quantity,
         )
+        lines.append((f"o{len(requests)}", product_id, quantity))
         return SourceRecord(ORDER_REQUESTS, 0, len(requests), requested_at_ms, None, value)
+
+    def settle(operation: str, now_ms: int) -> SourceRecord:
+        """A commit or a release of a line requested before, or of an order never seen."""
+        roll = rng.random()
+        if roll < 0.3 and settling:  # again, maybe the other way
+            order_id, product_id, quantity = rng.choice(settling)
+        elif roll < 0.9 and lines:
+            order_id, product_id, quantity = rng.choice(lines)
+            settling.append((order_id, product_id, quantity))
+        else:
+            order_id, product_id, quantity = "nobody", stocked[0], 1
+        given = rng.choice([None, None, quantity, quantity + 1])  # + 1: a dead letter
+        value = b'{"product_id":"%s","operation":"%s","order_id":"%s"%s}' % (
+            product_id.encode(),
+            operation.encode(),
+            order_id.encode(),
+            b"" if given is None else b',"quantity":%d' % given,
+        )
+        return SourceRecord(STOCK_COMMANDS, 0, len(commands), now_ms, None, value)
 
     commands: list[SourceRecord] = []
     requests: list[SourceRecord] = []
+    lines: list[tuple[str, str, int]] = []  # (order id, product id, quantity) of each request
+    settling: list[tuple[str, str, int]] = []  # the lines a commit or a release was sent for
     for batch in range(30):
         changelog.now_ms += rng.randint(1, 6_000)
         now_ms = changelog.now_ms
@@ -329,6 +468,9 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
                 records.append(rng.choice(commands))  # redelivered: applied once
             elif roll < 0.3 and requests:
                 records.append(rng.choice(requests))  # a duplicate, maybe stale by now
+            elif roll < 0.5:
+                commands.append(settle(rng.choice(["commit", "release"]), now_ms))
+                records.append(commands[-1])
             else:
                 product_id = rng.choice([*stocked * 4, never_stocked, elsewhere])
                 quantity = rng.choice([1, 1, 2, 2, 3, 4, 5])  # 5 is over the line limit
@@ -342,7 +484,7 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
                 live.put_hold(key, hold, append)
         live.snapshot_changed(append)
         if rng.random() < 0.3:
-            live.expire(now_ms - window_s * 1000, rng.randint(1, 4), append)
+            live.expire(now_ms - window_s * 1000, rng.randint(1, 8), append)
     live.close()
 
     log = changelog.records
@@ -353,8 +495,26 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
     assert any(value and b'"RESERVED"' in value for _, value, _ in log)
     assert sum(key[:1] == STOCK_KEY for key, _, _ in log) > 10
     assert registry.get_sample_value("orderstream_duplicate_requests_total")
-    assert registry.get_sample_value(
-        "orderstream_stock_commands_total", {"operation": "set", "result": "already_applied"}
+    assert any(value and b'"settled":"COMMITTED"' in value for _, value, _ in log)
+    assert any(value and b'"settled":"RELEASED"' in value for _, value, _ in log)
+    settled_keys = {key for key, value, _ in log if value and b'"settled":"' in value}
+    assert any(value is None and key in settled_keys for key, value, _ in log)  # expired
+    for operation, result in [
+        ("set", "already_applied"),
+        ("commit", "applied"),
+        ("release", "applied"),
+        ("commit", "already_applied"),
+        ("release", "already_applied"),
+        ("commit", "not_reserved"),
+        ("release", "not_reserved"),
+    ]:
+        labels = {"operation": operation, "result": result}
+        assert registry.get_sample_value("orderstream_stock_commands_total", labels), labels
+    assert any(
+        registry.get_sample_value(
+            "orderstream_stock_commands_total", {"operation": operation, "result": "conflicting"}
+        )
+        for operation in ("commit", "release")
     )
     for cut in range(len(log) + 1):
         prefix = log[:cut]
@@ -370,13 +530,14 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
             assert restored.hold(key) == present.get(key)
         holds = [Hold.model_validate_json(value) for value in present.values() if value]
         for product_id, level in restored.stock.items():
-            reserved = sum(
-                h.quantity
-                for h in holds
-                if h.product_id == product_id and h.status is OrderStatus.RESERVED
-            )
+            mine = [h for h in holds if h.product_id == product_id]
+            # Reservations are never expired: the reserved figure is exactly theirs. Sold
+            # lines may have left the dedup window: the sold figure is at least theirs.
+            reserved = sum(h.quantity for h in mine if h.line_status is LineStatus.RESERVED)
+            sold = sum(h.quantity for h in mine if h.line_status is LineStatus.COMMITTED)
             assert level.reserved == reserved
-            assert level.available == level.total_in - reserved
+            assert level.sold >= sold
+            assert level.available == level.total_in - reserved - level.sold
             assert level.is_conserved
         restored.close()
 
@@ -428,6 +589,19 @@ def test_expire_after_a_restore_leaves_reservations_alone(store: PartitionStore)
     for order_id in ("o1", "o3"):
         assert store.hold(hold_key(order_id, "p1")) is not None
     assert store.stock == stock
+
+
+def test_a_settled_hold_expires_a_dedup_window_after_its_settlement(
+    store: PartitionStore,
+) -> None:
+    changelog = Changelog()
+    reservation = make_hold("o1", "p1", 2, 2, 1_000)
+    store.put_hold(hold_key("o1", "p1"), reservation, changelog)
+    assert store.expire(50_000, 10, changelog) == 0  # a reservation is never final
+    store.put_hold(hold_key("o1", "p1"), reservation.settled_by(Committed(2, 3), 40_000), changelog)
+    assert store.expire(40_000, 10, changelog) == 0  # decided long ago, settled just now
+    assert store.expire(40_001, 10, changelog) == 1
+    assert changelog.records[-1] == (HOLD_KEY + hold_key("o1", "p1"), None, changelog.now_ms)
 
 
 # --- the holds cache -------------------------------------------------------------------

@@ -7,8 +7,11 @@ from prometheus_client import CollectorRegistry
 
 from orderstream.agents.processor import Effects, Output, SourceRecord, StockProcessor
 from orderstream.domain import (
+    Committed,
+    LineStatus,
     OrderStatus,
     RejectReason,
+    Released,
     Reserved,
     StockAdded,
     StockEvent,
@@ -19,7 +22,7 @@ from orderstream.domain import (
 )
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
-from orderstream.tables import hold_key
+from orderstream.tables import Hold, hold_key
 from orderstream.topics import (
     DLQ_REASON_HEADER,
     DLQ_SOURCE_HEADER,
@@ -105,6 +108,24 @@ def command(operation: str, quantity: int, offset: int, partition: int = OWNER) 
     return SourceRecord(STOCK_COMMANDS, partition, offset, NOW_MS, PRODUCT.encode(), value)
 
 
+def settle(
+    operation: str,
+    order_id: str,
+    offset: int,
+    quantity: int | None = None,
+    partition: int = OWNER,
+) -> SourceRecord:
+    """A commit or a release of one order's line of PRODUCT, as the order agent sends it."""
+    given = b"" if quantity is None else b',"quantity":%d' % quantity
+    value = b'{"product_id":"%s","operation":"%s","order_id":"%s"%s}' % (
+        PRODUCT.encode(),
+        operation.encode(),
+        order_id.encode(),
+        given,
+    )
+    return SourceRecord(STOCK_COMMANDS, partition, offset, NOW_MS, PRODUCT.encode(), value)
+
+
 def announced(output: Output) -> OrderEvent:
     assert output.topic == ORDER_EVENTS
     assert output.value is not None
@@ -182,6 +203,7 @@ def test_a_duplicate_resends_the_recorded_decision_and_decides_nothing(
     [
         pytest.param(request(request_value(), partition=ELSEWHERE), id="order-request"),
         pytest.param(command("set", 5, offset=3, partition=ELSEWHERE), id="stock-command"),
+        pytest.param(settle("commit", "o1", offset=3, partition=ELSEWHERE), id="commit"),
     ],
 )
 def test_a_record_on_the_wrong_partition_is_forwarded_to_its_owner_undecided(
@@ -332,3 +354,160 @@ def test_an_impossible_stock_command_is_dead_lettered(
     source = command(operation, quantity, offset=7)
     assert fragment in dead_letter_reason(processor.process(source, state, NOW_MS), source)
     assert state.stock[PRODUCT].last_command_offset == -1
+
+
+# --- commit and release ----------------------------------------------------------------
+
+
+def commands_counted(registry: CollectorRegistry, operation: str, result: str) -> float:
+    labels = {"operation": operation, "result": result}
+    return registry.get_sample_value("orderstream_stock_commands_total", labels) or 0
+
+
+def reserve(processor: StockProcessor, state: MemoryState, order_id: str, quantity: int) -> None:
+    state.take(processor.process(request(request_value(order_id, quantity)), state, NOW_MS))
+
+
+def recorded_hold(state: MemoryState, order_id: str) -> Hold:
+    return Hold.model_validate_json(state.holds[hold_key(order_id, PRODUCT)])
+
+
+@pytest.mark.parametrize(
+    ("operation", "settled", "event", "figures"),
+    [
+        pytest.param("commit", LineStatus.COMMITTED, Committed(2, 3), (3, 0, 2), id="commit"),
+        pytest.param("release", LineStatus.RELEASED, Released(2, 3), (5, 0, 0), id="release"),
+    ],
+)
+def test_settling_a_reserved_line_moves_its_stock_once_and_rewrites_its_hold(
+    processor: StockProcessor,
+    state: MemoryState,
+    registry: CollectorRegistry,
+    operation: str,
+    settled: LineStatus,
+    event: StockEvent,
+    figures: tuple[int, int, int],
+) -> None:
+    reserve(processor, state, "o1", 2)
+    reservation = recorded_hold(state, "o1")
+    effects = processor.process(settle(operation, "o1", offset=7), state, NOW_MS + 500)
+
+    # Nothing is announced: the stock change reaches the sink with the batch's snapshot.
+    assert (effects.stock, effects.outputs) == ([(PRODUCT, event)], [])
+    [(key, hold)] = effects.holds
+    assert key == hold_key("o1", PRODUCT)
+    assert (hold.line_status, hold.final_version, hold.settled_at_ms) == (
+        settled,
+        3,
+        NOW_MS + 500,
+    )
+    assert hold.is_final
+    assert hold.stock_events() == [Reserved(2, 2), event]
+    # The decision stays what was announced.
+    assert hold.decision_event() == reservation.decision_event()
+    state.take(effects)
+    level = state.stock[PRODUCT]
+    assert (level.available, level.reserved, level.sold, level.version) == (*figures, 3)
+    assert commands_counted(registry, operation, "applied") == 1
+
+    # Redelivered, with or without the quantity: nothing moves twice.
+    for again in (settle(operation, "o1", offset=8), settle(operation, "o1", 9, quantity=2)):
+        assert processor.process(again, state, NOW_MS + 900) == Effects()
+    assert commands_counted(registry, operation, "already_applied") == 2
+    assert state.stock[PRODUCT] == level
+    # A duplicate request still re-sends the reservation it was given, nothing more.
+    duplicate = processor.process(request(request_value("o1", 2), offset=99), state, NOW_MS)
+    assert (duplicate.holds, duplicate.stock) == ([], [])
+    [output] = duplicate.outputs
+    assert announced(output) == reservation.decision_event()
+
+
+@pytest.mark.parametrize(
+    ("first", "then"), [("commit", "release"), ("release", "commit")], ids=["sold", "released"]
+)
+def test_a_line_settled_one_way_is_never_settled_the_other(
+    processor: StockProcessor,
+    state: MemoryState,
+    registry: CollectorRegistry,
+    first: str,
+    then: str,
+) -> None:
+    reserve(processor, state, "o1", 2)
+    state.take(processor.process(settle(first, "o1", offset=7), state, NOW_MS))
+    settled, level = state.holds[hold_key("o1", PRODUCT)], state.stock[PRODUCT]
+    assert processor.process(settle(then, "o1", offset=8), state, NOW_MS) == Effects()
+    assert (state.holds[hold_key("o1", PRODUCT)], state.stock[PRODUCT]) == (settled, level)
+    assert commands_counted(registry, then, "conflicting") == 1
+
+
+@pytest.mark.parametrize("operation", ["commit", "release"])
+@pytest.mark.parametrize("line", ["never-requested", "rejected"])
+def test_settling_a_line_never_reserved_changes_nothing_and_is_counted(
+    processor: StockProcessor,
+    state: MemoryState,
+    registry: CollectorRegistry,
+    operation: str,
+    line: str,
+) -> None:
+    reserve(processor, state, "o1", 2)  # another order's reservation, left alone
+    if line == "rejected":
+        reserve(processor, state, "o2", 9)  # out of stock
+        assert recorded_hold(state, "o2").line_status is LineStatus.REJECTED
+    holds, level = dict(state.holds), state.stock[PRODUCT]
+    # A release before its reservation is dropped, not kept for a request to come.
+    assert processor.process(settle(operation, "o2", offset=7), state, NOW_MS) == Effects()
+    assert (state.holds, state.stock[PRODUCT]) == (holds, level)
+    assert commands_counted(registry, operation, "not_reserved") == 1
+    if line == "never-requested":
+        state.take(processor.process(request(request_value("o2", 1)), state, NOW_MS))
+        assert recorded_hold(state, "o2").line_status is LineStatus.RESERVED
+
+
+def test_a_commit_whose_quantity_differs_from_the_hold_is_dead_lettered(
+    processor: StockProcessor, state: MemoryState, registry: CollectorRegistry
+) -> None:
+    reserve(processor, state, "o1", 2)
+    source = settle("commit", "o1", offset=7, quantity=3)
+    reason = dead_letter_reason(processor.process(source, state, NOW_MS), source)
+    assert reason == "commit of quantity 3 for order 'o1', whose line holds 2"
+    assert recorded_hold(state, "o1").line_status is LineStatus.RESERVED
+    assert registry.get_sample_value("orderstream_dead_letters_total", {"topic": STOCK_COMMANDS})
+    # With the right quantity it applies.
+    assert processor.process(settle("commit", "o1", 8, quantity=2), state, NOW_MS).stock == [
+        (PRODUCT, Committed(2, 3))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        pytest.param(
+            b'{"product_id":"p1","operation":"commit","quantity":2}',
+            "commit needs the order_id of the line it settles",
+            id="commit-without-order",
+        ),
+        pytest.param(
+            b'{"product_id":"p1","operation":"release"}',
+            "release needs the order_id of the line it settles",
+            id="release-without-order",
+        ),
+        pytest.param(
+            b'{"product_id":"p1","operation":"set","quantity":2,"order_id":"o1"}',
+            "set changes the stock on sale and takes no order_id",
+            id="set-with-order",
+        ),
+        pytest.param(
+            b'{"product_id":"p1","operation":"add"}', "add needs a quantity", id="add-without"
+        ),
+        pytest.param(
+            b'{"product_id":"p1","operation":"commit","order_id":"o\\u0000"}',
+            "order_id: contains a control character",
+            id="nul-in-order-id",
+        ),
+    ],
+)
+def test_a_stock_command_that_does_not_fit_its_operation_is_dead_lettered(
+    processor: StockProcessor, state: MemoryState, value: bytes, fragment: str
+) -> None:
+    source = SourceRecord(STOCK_COMMANDS, OWNER, 7, NOW_MS, PRODUCT.encode(), value)
+    assert fragment in dead_letter_reason(processor.process(source, state, NOW_MS), source)

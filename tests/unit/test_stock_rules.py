@@ -9,10 +9,12 @@ import pytest
 from orderstream.domain import (
     Committed,
     LineRequest,
+    LineStatus,
     OrderStatus,
     RejectReason,
     Released,
     Reserved,
+    SettleOutcome,
     StockAdded,
     StockEvent,
     StockLevel,
@@ -22,6 +24,7 @@ from orderstream.domain import (
     evolve,
     fold_newer,
     reserve_line,
+    settle_line,
     stock_command,
 )
 
@@ -196,7 +199,7 @@ def test_set_after_reservations_keeps_them_and_counts_the_difference_in() -> Non
     assert figures(restocked) == (20, 4, 0, 24)
 
 
-@pytest.mark.parametrize("operation", list(StockOperation))
+@pytest.mark.parametrize("operation", [StockOperation.SET, StockOperation.ADD])
 def test_a_redelivered_command_is_applied_once(operation: StockOperation) -> None:
     once = apply_stock_operation(stocked(10), operation, 5, offset=7)
     assert once is not None
@@ -211,6 +214,80 @@ def test_a_redelivered_command_is_applied_once(operation: StockOperation) -> Non
 def test_impossible_quantities_are_refused(operation: StockOperation, quantity: int) -> None:
     with pytest.raises(ValueError, match="stock"):
         stock_command(stocked(1), operation, quantity, offset=1)
+
+
+@pytest.mark.parametrize("operation", [StockOperation.COMMIT, StockOperation.RELEASE])
+def test_stock_command_refuses_an_operation_that_settles_a_line(operation: StockOperation) -> None:
+    with pytest.raises(ValueError, match="settle_line"):
+        stock_command(stocked(1), operation, 1, offset=1)
+
+
+# settle_line
+
+RESERVED_2 = evolve(stocked(10), Reserved(2, 2))
+
+
+@pytest.mark.parametrize(
+    ("operation", "event", "expected"),
+    [
+        pytest.param(StockOperation.COMMIT, Committed(2, 3), (8, 0, 2, 10), id="commit"),
+        pytest.param(StockOperation.RELEASE, Released(2, 3), (10, 0, 0, 10), id="release"),
+    ],
+)
+def test_settling_a_reserved_line_moves_its_quantity_with_the_next_version(
+    operation: StockOperation, event: StockEvent, expected: tuple[int, int, int, int]
+) -> None:
+    outcome, settled = settle_line(RESERVED_2, operation, LineStatus.RESERVED, 2)
+    assert (outcome, settled) == (SettleOutcome.APPLIED, event)
+    assert figures(evolve(RESERVED_2, event)) == expected
+
+
+@pytest.mark.parametrize(
+    ("operation", "line", "outcome"),
+    [
+        pytest.param(StockOperation.COMMIT, None, SettleOutcome.NOT_RESERVED, id="commit-no-line"),
+        pytest.param(
+            StockOperation.RELEASE, None, SettleOutcome.NOT_RESERVED, id="release-no-line"
+        ),
+        pytest.param(
+            StockOperation.COMMIT, LineStatus.REJECTED, SettleOutcome.NOT_RESERVED, id="rejected"
+        ),
+        pytest.param(
+            StockOperation.COMMIT,
+            LineStatus.COMMITTED,
+            SettleOutcome.ALREADY_APPLIED,
+            id="commit-twice",
+        ),
+        pytest.param(
+            StockOperation.RELEASE,
+            LineStatus.RELEASED,
+            SettleOutcome.ALREADY_APPLIED,
+            id="release-twice",
+        ),
+        pytest.param(
+            StockOperation.RELEASE,
+            LineStatus.COMMITTED,
+            SettleOutcome.CONFLICTING,
+            id="release-sold",
+        ),
+        pytest.param(
+            StockOperation.COMMIT,
+            LineStatus.RELEASED,
+            SettleOutcome.CONFLICTING,
+            id="commit-released",
+        ),
+    ],
+)
+def test_a_line_not_reserved_is_never_settled(
+    operation: StockOperation, line: LineStatus | None, outcome: SettleOutcome
+) -> None:
+    assert settle_line(RESERVED_2, operation, line, 2) == (outcome, None)
+
+
+@pytest.mark.parametrize("operation", [StockOperation.SET, StockOperation.ADD])
+def test_settle_line_refuses_a_stock_level_command(operation: StockOperation) -> None:
+    with pytest.raises(ValueError, match="does not settle"):
+        settle_line(RESERVED_2, operation, LineStatus.RESERVED, 2)
 
 
 # fold_newer

@@ -4,7 +4,16 @@ The processor decides; it never touches Kafka or the store. What it returns (new
 stock events, output records) the store appends to the changelog in order and the
 engine announces once the changelog has them. Every rule about a record lives here
 once: decoding, the dedup window, forwarding a misrouted record to its owner,
-re-sending a duplicate's recorded decision, and dead-lettering what can never succeed.
+re-sending a duplicate's recorded decision, settling a reserved line (commit, release)
+once, and dead-lettering what can never succeed.
+
+A commit or a release for a line that has no hold here is dropped (counted
+``not_reserved``), never kept for a request still to come: within a partition a
+request is decided before anything can react to its decision, so a line with no hold
+was never reserved here (its request never arrived, was stale, or the command is
+bogus), or its final hold already left the dedup window. Keeping such a command would
+mean recording a hold for every order id anyone names, and refusing a later request
+of that order for a reason no one announced.
 """
 
 from __future__ import annotations
@@ -15,11 +24,13 @@ from typing import Any, Protocol
 
 from orderstream.domain import (
     LineRequest,
+    SettleOutcome,
     StockEvent,
     StockLevel,
     StockSet,
     owner_partition,
     reserve_line,
+    settle_line,
     stock_command,
 )
 from orderstream.errors import InvalidMessageError
@@ -44,6 +55,14 @@ _OWNER_CACHE = 100_000
 # A dead letter keeps the original bytes up to this size (Kafka's default message limit
 # is 1 MiB); a larger one is cut, with the original sizes in a header.
 _DEAD_LETTER_MAX_BYTES = 512 * 1024
+# A redelivered commit or release is routine; one for a line never reserved here is worth
+# a line in the log; one that contradicts how the line was settled is the sender's bug.
+_SETTLE_LOG_LEVEL = {
+    SettleOutcome.APPLIED: logging.DEBUG,
+    SettleOutcome.ALREADY_APPLIED: logging.DEBUG,
+    SettleOutcome.NOT_RESERVED: logging.INFO,
+    SettleOutcome.CONFLICTING: logging.WARNING,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +130,7 @@ class StockProcessor:
             if record.topic == self._requests:
                 self._on_request(record, state, now_ms, effects)
             else:
-                self._on_command(record, state, effects)
+                self._on_command(record, state, now_ms, effects)
         except InvalidMessageError as exc:
             return self.dead_letter(record, exc.reason)
         except Exception as exc:
@@ -186,13 +205,20 @@ class StockProcessor:
         version = event.version if event is not None else None
         return Hold.of(request, decision, record.timestamp_ms, now_ms, version), event
 
-    def _on_command(self, record: SourceRecord, state: PartitionView, effects: Effects) -> None:
+    def _on_command(
+        self, record: SourceRecord, state: PartitionView, now_ms: int, effects: Effects
+    ) -> None:
         command = decode(StockCommand, record.value)
         if self._forwarded(record, command.product_id, effects):
             return
+        if command.operation.settles_line:
+            self._settle(record, command, state, now_ms, effects)
+            return
         level = state.level(command.product_id)
+        quantity = command.quantity
+        assert quantity is not None  # StockCommand requires it of set and add
         try:
-            event = stock_command(level, command.operation, command.quantity, record.offset)
+            event = stock_command(level, command.operation, quantity, record.offset)
         except ValueError as exc:
             raise InvalidMessageError(str(exc)) from None
         outcome = "already_applied" if event is None else "applied"
@@ -204,13 +230,56 @@ class StockProcessor:
             "stock %s %s %d on %s/%d@%d: available %d -> %s",
             command.operation.value,
             command.product_id,
-            command.quantity,
+            quantity,
             record.topic,
             record.partition,
             record.offset,
             level.available if level is not None else 0,
             event.quantity if isinstance(event, StockSet) else f"+{event.quantity}",
         )
+
+    def _settle(
+        self,
+        record: SourceRecord,
+        command: StockCommand,
+        state: PartitionView,
+        now_ms: int,
+        effects: Effects,
+    ) -> None:
+        """Commit or release one order's reserved line, with the quantity its hold recorded."""
+        order_id = command.order_id
+        assert order_id is not None  # StockCommand requires it of commit and release
+        key = hold_key(order_id, command.product_id)
+        recorded = state.hold(key)
+        hold = Hold.model_validate_json(recorded) if recorded is not None else None
+        if hold is not None and command.quantity not in (None, hold.quantity):
+            # The sender and this partition disagree on what the order holds: moving
+            # either quantity could be wrong, so neither moves.
+            raise InvalidMessageError(
+                f"{command.operation.value} of quantity {command.quantity} for order "
+                f"{order_id!r}, whose line holds {hold.quantity}"
+            )
+        line, quantity = (hold.line_status, hold.quantity) if hold is not None else (None, 0)
+        outcome, event = settle_line(
+            state.level(command.product_id), command.operation, line, quantity
+        )
+        self._metrics.stock_commands.labels(command.operation.value, outcome.value).inc()
+        log.log(
+            _SETTLE_LOG_LEVEL[outcome],
+            "stock %s of order %s, product %s on %s/%d@%d: %s (the line was %s)",
+            command.operation.value,
+            order_id,
+            command.product_id,
+            record.topic,
+            record.partition,
+            record.offset,
+            outcome.value,
+            line.value if line is not None else "unknown here",
+        )
+        if hold is None or event is None:
+            return
+        effects.stock.append((command.product_id, event))
+        effects.holds.append((key, hold.settled_by(event, now_ms)))
 
     def _forwarded(self, record: SourceRecord, product_id: str, effects: Effects) -> bool:
         """Forward a record that arrived on a partition not owning its product."""

@@ -1,13 +1,15 @@
 """The stock agent's partition store: stock levels in memory, holds in RocksDB, one changelog.
 
 Every change goes to the partition's one changelog partition, in the order it was made:
-a hold as it is recorded (with the stock version its reservation produced), a stock
+a hold as it is recorded (with the stock version its reservation produced) and again
+when a commit or a release settles it (with the version of that event too), a stock
 snapshot when a stock command applies and once per batch for the products whose stock
 the batch changed, a tombstone when a final hold leaves the dedup window. So a snapshot
-of a product always follows every hold whose event it contains, and a restore takes
-the last snapshot of each product and folds in the events of the holds written after
-it: whatever prefix of the log survived a crash, the stock restored is exactly the
-effect of the holds and commands that survived.
+of a product always follows every hold record whose events it contains, and a restore
+takes the last snapshot of each product and folds in the events of the holds written
+after it (a hold's last record carries all of its events; those the snapshot already
+contains are older than it and skipped): whatever prefix of the log survived a crash,
+the stock restored is exactly the effect of the holds and commands that survived.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ __all__ = ["Append", "PartitionStore", "RestoreReport"]
 # Append(key, value) adds a record to the partition's changelog (value None: a tombstone).
 Append = Callable[[bytes, bytes | None], None]
 
-# A hold is stored behind the time it was decided (8 bytes), which is all that expiry
+# A hold is stored behind the time it last changed (8 bytes), which is all that expiry
 # needs to read of most holds.
 _TIME = struct.Struct(">Q")
 # A rejection's hold changed no stock: a restore need not keep it to fold (with a crowd
@@ -91,7 +93,9 @@ class PartitionStore:
     def put_hold(self, key: bytes, hold: Hold, append: Append) -> None:
         """Record a new or changed hold, in the cache and the changelog."""
         encoded = hold.model_dump_json().encode()
-        self._db[key] = _TIME.pack(hold.decided_at_ms) + encoded
+        # Stamped with its last change, as a restore stamps it with its last record's time:
+        # a settled hold stays for a dedup window after its settlement.
+        self._db[key] = _TIME.pack(hold.changed_at_ms) + encoded
         append(HOLD_KEY + key, encoded)
 
     def apply(self, product_id: str, event: StockEvent, append: Append) -> None:

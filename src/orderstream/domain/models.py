@@ -35,6 +35,21 @@ class RejectReason(StrEnum):
     UNKNOWN_PRODUCT = "UNKNOWN_PRODUCT"
     INVALID = "INVALID"
     PAYMENT_FAILED = "PAYMENT_FAILED"
+    PAYMENT_UNAVAILABLE = "PAYMENT_UNAVAILABLE"  # the payment provider could not be reached
+    CANCELLED_BY_USER = "CANCELLED_BY_USER"
+
+
+class LineStatus(StrEnum):
+    """Where one line's stock stands for its order.
+
+    The order agent keeps it in the order's state; the stock agent records it in the
+    line's hold, where a commit or a release moves a RESERVED line on exactly once.
+    """
+
+    RESERVED = "RESERVED"  # held for the order
+    REJECTED = "REJECTED"  # never held: the stock agent turned the line down
+    RELEASED = "RELEASED"  # held, then given back
+    COMMITTED = "COMMITTED"  # held, then sold
 
 
 class StockLevel(BaseModel):
@@ -62,6 +77,13 @@ class StockOperation(StrEnum):
 
     SET = "set"  # make `available` exactly N (a restock or a correction)
     ADD = "add"  # add N to `available`
+    COMMIT = "commit"  # one order's reserved line becomes sold
+    RELEASE = "release"  # one order's reserved line becomes available again
+
+    @property
+    def settles_line(self) -> bool:
+        """Whether this operation moves one order's line rather than the stock on sale."""
+        return self in (StockOperation.COMMIT, StockOperation.RELEASE)
 
 
 class LineRequest(BaseModel):

@@ -1,4 +1,4 @@
-"""The stock rules: decide a line, apply a stock command, and fold stock events.
+"""The stock rules: decide a line, settle it, apply a stock command, and fold stock events.
 
 Every change to a product's stock is a ``StockEvent``; ``evolve`` is the only code that
 applies one. The stock agent decides with it, and a restore re-applies recorded events
@@ -8,10 +8,12 @@ with it, so deciding and restoring can never disagree about what an event does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from orderstream.domain.models import (
     Decision,
     LineRequest,
+    LineStatus,
     OrderStatus,
     RejectReason,
     StockLevel,
@@ -62,6 +64,23 @@ class StockAdded:
 
 
 StockEvent = Reserved | Released | Committed | StockSet | StockAdded
+
+
+class SettleOutcome(StrEnum):
+    """What a commit or a release did to its line: a small fixed set, safe as a metric label."""
+
+    APPLIED = "applied"  # the reserved line moved on: sold, or available again
+    ALREADY_APPLIED = "already_applied"  # the same command settled it before
+    NOT_RESERVED = "not_reserved"  # no line here was ever reserved: rejected, or never decided
+    # Settled the other way before (a release of a sold line, a commit of a released one).
+    CONFLICTING = "conflicting"
+
+
+# Where a commit and a release move a reserved line.
+_SETTLES_TO = {
+    StockOperation.COMMIT: LineStatus.COMMITTED,
+    StockOperation.RELEASE: LineStatus.RELEASED,
+}
 
 _EMPTY = StockLevel(available=0, total_in=0)
 # The two decisions of a flash sale, made once (decisions are immutable).
@@ -130,13 +149,42 @@ def reserve_line(
     return _RESERVED, Reserved(line.quantity, level.version + 1)
 
 
+def settle_line(
+    level: StockLevel | None, operation: StockOperation, line: LineStatus | None, quantity: int
+) -> tuple[SettleOutcome, Committed | Released | None]:
+    """Decide a commit or a release of one order's line of a product.
+
+    ``line`` is where the line's stock stands (None: no line of that order was ever
+    decided here) and ``quantity`` what it holds. Return the outcome and the event that
+    moves the reserved quantity, or ``None`` when nothing changes: a line is settled at
+    most once, whatever arrives after. Raise ValueError for an operation that settles
+    no line (set, add).
+    """
+    settles_to = _SETTLES_TO.get(operation)
+    if settles_to is None:
+        raise ValueError(f"stock {operation} does not settle an order's line")
+    if line is None or line is LineStatus.REJECTED:
+        return SettleOutcome.NOT_RESERVED, None
+    if line is settles_to:
+        return SettleOutcome.ALREADY_APPLIED, None
+    if line is not LineStatus.RESERVED:
+        return SettleOutcome.CONFLICTING, None
+    version = (level.version if level is not None else 0) + 1
+    if settles_to is LineStatus.COMMITTED:
+        return SettleOutcome.APPLIED, Committed(quantity, version)
+    return SettleOutcome.APPLIED, Released(quantity, version)
+
+
 def stock_command(
     level: StockLevel | None, operation: StockOperation, quantity: int, offset: int
 ) -> StockSet | StockAdded | None:
     """Return the event of the stock command at ``offset``; ``None`` if applied before.
 
-    Raise ValueError for a quantity the operation cannot take.
+    Raise ValueError for a quantity the operation cannot take, or for an operation that
+    settles an order's line (commit, release: see ``settle_line``).
     """
+    if operation.settles_line:
+        raise ValueError(f"stock {operation} settles an order's line: see settle_line")
     if level is not None and offset <= level.last_command_offset:
         return None
     version = (level.version if level is not None else 0) + 1

@@ -1,56 +1,69 @@
-"""JSON out: every answer, every error, every timestamp in one format."""
+"""JSON out: every answer through its model (http/schemas.py), every error as ``ErrorBody``."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
+from pydantic import BaseModel
+
+from orderstream.http.schemas import ErrorBody, ErrorDetail
 
 JSON = "application/json"
 
 
-def iso_timestamp(moment: datetime) -> str:
-    """Return ``2026-11-26T11:32:22.572Z``: UTC, milliseconds, a Z.
-
-    A naive datetime is taken as UTC: every timestamp column is ``timestamptz``, and the
-    service never makes naive ones.
-    """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso_timestamp(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, default=_default)
-
-
-def json_response(
-    data: Any, status: int = 200, headers: CIMultiDict[str] | None = None
+def model_response(
+    body: BaseModel, status: int = 200, headers: CIMultiDict[str] | None = None
 ) -> web.Response:
-    return web.json_response(data, status=status, headers=headers, dumps=dumps)
+    """Return ``body`` serialised as JSON with ``status``."""
+    return web.Response(
+        text=body.model_dump_json(), status=status, headers=headers, content_type=JSON
+    )
+
+
+def error_body(
+    reason: str,
+    *,
+    details: Sequence[Any] | None = None,
+    order_id: str | None = None,
+    product_id: str | None = None,
+) -> ErrorBody:
+    """Return ``{"error": reason}``, with what it concerns when given.
+
+    ``details``: pydantic's errors (``ValidationError.errors()``), or ``ErrorDetail``s.
+    """
+    return ErrorBody(
+        error=reason,
+        details=None if details is None else [ErrorDetail.model_validate(d) for d in details],
+        order_id=order_id,
+        product_id=product_id,
+    )
 
 
 def error_response(
-    status: int, reason: str, headers: CIMultiDict[str] | None = None, **extra: Any
+    status: int,
+    reason: str,
+    headers: CIMultiDict[str] | None = None,
+    *,
+    details: Sequence[Any] | None = None,
+    order_id: str | None = None,
+    product_id: str | None = None,
 ) -> web.Response:
-    """Return ``{"error": reason, ...extra}`` with ``status``."""
-    return json_response({"error": reason, **extra}, status=status, headers=headers)
+    """Return ``{"error": reason, ...}`` with ``status``; see ``error_body``."""
+    body = error_body(reason, details=details, order_id=order_id, product_id=product_id)
+    return model_response(body, status=status, headers=headers)
 
 
-def error(status: type[web.HTTPException], reason: str, **extra: Any) -> web.HTTPException:
-    """Return an HTTP exception to raise, whose body is ``{"error": reason, ...extra}``."""
-    return status(text=dumps({"error": reason, **extra}), content_type=JSON)
+def error(
+    status: type[web.HTTPException],
+    reason: str,
+    *,
+    details: Sequence[Any] | None = None,
+    order_id: str | None = None,
+    product_id: str | None = None,
+) -> web.HTTPException:
+    """Return an HTTP exception to raise, whose body is ``{"error": reason, ...}``."""
+    body = error_body(reason, details=details, order_id=order_id, product_id=product_id)
+    return status(text=body.model_dump_json(), content_type=JSON)

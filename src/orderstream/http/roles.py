@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from orderstream.http.encoding import iso_timestamp
+from orderstream.http.schemas import iso_timestamp
 
 # An error's text in /readyz stays short: the log has the traceback.
 _ERROR_MAX_CHARS = 300

@@ -14,15 +14,38 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
-from orderstream.http.encoding import error, json_response
+from orderstream.domain import OrderStatus
+from orderstream.http import openapi
+from orderstream.http.encoding import error, model_response
 from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES, SETTINGS
-from orderstream.http.validation import decode_cursor, encode_cursor, int_param, path_id
-from orderstream.topics import ORDER_REQUESTS, OrderRequest
+from orderstream.http.schemas import (
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    Health,
+    Order,
+    OrderAccepted,
+    ProductStock,
+    Readiness,
+    ReadinessChecks,
+    UserOrdersPage,
+)
+from orderstream.http.validation import (
+    cursor_param,
+    encode_cursor,
+    header_id,
+    int_param,
+    path_id,
+)
+from orderstream.topics import (
+    ORDER_COMMANDS,
+    ORDER_REQUESTS,
+    OrderCommand,
+    OrderCommandKind,
+    OrderRequest,
+)
 
 log = logging.getLogger(__name__)
 
-_PAGE_DEFAULT = 20
-_PAGE_MAX = 100
 _READY_TIMEOUT_S = 2.0
 
 
@@ -30,11 +53,13 @@ def add_routes(app: web.Application) -> None:
     """Register every route on ``app``."""
     app.router.add_get("/orders/{order_id}", get_order)
     app.router.add_post("/orders", post_order)
+    app.router.add_post("/orders/{order_id}/cancel", cancel_order)
     app.router.add_get("/users/{user_id}/orders", get_user_orders)
     app.router.add_get("/products/{product_id}", get_product)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi.serve)
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -61,20 +86,19 @@ async def get_order(request: web.Request) -> web.Response:
             (order_id,),
         )
         history = await cur.fetchall()
-    return json_response({**order, "items": items, "history": history})
+    return model_response(Order.model_validate({**order, "items": items, "history": history}))
 
 
 async def get_user_orders(request: web.Request) -> web.Response:
     """Return a user's orders, newest first, a page at a time (keyset pagination)."""
     user_id = path_id(request, "user_id")
-    limit = int_param(request, "limit", _PAGE_DEFAULT, 1, _PAGE_MAX)
-    after = request.query.get("after")
+    limit = int_param(request, "limit", PAGE_DEFAULT, 1, PAGE_MAX)
+    after = cursor_param(request, "after")
     params: list[Any] = [user_id]
     where = "user_id = %s"
-    if after:
-        created_at, order_id = decode_cursor(after)
+    if after is not None:
         where += " AND (created_at, order_id) < (%s, %s)"
-        params += [created_at, order_id]
+        params += after
     async with request.app[POOL].connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT order_id, status, reason, created_at, updated_at FROM orders"  # noqa: S608
@@ -85,7 +109,8 @@ async def get_user_orders(request: web.Request) -> web.Response:
     next_cursor = None
     if len(rows) == limit:
         next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["order_id"])
-    return json_response({"user_id": user_id, "orders": rows, "next": next_cursor})
+    page = {"user_id": user_id, "orders": rows, "next": next_cursor}
+    return model_response(UserOrdersPage.model_validate(page))
 
 
 async def get_product(request: web.Request) -> web.Response:
@@ -100,7 +125,7 @@ async def get_product(request: web.Request) -> web.Response:
         row = await cur.fetchone()
     if row is None:
         raise error(web.HTTPNotFound, "product not found", product_id=product_id)
-    return json_response(row)
+    return model_response(ProductStock.model_validate(row))
 
 
 async def post_order(request: web.Request) -> web.Response:
@@ -117,7 +142,7 @@ async def post_order(request: web.Request) -> web.Response:
         raise error(web.HTTPBadRequest, "body is not JSON") from None
     if not isinstance(body, dict):
         raise error(web.HTTPBadRequest, "body must be a JSON object")
-    key = request.headers.get("Idempotency-Key")
+    key = header_id(request, "Idempotency-Key")
     if key is not None and body.setdefault("order_id", key) != key:
         raise error(
             web.HTTPUnprocessableEntity, "Idempotency-Key and order_id differ", order_id=key
@@ -139,12 +164,12 @@ async def post_order(request: web.Request) -> web.Response:
         value=order.model_dump_json().encode(),
     )
     status_url = f"/orders/{quote(order.order_id, safe='')}"
-    return json_response({"order_id": order.order_id, "status_url": status_url}, status=202)
+    return model_response(OrderAccepted(order_id=order.order_id, status_url=status_url), status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:
     """Say the process is alive."""
-    return json_response({"status": "ok"})
+    return model_response(Health(status="ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -152,14 +177,16 @@ async def readyz(request: web.Request) -> web.Response:
     postgres, kafka = await asyncio.gather(
         _check(_ping_postgres(request.app)), _check(_ping_kafka(request.app))
     )
-    checks = {"postgres": postgres, "kafka": kafka}
-    ready = all(value == "ok" for value in checks.values())
-    answer: dict[str, Any] = {"checks": checks}
+    ready = postgres == kafka == "ok"
     roles = request.app.get(ROLES)
     if roles is not None:  # beside other roles: each must run too
         ready = ready and roles.all_running()
-        answer["roles"] = roles.describe()
-    return json_response({"ready": ready, **answer}, status=200 if ready else 503)
+    answer = Readiness(
+        ready=ready,
+        checks=ReadinessChecks(postgres=postgres, kafka=kafka),
+        roles=None if roles is None else roles.describe(),
+    )
+    return model_response(answer, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -186,3 +213,36 @@ async def _ping_postgres(app: web.Application) -> None:
 async def _ping_kafka(app: web.Application) -> None:
     producer = await app[KAFKA].producer()
     await producer.client.fetch_all_metadata()
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    """Ask to cancel a RESERVED order: 202, 404 when unknown, 409 when not RESERVED.
+
+    PostgreSQL may lag the order agent, which decides: a cancel racing the payment is
+    applied only if it reaches the order agent while the order is still RESERVED.
+    """
+    order_id = path_id(request, "order_id")
+    async with request.app[POOL].connection() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT status FROM orders WHERE order_id = %s", (order_id,))
+        row = await cur.fetchone()
+    if row is None:
+        raise error(web.HTTPNotFound, "order not found", order_id=order_id)
+    if row[0] != OrderStatus.RESERVED:
+        raise error(
+            web.HTTPConflict,
+            f"order is {row[0]}: only a RESERVED order can be cancelled",
+            order_id=order_id,
+        )
+    try:
+        producer = await request.app[KAFKA].producer()
+    except ConnectionError:
+        raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
+    command = OrderCommand(order_id=order_id, command=OrderCommandKind.CANCEL)
+    # Keyed by order id: the order agent that owns the order applies it.
+    await producer.send_and_wait(
+        request.app[SETTINGS].topic(ORDER_COMMANDS),
+        key=order_id.encode(),
+        value=command.model_dump_json().encode(),
+    )
+    status_url = f"/orders/{quote(order_id, safe='')}"
+    return model_response(OrderAccepted(order_id=order_id, status_url=status_url), status=202)

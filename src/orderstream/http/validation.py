@@ -23,6 +23,11 @@ from orderstream.topics import ID_MAX_LENGTH, ID_PATTERN
 MAX_BODY_BYTES = 1024 * 1024
 
 _ID = re.compile(ID_PATTERN)
+# What encode_cursor makes: URL-safe base64.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]*={0,2}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+# Not int()'s rule: it also takes " 5", "+5", "1_0" and digits of other scripts.
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def path_id(request: web.Request, name: str) -> str:
@@ -41,19 +46,40 @@ def checked_id(value: str, name: str) -> str:
     return value
 
 
+def header_id(request: web.Request, name: str) -> str | None:
+    """Return the header ``name`` (None when absent), or raise 400 if no message id could be it."""
+    values = request.headers.getall(name, [])
+    if len(values) > 1:
+        raise error(web.HTTPBadRequest, f"{name} is given more than once")
+    if not values:
+        return None
+    try:
+        values[0].encode()
+    except UnicodeEncodeError:  # aiohttp keeps bytes that are not UTF-8 as surrogates
+        raise error(web.HTTPBadRequest, f"{name} is not UTF-8") from None
+    return checked_id(values[0], name)
+
+
+def query_param(request: web.Request, name: str) -> str | None:
+    """Return the query parameter ``name`` (None when absent), or raise 400 if it is repeated."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise error(web.HTTPBadRequest, f"{name} is given more than once")
+    return values[0] if values else None
+
+
 def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     """Return the query parameter ``name`` as an int in ``[low, high]``, or raise 400."""
-    raw = request.query.get(name)
+    raw = query_param(request, name)
     if raw is None:
         return default
     # Checked before int(): a digit string of any length is an integer to Python, and a
     # megabyte of them costs a conversion (or a ValueError past 4,300 digits).
     if len(raw) > len(str(high)) + 1:
         raise error(web.HTTPBadRequest, f"{name} must be between {low} and {high}")
-    try:
-        value = int(raw)
-    except ValueError:
-        raise error(web.HTTPBadRequest, f"{name} must be an integer") from None
+    if not _INTEGER.fullmatch(raw):
+        raise error(web.HTTPBadRequest, f"{name} must be an integer")
+    value = int(raw)
     if not low <= value <= high:
         raise error(web.HTTPBadRequest, f"{name} must be between {low} and {high}")
     return value
@@ -65,14 +91,24 @@ def encode_cursor(created_at: datetime, order_id: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
+def cursor_param(request: web.Request, name: str) -> tuple[datetime, str] | None:
+    """Return the cursor in query parameter ``name``; None when absent or empty (page one)."""
+    raw = query_param(request, name)
+    return decode_cursor(raw) if raw else None
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Return what ``encode_cursor`` put in ``cursor``, or raise 400."""
+    if not _CURSOR.fullmatch(cursor):
+        raise error(web.HTTPBadRequest, "after is not a cursor this service gave")
     try:
-        created_at, order_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        created_at, order_id = json.loads(base64.urlsafe_b64decode(cursor))
         moment = datetime.fromisoformat(created_at)
     except (ValueError, TypeError, RecursionError, binascii.Error):
         # ValueError covers bad JSON, bad UTF-8, a wrong number of items and a bad date.
         raise error(web.HTTPBadRequest, "after is not a cursor this service gave") from None
-    if not isinstance(order_id, str):
+    # encode_cursor writes an aware timestamp; a naive one PostgreSQL would read in its
+    # session's time zone.
+    if not isinstance(order_id, str) or moment.tzinfo is None:
         raise error(web.HTTPBadRequest, "after is not a cursor this service gave")
     return moment, checked_id(order_id, "after")

@@ -1,0 +1,407 @@
+"""The fault matrix: each fault, several times, during a sale on the real local stack.
+
+    python -m bench.faults [--runs 3] [--requests 5000] [--fault NAME ...]   (make faults)
+
+Each run is its own deployment (topics, groups, schema, data dir): `orderstream worker`
+and `orderstream sink` as processes, 20 products with 100 units each, and a sale of
+--requests distinct orders published at a steady pace while the fault happens. Then the
+books are checked in PostgreSQL: every accepted order decided once (lost = accepted
+orders missing, duplicated = extra rows or events), no product oversold or out of
+balance (available + reserved + sold = stock put in, none negative, reserved = the
+RESERVED orders' quantity). "Seconds to recover" is from the fault (or its end: the
+broker back, PostgreSQL back) to the decision of a probe request published then on
+every product's partition, or for PostgreSQL to the sink having written everything.
+
+The broker and PostgreSQL faults stop the stack's servers (scripts/stack.sh kafka-kill,
+pg-stop): run it where nothing else uses the stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from tests.integration.pipeline import REPO, Pipeline, request_json
+from tests.integration.test_replay import reset_sink_offsets, sink_caught_up, snapshot, truncate
+
+from orderstream.admin import all_topic_specs, create_topics
+from orderstream.settings import Settings
+from orderstream.sink import migrate
+from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS
+
+PRODUCTS = [f"sku-{n}" for n in range(20)]
+STOCK = 100
+PACE_PER_S = 1_500  # requests/s: a 5,000-request sale lasts ~3.5 s, long enough to hit
+HOSTILE = [
+    request_json("nul\x00order", "u", PRODUCTS[0]),
+    request_json("o-nul-user", "nul\x00user", PRODUCTS[0]),
+    json.dumps({"order_id": "o-huge", "user_id": "u", "product_id": PRODUCTS[0],
+                "quantity": 9223372036854775808}).encode(),
+    request_json("m" * 1_000_000, "u", PRODUCTS[0]),
+    b"\xff\xfenot json",
+]  # fmt: skip
+
+
+def log(message: str) -> None:
+    print(f"[faults] {message}", file=sys.stderr, flush=True)
+
+
+def stack(command: str) -> None:
+    subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), command], check=True)
+
+
+@dataclass
+class Outcome:
+    """One run of one fault."""
+
+    requests: int = 0
+    decided: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    oversold: int = 0
+    recover_s: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+class Sale:
+    """One deployment and its sale: start the roles, publish, probe, check the books."""
+
+    def __init__(self, base: Settings, workdir: Path, requests: int) -> None:
+        run_id = f"f{uuid.uuid4().hex[:8]}"
+        self.settings = base.model_copy(
+            update={
+                "topic_prefix": f"{run_id}.",
+                "app_id": f"orderstream-{run_id}",
+                "sink_group": f"sink-{run_id}",
+                "database_schema": run_id,
+                "data_dir": workdir / run_id,
+                "worker_metrics_port": 0,  # two workers at once in one fault
+                "sink_metrics_port": 0,
+            }
+        )
+        self.pipe = Pipeline(self.settings, workdir)
+        self.orders = [f"o-{n}" for n in range(requests)]
+        self.accepted: set[str] = set()
+        self.probes = 0
+        self._probe: asyncio.Task[float]
+
+    async def setup(self) -> None:
+        await create_topics(self.settings)
+        await migrate(self.settings)
+        for product in PRODUCTS:
+            await self.pipe.set_stock(product, STOCK)
+
+    def start(self, role: str, name: str | None = None, **env: str) -> None:
+        data = self.settings.data_dir / (name or role)
+        data.mkdir(parents=True, exist_ok=True)
+        self.pipe.start(role, name, ORDERSTREAM_DATA_DIR=str(data), **env)
+
+    async def publish(
+        self,
+        copies: int = 1,
+        hostile_every: int = 0,
+        at: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        """Publish the sale at a steady pace; ``at(fraction)`` runs as it passes 30 %."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all")
+        await producer.start()
+        topic = self.settings.topic(ORDER_REQUESTS)
+        fired = at is None
+        started = time.monotonic()
+        try:
+            for n, order in enumerate(self.orders):
+                product = PRODUCTS[n % len(PRODUCTS)]
+                value = request_json(order, f"user-{n % 997}", product)
+                for _ in range(copies):
+                    await producer.send(topic, key=product.encode(), value=value)
+                self.accepted.add(order)
+                if hostile_every and n % hostile_every == 0:
+                    bad = HOSTILE[(n // hostile_every) % len(HOSTILE)]
+                    await producer.send(topic, key=PRODUCTS[0].encode(), value=bad)
+                if not fired and n >= len(self.orders) * 0.3 and at is not None:
+                    fired = True
+                    await producer.flush()
+                    await at(time.monotonic())
+                delay = started + (n + 1) / PACE_PER_S - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    def probe_from(self, since: float) -> None:
+        """Start a probe now, timed from ``since``; ``probed()`` waits for it."""
+        self._probe = asyncio.create_task(self.probe(since))
+
+    async def probed(self) -> float:
+        return await self._probe
+
+    async def probe(self, since: float, timeout_s: float = 120.0) -> float:
+        """Publish one request per product; return seconds from ``since`` to the last
+        decision event."""
+        self.probes += 1
+        orders = {f"probe-{self.probes}-{p}": p for p in PRODUCTS}
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            for order, product in orders.items():
+                await producer.send(
+                    self.settings.topic(ORDER_REQUESTS),
+                    key=product.encode(),
+                    value=request_json(order, "prober", product),
+                )
+            await producer.flush()
+        finally:
+            await producer.stop()
+        self.accepted.update(orders)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            seen = {
+                r.key.decode() for r in await self.pipe.read_topic(ORDER_EVENTS) if r.key
+            } & set(orders)
+            if len(seen) == len(orders):
+                return time.monotonic() - since
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"probe {self.probes} not decided within {timeout_s} s")
+
+    async def drained(self, timeout_s: float = 300.0) -> None:
+        async def all_there() -> bool:
+            return await self.pipe.count("SELECT count(*) FROM orders") >= len(self.accepted)
+
+        await self.pipe.wait_for("every order in PostgreSQL", all_there, timeout_s, watch=None)
+
+    async def books(self, outcome: Outcome) -> None:
+        """Check what PostgreSQL shows against what was published."""
+        outcome.requests = len(self.accepted)
+        rows = await self.pipe.query("SELECT order_id FROM orders")
+        seen = [row["order_id"] for row in rows]
+        outcome.decided = len(set(seen) & self.accepted)
+        outcome.lost = len(self.accepted - set(seen))
+        outcome.duplicated = (len(seen) - len(set(seen))) + len(set(seen) - self.accepted)
+        events = await self.pipe.count(
+            "SELECT count(*) FROM (SELECT order_id FROM order_events GROUP BY order_id"
+            " HAVING count(*) > 1) AS twice"
+        )
+        outcome.duplicated += events
+        reserved = {
+            row["product_id"]: int(row["q"])
+            for row in await self.pipe.query(
+                "SELECT i.product_id, sum(i.quantity) AS q FROM orders o JOIN order_items i"
+                " USING (order_id) WHERE o.status = 'RESERVED' GROUP BY 1"
+            )
+        }
+        for row in await self.pipe.query("SELECT * FROM product_stock"):
+            level = (row["available"], row["reserved"], row["sold"])
+            balanced = sum(level) == row["total_in"] == STOCK and min(level) >= 0
+            if not balanced or row["reserved"] != reserved.get(row["product_id"], 0):
+                outcome.oversold += 1
+                outcome.problems.append(f"{row['product_id']}: {row} vs {reserved}")
+        audit = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "orderstream",
+            "audit",
+            env=self.pipe.env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await audit.communicate()
+        if audit.returncode:
+            outcome.problems.append(f"orderstream audit: {output.decode()[-500:]}")
+
+    async def drop(self) -> None:
+        self.pipe.stop_all()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            names = {spec.name for spec in all_topic_specs(self.settings)}
+            await admin.delete_topics(sorted(names & set(await admin.list_topics())))
+        finally:
+            await admin.close()
+        async with await psycopg.AsyncConnection.connect(
+            self.settings.database_url.get_secret_value(), autocommit=True
+        ) as conn:
+            await conn.execute(
+                psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    psycopg.sql.Identifier(self.settings.database_schema)
+                )
+            )
+
+
+# --- the faults: each runs one sale and returns its outcome -----------------------------
+
+
+async def worker_kill(sale: Sale, outcome: Outcome) -> None:
+    sale.start("worker")
+    sale.start("sink")
+
+    async def kill(now: float) -> None:
+        sale.pipe.kill("worker")
+        sale.start("worker")
+        sale.probe_from(time.monotonic())
+
+    await sale.publish(at=kill)
+    outcome.recover_s = await sale.probed()
+
+
+async def scale_out_and_fail(sale: Sale, outcome: Outcome) -> None:
+    """1 -> 2 workers, then the first is killed: its partitions fail over to the second."""
+    sale.start("worker", "worker-a")
+    sale.start("sink")
+
+    async def join_then_kill(now: float) -> None:
+        sale.start("worker", "worker-b")
+        await asyncio.sleep(8)  # the group rebalances onto both
+        sale.pipe.kill("worker-a")
+        sale.probe_from(time.monotonic())
+
+    await sale.publish(at=join_then_kill)
+    outcome.recover_s = await sale.probed()
+
+
+async def broker_kill(sale: Sale, outcome: Outcome) -> None:
+    sale.start("worker")
+    sale.start("sink")
+
+    async def kill(now: float) -> None:
+        stack("kafka-kill")
+        await asyncio.sleep(5)
+        stack("kafka-up")
+        sale.probe_from(time.monotonic())
+
+    try:
+        await sale.publish(at=kill)
+    except Exception as exc:  # the bench's own producer may give up while Kafka is down
+        log(f"publisher: {exc!r}; re-sending the sale (duplicates have one effect)")
+        await sale.publish()
+    outcome.recover_s = await sale.probed()
+
+
+async def postgres_stop(sale: Sale, outcome: Outcome) -> None:
+    sale.start("worker")
+    sale.start("sink")
+    back_at = 0.0
+
+    async def stop(now: float) -> None:
+        nonlocal back_at
+        stack("pg-stop")
+        await asyncio.sleep(30)
+        stack("pg-up")
+        back_at = time.monotonic()
+
+    await sale.publish(at=stop)
+    await sale.drained()
+    outcome.recover_s = time.monotonic() - back_at
+
+
+async def duplicates_and_hostile(sale: Sale, outcome: Outcome) -> None:
+    sale.start("worker")
+    sale.start("sink")
+    await sale.publish(copies=3, hostile_every=100)
+
+
+async def replay(sale: Sale, outcome: Outcome) -> None:
+    sale.start("worker")
+    sale.start("sink")
+    await sale.publish()
+    await sale.drained()
+    await sale.pipe.wait_for("the sink to commit", lambda: sink_caught_up(sale.pipe), watch=None)
+    before = await snapshot(sale.pipe)
+    sale.pipe.stop("sink")
+    await truncate(sale.pipe)
+    reset_sink_offsets(sale.pipe)
+    started = time.monotonic()
+    sale.start("sink")
+    await sale.drained()
+    await sale.pipe.wait_for("the rebuild", lambda: sink_caught_up(sale.pipe), watch=None)
+    outcome.recover_s = time.monotonic() - started
+    if await snapshot(sale.pipe) != before:
+        outcome.problems.append("replayed tables differ from the originals")
+
+
+FAULTS: dict[str, Callable[[Sale, Outcome], Awaitable[None]]] = {
+    "worker kill -9, restart": worker_kill,
+    "1 -> 2 workers, one killed": scale_out_and_fail,
+    "broker kill -9, back after 5 s": broker_kill,
+    "PostgreSQL stopped 30 s": postgres_stop,
+    "duplicates x3 + 1 % hostile": duplicates_and_hostile,
+    "replay onto emptied tables": replay,
+}
+
+
+async def run_fault(name: str, runs: int, requests: int, workdir: Path) -> list[Outcome]:
+    outcomes = []
+    for run in range(1, runs + 1):
+        sale = Sale(Settings(), workdir, requests)
+        outcome = Outcome()
+        log(f"{name}: run {run}/{runs}")
+        try:
+            await sale.setup()
+            await FAULTS[name](sale, outcome)
+            await sale.drained()
+            await sale.books(outcome)
+        except Exception as exc:
+            outcome.problems.append(f"{exc!r}"[:300])
+            log(f"{name}: run {run} failed: {exc!r}\n{sale.pipe.logs()[-3000:]}")
+        finally:
+            await sale.drop()
+        log(f"{name}: run {run}: {outcome}")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def table(results: dict[str, list[Outcome]]) -> str:
+    lines = [
+        "| fault | runs | requests | decided | lost | duplicated | oversold | seconds to recover |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, outcomes in results.items():
+        recovers = [o.recover_s for o in outcomes if o.recover_s is not None]
+        recover = (
+            f"{statistics.median(recovers):.1f} (max {max(recovers):.1f})" if recovers else "-"
+        )
+        total = {
+            key: sum(getattr(o, key) for o in outcomes)
+            for key in ("requests", "decided", "lost", "duplicated", "oversold")
+        }
+        failed = sum(1 for o in outcomes if o.problems)
+        lines.append(
+            f"| {name} | {len(outcomes)}{f' ({failed} with problems)' if failed else ''} "
+            f"| {total['requests']:,} | {total['decided']:,} | {total['lost']} "
+            f"| {total['duplicated']} | {total['oversold']} | {recover} |"
+        )
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="orderstream-faults-"))
+    results = {}
+    for name in args.fault or list(FAULTS):
+        results[name] = await run_fault(name, args.runs, args.requests, workdir)
+    print(table(results))
+    problems = [p for outcomes in results.values() for o in outcomes for p in o.problems]
+    for problem in problems:
+        print(f"problem: {problem}")
+    bad = any(o.lost or o.duplicated or o.oversold for v in results.values() for o in v)
+    return 1 if bad or problems else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=5_000)
+    parser.add_argument("--fault", action="append", choices=list(FAULTS))
+    sys.exit(asyncio.run(main(parser.parse_args())))

@@ -1,0 +1,315 @@
+"""The order lifecycle as one pure function: an order's state and an input in, a transition out.
+
+The order agent keeps an ``OrderState`` per order in its table, hands every input to
+``next_state``, then writes the new state and does what the ``Transition`` names: send
+the events, the stock releases and commits, the payment request or the refund. Nothing
+here reads a clock or a table (``now_ms`` and ``ttl_ms`` come in), so the same inputs
+always give the same transitions.
+
+Statuses only move forward: lines assemble (status ``None``) -> RESERVED -> PAID ->
+CONFIRMED, or REJECTED, CANCELLED, EXPIRED; a terminal order never moves again and
+``seq`` only grows. PAID is announced but never stored: a paid order is committed and
+confirmed in the same transition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, assert_never
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orderstream.domain.models import LineStatus, OrderStatus, RejectReason
+
+# Why an input changed nothing: a small fixed set of texts, safe as a metric label.
+DUPLICATE_LINE = "duplicate line outcome"
+DUPLICATE_PAYMENT = "duplicate payment result"
+UNKNOWN_ORDER = "unknown order"
+NOT_RESERVED_YET = "not reserved yet"
+NOT_DUE_YET = "not due yet"
+
+
+class LineState(BaseModel):
+    """One line of an order: its quantity, and where its stock stands for the order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    quantity: int = Field(ge=1)
+    status: LineStatus
+    reason: RejectReason | None = None
+    detail: str | None = None
+
+
+class OrderState(BaseModel):
+    """What the order agent remembers of one order: a table value, stored as JSON."""
+
+    model_config = ConfigDict(frozen=True)
+
+    order_id: str
+    user_id: str
+    # Fixed by the first line outcome; a line that disagrees makes the order INVALID.
+    line_count: int = Field(ge=1)
+    # product id -> line, in arrival order: the first rejected line gives the order its reason.
+    lines: dict[str, LineState] = Field(default_factory=dict)
+    # Lines that arrived after the order was decided (more products than its line_count):
+    # never part of the order, so each reserved one is released as it arrives.
+    extra_lines: dict[str, LineState] = Field(default_factory=dict)
+    status: OrderStatus | None = None  # None while line outcomes are still arriving
+    reason: RejectReason | None = None
+    detail: str | None = None
+    seq: int = Field(default=0, ge=0)  # how many order events were emitted
+    reserved_at_ms: int | None = None  # when it became RESERVED: the expiry clock starts
+    payment_requested: bool = False
+    # A successful payment was reported: committed into CONFIRMED, or refunded. A second
+    # report of it is a duplicate, never a second refund.
+    paid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LineOutcome:
+    """The stock agent's decision on one line: reserved, or rejected with a reason."""
+
+    order_id: str
+    user_id: str
+    product_id: str
+    quantity: int
+    line_count: int
+    reserved: bool
+    reason: RejectReason | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentResult:
+    """The payment agent's answer; when not paid, PAYMENT_FAILED or PAYMENT_UNAVAILABLE."""
+
+    order_id: str
+    paid: bool
+    reason: RejectReason | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """A request to cancel an order before it is paid."""
+
+    order_id: str
+    reason: RejectReason = RejectReason.CANCELLED_BY_USER
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """The timer's request to expire an unpaid reservation."""
+
+    order_id: str
+
+
+OrderInput = LineOutcome | PaymentResult | Cancel | Expire
+
+
+@dataclass(frozen=True, slots=True)
+class OrderTransitionEvent:
+    """One transition to announce on ``order-events``."""
+
+    order_id: str
+    seq: int
+    status: OrderStatus
+    reason: RejectReason | None = None
+    detail: str | None = None
+
+
+class LineQuantity(NamedTuple):
+    """A line's product and quantity: what to release or commit."""
+
+    product_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What an input does: the new state and everything the agent must send for it."""
+
+    state: OrderState | None  # the same object when nothing changed
+    events: tuple[OrderTransitionEvent, ...] = ()  # seqs follow state.seq, one by one
+    release: tuple[LineQuantity, ...] = ()  # reserved -> available
+    commit: tuple[LineQuantity, ...] = ()  # reserved -> sold
+    request_payment: bool = False
+    refund: bool = False  # a charge arrived for an order that can no longer be sold
+    ignored: str | None = None  # why the input changed nothing
+
+
+def next_state(
+    state: OrderState | None, command: OrderInput, now_ms: int, ttl_ms: int
+) -> Transition:
+    """Decide what ``command`` does to an order; ``state`` is None for an order never seen.
+
+    Raise ValueError when ``command`` is for another order than ``state``: the agent
+    passed the wrong table value.
+    """
+    if state is not None and command.order_id != state.order_id:
+        raise ValueError(f"{command!r} is not for order {state.order_id!r}")
+    match command:
+        case LineOutcome():
+            return _on_line(state, command, now_ms)
+        case PaymentResult():
+            return _on_payment(state, command)
+        case Cancel():
+            return _on_cancel(state, command)
+        case Expire():
+            return _on_expire(state, now_ms, ttl_ms)
+        case _:
+            assert_never(command)
+
+
+def is_expired(state: OrderState, now_ms: int, ttl_ms: int) -> bool:
+    """Return whether ``state`` is a reservation left unpaid for ``ttl_ms`` or longer."""
+    return (
+        state.status is OrderStatus.RESERVED
+        and state.reserved_at_ms is not None
+        and now_ms - state.reserved_at_ms >= ttl_ms
+    )
+
+
+def _on_line(state: OrderState | None, line: LineOutcome, now_ms: int) -> Transition:
+    if state is None:
+        state = OrderState(order_id=line.order_id, user_id=line.user_id, line_count=line.line_count)
+    elif line.product_id in state.lines or line.product_id in state.extra_lines:
+        return Transition(state, ignored=DUPLICATE_LINE)
+    recorded = LineState(
+        quantity=line.quantity,
+        status=LineStatus.RESERVED if line.reserved else LineStatus.REJECTED,
+        reason=None if line.reserved else line.reason,
+        detail=line.detail,
+    )
+    if state.status is not None:
+        return _extra_line(state, line.product_id, recorded)
+    lines = {**state.lines, line.product_id: recorded}
+    if line.line_count != state.line_count:
+        # Lines that disagree on what the order is cannot all be trusted: rather than
+        # guess which ones make the order (and charge for part of it), turn it down whole.
+        detail = f"its lines disagree on line_count: {state.line_count}, then {line.line_count}"
+        return _settle(state, lines, OrderStatus.REJECTED, RejectReason.INVALID, detail)
+    if len(lines) < state.line_count:
+        return Transition(state.model_copy(update={"lines": lines}))
+    for product_id, known in lines.items():
+        if known.status is LineStatus.REJECTED:
+            said = known.detail if state.line_count == 1 else _named(product_id, known.detail)
+            return _settle(state, lines, OrderStatus.REJECTED, known.reason, said)
+    seq = state.seq + 1
+    reserved = state.model_copy(
+        update={
+            "lines": lines,
+            "status": OrderStatus.RESERVED,
+            "seq": seq,
+            "reserved_at_ms": now_ms,
+            "payment_requested": True,
+        }
+    )
+    event = OrderTransitionEvent(state.order_id, seq, OrderStatus.RESERVED)
+    return Transition(reserved, events=(event,), request_payment=True)
+
+
+def _extra_line(state: OrderState, product_id: str, line: LineState) -> Transition:
+    """Release a line that came after its order was decided: nothing else ever would."""
+    if line.status is not LineStatus.RESERVED:
+        return Transition(state, ignored=f"line outcome after the order was {state.status}")
+    released = line.model_copy(update={"status": LineStatus.RELEASED})
+    extra_lines = {**state.extra_lines, product_id: released}
+    return Transition(
+        state.model_copy(update={"extra_lines": extra_lines}),
+        release=(LineQuantity(product_id, line.quantity),),
+    )
+
+
+def _on_cancel(state: OrderState | None, cancel: Cancel) -> Transition:
+    if state is None or state.status is not OrderStatus.RESERVED:
+        return Transition(state, ignored=_why_not_reserved(state))
+    return _settle(state, state.lines, OrderStatus.CANCELLED, cancel.reason, cancel.detail)
+
+
+def _on_expire(state: OrderState | None, now_ms: int, ttl_ms: int) -> Transition:
+    if state is None or state.status is not OrderStatus.RESERVED:
+        return Transition(state, ignored=_why_not_reserved(state))
+    if not is_expired(state, now_ms, ttl_ms):
+        return Transition(state, ignored=NOT_DUE_YET)
+    detail = f"not paid within {ttl_ms} ms"
+    return _settle(state, state.lines, OrderStatus.EXPIRED, None, detail)
+
+
+def _on_payment(state: OrderState | None, result: PaymentResult) -> Transition:
+    if state is not None and state.status is OrderStatus.RESERVED:
+        if result.paid:
+            return _confirm(state)
+        reason = result.reason or RejectReason.PAYMENT_FAILED
+        return _settle(state, state.lines, OrderStatus.CANCELLED, reason, result.detail)
+    if not result.paid:
+        return Transition(state, ignored=f"payment failure, {_why_not_reserved(state)}")
+    if state is None:
+        # No state to remember this refund in: a repeat is harmless only because the
+        # payment agent refunds idempotently by order id.
+        return Transition(None, refund=True)
+    if state.paid:
+        return Transition(state, ignored=DUPLICATE_PAYMENT)
+    # The cancel or the expiry won (or the order was never reserved): the charge goes back.
+    return Transition(state.model_copy(update={"paid": True}), refund=True)
+
+
+def _confirm(state: OrderState) -> Transition:
+    lines, commit = _move_reserved(state.lines, LineStatus.COMMITTED)
+    confirmed = state.model_copy(
+        update={"lines": lines, "status": OrderStatus.CONFIRMED, "seq": state.seq + 2, "paid": True}
+    )
+    events = (
+        OrderTransitionEvent(state.order_id, state.seq + 1, OrderStatus.PAID),
+        OrderTransitionEvent(state.order_id, state.seq + 2, OrderStatus.CONFIRMED),
+    )
+    return Transition(confirmed, events=events, commit=commit)
+
+
+def _settle(
+    state: OrderState,
+    lines: dict[str, LineState],
+    status: OrderStatus,
+    reason: RejectReason | None,
+    detail: str | None,
+) -> Transition:
+    """End the order in ``status`` and release every line it holds."""
+    lines, release = _move_reserved(lines, LineStatus.RELEASED)
+    seq = state.seq + 1
+    settled = state.model_copy(
+        update={"lines": lines, "status": status, "reason": reason, "detail": detail, "seq": seq}
+    )
+    event = OrderTransitionEvent(state.order_id, seq, status, reason, detail)
+    return Transition(settled, events=(event,), release=release)
+
+
+def _move_reserved(
+    lines: dict[str, LineState], to: LineStatus
+) -> tuple[dict[str, LineState], tuple[LineQuantity, ...]]:
+    """Move every reserved line to ``to``; return the lines and the ones that moved."""
+    moved = tuple(
+        LineQuantity(product_id, line.quantity)
+        for product_id, line in lines.items()
+        if line.status is LineStatus.RESERVED
+    )
+    updated = {
+        product_id: line.model_copy(update={"status": to})
+        if line.status is LineStatus.RESERVED
+        else line
+        for product_id, line in lines.items()
+    }
+    return updated, moved
+
+
+def _why_not_reserved(state: OrderState | None) -> str:
+    if state is None:
+        return UNKNOWN_ORDER
+    if state.status is None:
+        return NOT_RESERVED_YET
+    return f"already {state.status}"
+
+
+def _named(product_id: str, detail: str | None) -> str:
+    """Name the product in the detail of an order of several lines: which one failed."""
+    return f"product {product_id}: {detail}" if detail else f"product {product_id}"

@@ -1,0 +1,344 @@
+"""The status service's OpenAPI 3.1 document, built from the models its handlers use.
+
+Request and response bodies come from the pydantic models the handlers validate with and
+answer through (``topics.OrderRequest``, http/schemas.py), parameters from the bounds the
+handlers check (``topics.Id``, the page size, the cursor's alphabet): the document
+changes when they do. Every route is here with every status it answers; a unit test
+holds the router and this document to the same routes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, Field, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from orderstream import __version__
+from orderstream.http.encoding import JSON
+from orderstream.http.schemas import (
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    ErrorBody,
+    Health,
+    Order,
+    OrderAccepted,
+    ProductStock,
+    Readiness,
+    UserOrdersPage,
+)
+from orderstream.http.validation import CURSOR_PATTERN, MAX_BODY_BYTES
+from orderstream.topics import Id, OrderRequest
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+# Every model of the document and the side it is seen from: the request body as the
+# handler validates it, the answers as the handlers serialise them.
+_MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+    (OrderRequest, "validation"),
+    *(
+        (model, "serialization")
+        for model in (
+            Order,
+            UserOrdersPage,
+            ProductStock,
+            OrderAccepted,
+            Health,
+            Readiness,
+            ErrorBody,
+        )
+    ),
+]
+
+# Error answers by status: a name under components/responses and what it means.
+_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "The request is malformed: the reason says what is wrong."),
+    404: (
+        "NotFound",
+        "Nothing is known by this id (yet: an order accepted with 202 shows here once the"
+        " pipeline has decided it).",
+    ),
+    405: (
+        "MethodNotAllowed",
+        "Any method a path does not list; the Allow header names those it does.",
+    ),
+    409: ("Conflict", "The order's status does not allow it: the reason names the status."),
+    413: ("PayloadTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes."),
+    422: (
+        "UnprocessableEntity",
+        "The body is JSON but not a valid order request; `details` says which fields.",
+    ),
+    500: ("InternalError", "A bug: the log has the traceback, the answer never does."),
+    503: ("ServiceUnavailable", "PostgreSQL or Kafka does not answer: retry later."),
+}
+
+_DESCRIPTION = f"""\
+Ask what happened to an order, what is left of a product and what a user ordered, and
+publish order requests over HTTP. Every answer is JSON except /metrics, every timestamp
+is UTC with milliseconds and a Z, and every error is `{{"error": "<reason>"}}` with the
+right status: also a request aiohttp cannot parse (400), a route that does not exist
+(404), a method a path does not list (405, with an Allow header) and a body over
+{MAX_BODY_BYTES} bytes (413). A parameter or header given twice is refused (400)."""
+
+
+_ORDER_REQUEST_BODY = "OrderRequestBody"
+
+
+def _order_request_body(order_request: dict[str, Any]) -> dict[str, Any]:
+    """Return ``OrderRequest`` as POST /orders takes it: order_id may come from a header.
+
+    The handler fills a missing order_id from the Idempotency-Key header, then validates
+    the whole as ``OrderRequest``; JSON Schema cannot make a body field depend on a header.
+    """
+    return order_request | {
+        "title": _ORDER_REQUEST_BODY,
+        "description": (
+            "An OrderRequest (the order-requests message) whose order_id may be left out"
+            " when the Idempotency-Key header gives it; without the header it is required."
+        ),
+        "required": [name for name in order_request["required"] if name != "order_id"],
+    }
+
+
+def _schema(annotation: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = TypeAdapter(annotation).json_schema(ref_template=REF_TEMPLATE)
+    return schema
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {JSON: {"schema": schema}}
+
+
+def _error(status: int) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{_ERRORS[status][0]}"}
+
+
+class _Document:
+    """The models' schemas under components, and the references the paths make to them."""
+
+    def __init__(self) -> None:
+        refs, defs = models_json_schema(_MODELS, ref_template=REF_TEMPLATE)
+        self.schemas: dict[str, Any] = defs["$defs"]
+        self._refs = {model: ref for (model, _), ref in refs.items()}
+        self.schemas[_ORDER_REQUEST_BODY] = _order_request_body(self.schemas["OrderRequest"])
+
+    def ref(self, model: type[BaseModel]) -> dict[str, Any]:
+        return dict(self._refs[model])
+
+    def answer(self, description: str, model: type[BaseModel]) -> dict[str, Any]:
+        return {"description": description, "content": _json_content(self.ref(model))}
+
+    def operation(
+        self,
+        operation_id: str,
+        summary: str,
+        answers: dict[int, dict[str, Any]],
+        errors: tuple[int, ...],
+        **more: Any,
+    ) -> dict[str, Any]:
+        responses = {str(status): answer for status, answer in answers.items()}
+        # Every route can fail on a bug: the middleware answers 500 then.
+        responses |= {str(status): _error(status) for status in (*errors, 500)}
+        return {
+            "operationId": operation_id,
+            "summary": summary,
+            **more,
+            "responses": dict(sorted(responses.items())),
+        }
+
+
+def _path_id(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": f"{description} 1-200 characters, no control characters.",
+        "schema": _schema(Id),
+    }
+
+
+def _paths(doc: _Document) -> dict[str, Any]:
+    # Statuses a route answers beside 200 and 500.
+    db_read = (400, 404, 503)
+    return {
+        "/orders": {
+            "post": doc.operation(
+                "postOrder",
+                "Validate an order request and publish it on order-requests.",
+                {202: doc.answer("Published; ask status_url what became of it.", OrderAccepted)},
+                (400, 413, 422, 503),
+                description=(
+                    "Retrying with the same order_id is safe: each order line is decided once."
+                ),
+                parameters=[
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": (
+                            "The order's id (400 if no order id could be it). When the body"
+                            " has no order_id, this is it; when it has one, they must be"
+                            " equal (422 otherwise)."
+                        ),
+                        "schema": _schema(Id),
+                    }
+                ],
+                requestBody={
+                    "required": True,
+                    "description": "One order line; unknown fields are ignored.",
+                    "content": _json_content(
+                        {"$ref": REF_TEMPLATE.format(model=_ORDER_REQUEST_BODY)}
+                    ),
+                },
+            )
+        },
+        "/orders/{order_id}": {
+            "get": doc.operation(
+                "getOrder",
+                "An order, its items and its history.",
+                {200: doc.answer("The order.", Order)},
+                db_read,
+                parameters=[_path_id("order_id", "The order's id.")],
+            )
+        },
+        "/orders/{order_id}/cancel": {
+            "post": doc.operation(
+                "cancelOrder",
+                "Ask to cancel a RESERVED order; the order agent decides.",
+                {202: doc.answer("Asked; status_url shows what came of it.", OrderAccepted)},
+                (400, 404, 409, 503),
+                description=(
+                    "PostgreSQL may lag the order agent: a cancel racing the payment is"
+                    " applied only if it reaches the order agent while the order is still"
+                    " RESERVED."
+                ),
+                parameters=[_path_id("order_id", "The order's id.")],
+            )
+        },
+        "/users/{user_id}/orders": {
+            "get": doc.operation(
+                "getUserOrders",
+                "A user's orders, newest first, a page at a time.",
+                {200: doc.answer("A page; empty for a user who ordered nothing.", UserOrdersPage)},
+                (400, 503),
+                parameters=[
+                    _path_id("user_id", "The user's id."),
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "Orders per page.",
+                        "schema": _schema(Annotated[int, Field(ge=1, le=PAGE_MAX)])
+                        | {"default": PAGE_DEFAULT},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "The `next` cursor of the previous page (any other string: 400);"
+                            " absent or empty for the first page."
+                        ),
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                    },
+                ],
+            )
+        },
+        "/products/{product_id}": {
+            "get": doc.operation(
+                "getProduct",
+                "A product's stock as PostgreSQL last saw it.",
+                {200: doc.answer("The product's stock.", ProductStock)},
+                db_read,
+                parameters=[_path_id("product_id", "The product's id.")],
+            )
+        },
+        "/healthz": {
+            "get": doc.operation(
+                "healthz", "Say the process is alive.", {200: doc.answer("Alive.", Health)}, ()
+            )
+        },
+        "/readyz": {
+            "get": doc.operation(
+                "readyz",
+                "Say whether PostgreSQL and Kafka answer and every role of the process runs.",
+                {
+                    200: doc.answer("Ready.", Readiness),
+                    503: doc.answer("Not ready: the checks and roles say why.", Readiness),
+                },
+                (),
+            )
+        },
+        "/metrics": {
+            "get": doc.operation(
+                "metrics",
+                "Prometheus metrics, in the text exposition format.",
+                {
+                    200: {
+                        "description": "The metrics.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                (),
+            )
+        },
+        "/openapi.json": {
+            "get": doc.operation(
+                "openapi",
+                "This document.",
+                {
+                    200: {
+                        "description": "The OpenAPI 3.1 document of this service.",
+                        "content": _json_content({"type": "object"}),
+                    }
+                },
+                (),
+            )
+        },
+    }
+
+
+def _responses(doc: _Document) -> dict[str, Any]:
+    responses = {}
+    for status, (name, description) in sorted(_ERRORS.items()):
+        response: dict[str, Any] = {
+            "description": description,
+            "content": _json_content(doc.ref(ErrorBody)),
+        }
+        if status == 405:
+            response["headers"] = {
+                "Allow": {
+                    "description": "The methods the path allows, comma-separated.",
+                    "schema": {"type": "string"},
+                }
+            }
+        responses[name] = response
+    return responses
+
+
+def document() -> dict[str, Any]:
+    """Return the OpenAPI 3.1 document of the status service."""
+    doc = _Document()
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "orderstream status service",
+            "version": __version__,
+            "description": _DESCRIPTION,
+        },
+        "paths": _paths(doc),
+        "components": {"schemas": doc.schemas, "responses": _responses(doc)},
+    }
+
+
+@functools.cache
+def _document_text() -> str:
+    return json.dumps(document())
+
+
+async def serve(request: web.Request) -> web.Response:
+    """Answer the OpenAPI document."""
+    return web.Response(text=_document_text(), content_type=JSON)

@@ -1,0 +1,182 @@
+"""Every body the status service answers, as a model; handlers and /openapi.json share them.
+
+Handlers answer by serialising one of these (http/encoding.py), so the document generated
+from them (http/openapi.py) says what is served, field by field.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
+
+from orderstream.domain import OrderStatus, RejectReason
+from orderstream.topics import Id
+
+# A user's orders, a page at a time.
+PAGE_DEFAULT = 20
+PAGE_MAX = 100
+
+# Every timestamp out: UTC, milliseconds, a Z.
+ISO_TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
+
+
+def iso_timestamp(moment: datetime) -> str:
+    """Return ``2026-11-26T11:32:22.572Z``: UTC, milliseconds, a Z.
+
+    A naive datetime is taken as UTC: every timestamp column is ``timestamptz``, and the
+    service never makes naive ones.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(iso_timestamp, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": ISO_TIMESTAMP_PATTERN,
+            "examples": ["2026-11-26T11:32:22.572Z"],
+        }
+    ),
+]
+# Stock figures are PostgreSQL `bigint`s, never negative.
+Count = Annotated[int, Field(ge=0)]
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    # An omitted field has no default to show: it is simply absent.
+    schema.pop("default", None)
+
+
+def _omitted_when_none(**field: Any) -> Any:
+    """Return the field of an optional member, left out of the body rather than sent as null."""
+    return Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        json_schema_extra=_drop_default,
+        **field,
+    )
+
+
+class Body(BaseModel):
+    """Base of every answer: immutable; fields without a default are always present."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+class ErrorDetail(Body):
+    """One problem of an invalid request body, as pydantic found it."""
+
+    type: str = Field(examples=["greater_than_equal"])
+    loc: list[str | int] = Field(examples=[["quantity"]])
+    msg: str = Field(examples=["Input should be greater than or equal to 1"])
+
+
+class ErrorBody(Body):
+    """Every error's answer: a reason in a sentence, and what it concerns when that helps."""
+
+    error: str = Field(examples=["order not found"])
+    details: list[ErrorDetail] | SkipJsonSchema[None] = _omitted_when_none()
+    order_id: str | SkipJsonSchema[None] = _omitted_when_none()
+    product_id: str | SkipJsonSchema[None] = _omitted_when_none()
+
+
+class OrderItem(Body):
+    """One line of an order."""
+
+    product_id: str
+    quantity: int = Field(ge=1)
+    status: OrderStatus
+
+
+class OrderHistoryEntry(Body):
+    """One transition of an order; ``seq`` grows per order."""
+
+    seq: int = Field(ge=1)
+    status: OrderStatus
+    reason: RejectReason | None
+    occurred_at: Timestamp
+
+
+class Order(Body):
+    """An order as PostgreSQL last saw it: its status, its items, its history."""
+
+    order_id: str
+    user_id: str
+    status: OrderStatus
+    reason: RejectReason | None
+    detail: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    items: list[OrderItem]
+    history: list[OrderHistoryEntry]
+
+
+class OrderSummary(Body):
+    """One order in a user's list."""
+
+    order_id: str
+    status: OrderStatus
+    reason: RejectReason | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class UserOrdersPage(Body):
+    """A page of a user's orders, newest first; ``next`` is the cursor for ``?after=``."""
+
+    user_id: str
+    orders: list[OrderSummary]
+    next: str | None = Field(
+        description="Cursor of the next page, or null when this page is the last one."
+    )
+
+
+class ProductStock(Body):
+    """A product's stock as PostgreSQL last saw it; total_in = available + reserved + sold."""
+
+    product_id: str
+    available: Count
+    reserved: Count
+    sold: Count
+    total_in: Count
+    version: Count
+    updated_at: Timestamp
+
+
+class OrderAccepted(Body):
+    """An order request published: where to ask what became of it."""
+
+    order_id: Id
+    status_url: str = Field(examples=["/orders/o-4"])
+
+
+class Health(Body):
+    """The process is alive."""
+
+    status: Literal["ok"]
+
+
+class ReadinessChecks(Body):
+    """Each dependency: ``ok``, or ``failed: <why>``."""
+
+    postgres: str = Field(examples=["ok"])
+    kafka: str = Field(examples=["failed: ConnectionError('Kafka at localhost:9092: ...')"])
+
+
+class Readiness(Body):
+    """Whether the service can answer: its dependencies, and the process's other roles."""
+
+    ready: bool
+    checks: ReadinessChecks
+    roles: dict[str, str] | SkipJsonSchema[None] = _omitted_when_none(
+        description="Each role of the process and its state; absent when the service runs alone.",
+        examples=[{"stock-agent": "running", "sink": "running", "status-service": "running"}],
+    )
