@@ -1,0 +1,228 @@
+"""The OpenAPI document: valid, complete, and true to what the handlers serialise."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import jsonschema_rs
+import pytest
+import schemathesis
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, ValidationError
+
+from orderstream.domain import OrderStatus, RejectReason
+from orderstream.http import create_app
+from orderstream.http.encoding import error_body
+from orderstream.http.openapi import document
+from orderstream.http.schemas import (
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    ErrorBody,
+    Health,
+    Order,
+    OrderAccepted,
+    ProductStock,
+    Readiness,
+    UserOrdersPage,
+)
+from orderstream.http.validation import encode_cursor
+from orderstream.settings import Settings
+from orderstream.topics import ID_MAX_LENGTH, ID_PATTERN, OrderRequest
+
+METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def _app() -> Any:
+    # A pool that is never opened: these tests ask nothing of PostgreSQL or Kafka.
+    pool = AsyncConnectionPool("", open=False)
+    return create_app(Settings(), CollectorRegistry(), pool=pool)
+
+
+def _validator(name: str) -> Any:
+    schema = {"$ref": f"#/components/schemas/{name}", "components": document()["components"]}
+    return jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    schema = schemathesis.openapi.from_dict(document())
+    schema.validate()  # against the OpenAPI 3.1 meta-schema
+    operations = [result.ok().label for result in schema.get_all_operations()]  # Err: no .ok()
+    assert len(operations) == len(set(operations)) == 9
+
+
+def test_every_route_is_documented_and_nothing_else() -> None:
+    routes = {
+        (route.method, route.resource.canonical)
+        for route in _app().router.routes()
+        if route.method != "HEAD" and route.resource is not None  # HEAD: aiohttp's, for GET
+    }
+    documented = {
+        (method.upper(), path)
+        for path, item in document()["paths"].items()
+        for method in item
+        if method in METHODS
+    }
+    assert routes == documented
+
+
+def test_every_operation_documents_its_statuses() -> None:
+    paths = document()["paths"]
+    statuses = {
+        f"{method.upper()} {path}": sorted(answers["responses"])
+        for path, item in paths.items()
+        for method, answers in item.items()
+    }
+    assert statuses == {
+        "POST /orders": ["202", "400", "413", "422", "500", "503"],
+        "GET /orders/{order_id}": ["200", "400", "404", "500", "503"],
+        "POST /orders/{order_id}/cancel": ["202", "400", "404", "409", "500", "503"],
+        "GET /users/{user_id}/orders": ["200", "400", "500", "503"],
+        "GET /products/{product_id}": ["200", "400", "404", "500", "503"],
+        "GET /healthz": ["200", "500"],
+        "GET /readyz": ["200", "500", "503"],
+        "GET /metrics": ["200", "500"],
+        "GET /openapi.json": ["200", "500"],
+    }
+    errors = document()["components"]["responses"]
+    assert errors["MethodNotAllowed"]["headers"]["Allow"]["schema"] == {"type": "string"}
+    metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]
+
+
+def test_parameters_carry_the_handlers_bounds() -> None:
+    paths = document()["paths"]
+    ids = [
+        parameter
+        for item in paths.values()
+        for operation in item.values()
+        for parameter in operation.get("parameters", [])
+        if parameter["name"] in {"order_id", "user_id", "product_id", "Idempotency-Key"}
+    ]
+    assert len(ids) == 5
+    for parameter in ids:
+        assert parameter["schema"] == {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": ID_MAX_LENGTH,
+            "pattern": ID_PATTERN,
+        }
+    query = {p["name"]: p for p in paths["/users/{user_id}/orders"]["get"]["parameters"]}
+    assert query["limit"]["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": PAGE_MAX,
+        "default": PAGE_DEFAULT,
+    }
+    cursor = encode_cursor(datetime(2026, 11, 26, tzinfo=UTC), "o/\u00e9")
+    assert jsonschema_rs.Draft202012Validator(query["after"]["schema"]).is_valid(cursor)
+    body = paths["/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/OrderRequestBody"}
+    schemas = document()["components"]["schemas"]
+    order_request = OrderRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    assert schemas["OrderRequest"] == order_request
+    # The same fields, but order_id may come from the Idempotency-Key header instead.
+    assert schemas["OrderRequestBody"]["properties"] == order_request["properties"]
+    assert schemas["OrderRequestBody"]["required"] == ["user_id", "product_id", "quantity"]
+
+
+NAIVE = datetime(2026, 11, 26, 11, 32, 22, 572_123)
+PARIS = datetime(2026, 11, 26, 12, 32, 22, 572_999, tzinfo=timezone(timedelta(hours=1)))
+ORDER_ROW = {
+    "order_id": "o-1",
+    "user_id": "u",
+    "status": "REJECTED",
+    "reason": "OUT_OF_STOCK",
+    "detail": None,
+    "created_at": NAIVE,
+    "updated_at": PARIS,
+}
+
+# What each handler builds from PostgreSQL's rows (or its own values), as it builds it.
+SERVED: dict[str, BaseModel] = {
+    "order": Order.model_validate(
+        {
+            **ORDER_ROW,
+            "items": [{"product_id": "p", "quantity": 2, "status": "REJECTED"}],
+            "history": [
+                {"seq": 1, "status": "REJECTED", "reason": "OUT_OF_STOCK", "occurred_at": PARIS}
+            ],
+        }
+    ),
+    "page": UserOrdersPage.model_validate(
+        {"user_id": "u", "orders": [ORDER_ROW], "next": encode_cursor(PARIS, "o-1")}
+    ),
+    "last page": UserOrdersPage(user_id="u", orders=[], next=None),
+    "product": ProductStock.model_validate(
+        {
+            "product_id": "p",
+            "available": 1,
+            "reserved": 2,
+            "sold": 3,
+            "total_in": 6,
+            "version": 9,
+            "updated_at": NAIVE,
+        }
+    ),
+    "accepted": OrderAccepted(order_id="o-1", status_url="/orders/o-1"),
+    "health": Health(status="ok"),
+    "ready alone": Readiness.model_validate(
+        {"ready": True, "checks": {"postgres": "ok", "kafka": "ok"}}
+    ),
+    "not ready beside roles": Readiness.model_validate(
+        {
+            "ready": False,
+            "checks": {"postgres": "ok", "kafka": "failed: ConnectionError()"},
+            "roles": {"sink": "running"},
+        }
+    ),
+    "error": error_body("order not found", order_id="o-1"),
+    "error with details": error_body(
+        "invalid order request",
+        details=[{"type": "missing", "loc": ("quantity",), "msg": "Field required"}],
+    ),
+}
+
+
+@pytest.mark.parametrize("body", SERVED.values(), ids=SERVED)
+def test_what_handlers_serialise_conforms_to_the_document(body: BaseModel) -> None:
+    served = json.loads(body.model_dump_json())
+    _validator(type(body).__name__).validate(served)
+
+
+def test_bodies_leave_out_what_they_do_not_have_and_stamp_time_in_utc_ms() -> None:
+    assert json.loads(SERVED["error"].model_dump_json()) == {
+        "error": "order not found",
+        "order_id": "o-1",
+    }
+    assert "roles" not in json.loads(SERVED["ready alone"].model_dump_json())
+    order = json.loads(SERVED["order"].model_dump_json())
+    assert (order["created_at"], order["updated_at"]) == (
+        "2026-11-26T11:32:22.572Z",
+        "2026-11-26T11:32:22.572Z",
+    )
+    assert order["reason"] == RejectReason.OUT_OF_STOCK
+    assert order["status"] == OrderStatus.REJECTED
+
+
+def test_a_row_the_document_does_not_describe_is_refused() -> None:
+    # Serialised through its model, a drifted row fails loudly (500, logged) instead of
+    # reaching a client in a shape the document does not describe.
+    with pytest.raises(ValidationError):
+        Order.model_validate({**ORDER_ROW, "status": "LOST", "items": [], "history": []})
+
+
+async def test_the_service_serves_the_document() -> None:
+    async with TestClient(TestServer(_app())) as client:
+        response = await client.get("/openapi.json")
+        assert response.status == 200
+        assert response.content_type == "application/json"
+        assert await response.json() == document()
+        health = await client.get("/healthz")
+        _validator("Health").validate(await health.json())
+        missing = await client.get("/nowhere")
+        assert missing.status == 404
+        _validator(ErrorBody.__name__).validate(await missing.json())
