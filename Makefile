@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install stack-up stack-down run test test-unit test-integration lint compose-check bench bench-quick bench-restore clean
+.PHONY: help install stack-up stack-down run test test-unit test-integration lint compose-check bench bench-quick bench-restore faults clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench: stack-up ## full benchmark: orderstream vs row lock, Redis Lua, group com
 
 bench-quick: stack-up ## the same benchmark with small counts (about two minutes)
 	$(BIN)/python -m bench.run --quick
+
+faults: stack-up ## fault matrix: kill -9, failover, broker and PostgreSQL down, storms, replay (~15 min)
+	$(BIN)/python -m bench.faults
 
 bench-restore: stack-up ## restore and kill -9 failover after sales of 100k and 1M requests (~6 min)
 	$(BIN)/python -m bench.restore

@@ -76,6 +76,7 @@ async def pipeline(base_settings: Settings, tmp_path: Path) -> AsyncIterator[Pip
             # (tests that scrape a role apart give it a free port).
             "worker_metrics_port": 0,
             "sink_metrics_port": 0,
+            "orders_metrics_port": 0,
         }
     )
     await create_topics(settings)
