@@ -23,7 +23,7 @@ from orderstream.domain import (
     StockLevel,
 )
 from orderstream.settings import Settings
-from orderstream.topics import OrderEvent, OrderRequest, StockChange, TopicSpec
+from orderstream.topics import LineDecision, OrderEvent, OrderRequest, StockChange, TopicSpec
 
 # The stock agent keeps stock and holds in one changelog, so that one partition's records
 # stay in the order they were made: key STOCK_KEY + product id -> StockLevel JSON,
@@ -64,6 +64,9 @@ class Hold(BaseModel):
     user_id: str
     product_id: str
     quantity: int = Field(ge=1)
+    # Lines of the order: 1 is decided in one hop (an order event), more are assembled
+    # by the order agent (a line decision on line-outcomes).
+    line_count: int = Field(default=1, ge=1)
     status: OrderStatus  # the decision announced
     reason: RejectReason | None = None
     detail: str | None = None
@@ -106,6 +109,7 @@ class Hold(BaseModel):
             user_id=request.user_id,
             product_id=request.product_id,
             quantity=request.quantity,
+            line_count=request.line_count,
             status=decision.status,
             reason=decision.reason,
             detail=decision.detail,
@@ -147,6 +151,21 @@ class Hold(BaseModel):
             return [reserved]
         settled = Committed if self.settled is LineStatus.COMMITTED else Released
         return [reserved, settled(self.quantity, self.final_version)]
+
+    def line_decision(self) -> LineDecision:
+        """Return the decision of this line, for the order agent (orders of several lines)."""
+        return LineDecision(
+            order_id=self.order_id,
+            user_id=self.user_id,
+            product_id=self.product_id,
+            quantity=self.quantity,
+            line_count=self.line_count,
+            status=self.status,
+            reason=self.reason,
+            detail=self.detail,
+            requested_at_ms=self.requested_at_ms,
+            decided_at_ms=self.decided_at_ms,
+        )
 
     def decision_event(self, stock: StockChange | None = None) -> OrderEvent:
         """Return the order event that announces this decision."""

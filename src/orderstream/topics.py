@@ -32,6 +32,9 @@ STOCK_CHANGES = "stock-changes"  # key: product id
 ORDER_COMMANDS = "order-commands"  # key: order id
 PAYMENT_REQUESTS = "payment-requests"  # key: order id
 PAYMENT_RESULTS = "payment-results"  # key: order id
+# The stock agent's decision of each line of an order of several lines (key: order id),
+# for the order agent to assemble; a single-line order's decision is its order event.
+LINE_OUTCOMES = "line-outcomes"
 DLQ_SUFFIX = "-dlq"
 
 # Header names on dead letters: the message value stays the original bytes.
@@ -144,6 +147,21 @@ class OrderEvent(Message):
     stock: StockChange | None = None
 
 
+class LineDecision(Message):
+    """The stock agent's decision of one line of an order of several, on ``line-outcomes``."""
+
+    order_id: Id
+    user_id: Id
+    product_id: Id
+    quantity: int = Field(ge=1, le=MAX_QUANTITY)
+    line_count: int = Field(ge=2, le=MAX_LINE_COUNT)
+    status: OrderStatus  # RESERVED or REJECTED
+    reason: RejectReason | None = None
+    detail: str | None = Field(default=None, max_length=DETAIL_MAX_LENGTH)
+    requested_at_ms: int
+    decided_at_ms: int
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic to create: name, partitions, and broker-side config."""
@@ -158,7 +176,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     # Co-partitioned topics share one count: the stock table's partition n owns exactly
     # the products that hash to partition n of order-requests and of stock-commands.
     sources = [ORDER_REQUESTS, STOCK_COMMANDS, ORDER_EVENTS, STOCK_CHANGES]
-    sources += [ORDER_COMMANDS, PAYMENT_REQUESTS, PAYMENT_RESULTS]
+    sources += [ORDER_COMMANDS, PAYMENT_REQUESTS, PAYMENT_RESULTS, LINE_OUTCOMES]
     names = [*sources, *(name + DLQ_SUFFIX for name in sources)]
     return [TopicSpec(settings.topic(name), settings.partitions, {}) for name in names]
 

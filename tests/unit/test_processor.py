@@ -26,9 +26,11 @@ from orderstream.tables import Hold, hold_key
 from orderstream.topics import (
     DLQ_REASON_HEADER,
     DLQ_SOURCE_HEADER,
+    LINE_OUTCOMES,
     ORDER_EVENTS,
     ORDER_REQUESTS,
     STOCK_COMMANDS,
+    LineDecision,
     OrderEvent,
 )
 
@@ -511,3 +513,22 @@ def test_a_stock_command_that_does_not_fit_its_operation_is_dead_lettered(
 ) -> None:
     source = SourceRecord(STOCK_COMMANDS, OWNER, 7, NOW_MS, PRODUCT.encode(), value)
     assert fragment in dead_letter_reason(processor.process(source, state, NOW_MS), source)
+
+
+def test_a_line_of_an_order_of_several_goes_to_the_order_agent_not_to_order_events(
+    processor: StockProcessor, state: MemoryState
+) -> None:
+    value = b'{"order_id":"m1","user_id":"u1","product_id":"p1","quantity":2,"line_count":3}'
+    source = SourceRecord(ORDER_REQUESTS, OWNER, 7, NOW_MS, PRODUCT.encode(), value)
+    effects = processor.process(source, state, NOW_MS)
+    assert [(o.topic, o.key) for o in effects.outputs] == [(LINE_OUTCOMES, b"m1")]
+    decided = LineDecision.model_validate_json(effects.outputs[0].value or b"")
+    assert (decided.status, decided.line_count, decided.quantity) == (OrderStatus.RESERVED, 3, 2)
+    assert effects.stock == [(PRODUCT, Reserved(2, version=2))]
+    # Its duplicate re-sends the line's decision there too, and decides nothing.
+    state.take(effects)
+    again = processor.process(source, state, NOW_MS)
+    assert (again.holds, again.stock) == ([], [])
+    assert [(o.topic, o.value) for o in again.outputs] == [
+        (LINE_OUTCOMES, effects.outputs[0].value)
+    ]

@@ -59,6 +59,12 @@ def test_reserve_returns_the_event_that_moves_available_to_reserved() -> None:
     assert after.version == before.version + 1
 
 
+def test_a_line_of_a_multi_line_order_is_decided_like_any_other() -> None:
+    decision, event = reserve_line(stocked(5), line(2, line_count=3), LIMIT)
+    assert decision.status is OrderStatus.RESERVED
+    assert event == Reserved(quantity=2, version=stocked(5).version + 1)
+
+
 def test_reserve_exactly_the_last_units() -> None:
     decision, event = reserve_line(stocked(3), line(3), LIMIT)
     assert decision.status is OrderStatus.RESERVED
@@ -72,7 +78,6 @@ def test_reserve_exactly_the_last_units() -> None:
         pytest.param(stocked(2), line(3), RejectReason.OUT_OF_STOCK, id="out-of-stock"),
         pytest.param(None, line(), RejectReason.UNKNOWN_PRODUCT, id="unknown-product"),
         pytest.param(stocked(100), line(LIMIT + 1), RejectReason.LIMIT_EXCEEDED, id="over-limit"),
-        pytest.param(stocked(100), line(1, line_count=2), RejectReason.INVALID, id="multi-line"),
     ],
 )
 def test_a_rejection_carries_its_reason_and_no_event(

@@ -40,6 +40,7 @@ from orderstream.tables import Hold, hold_key
 from orderstream.topics import (
     DLQ_SUFFIX,
     DLQ_TRUNCATED_HEADER,
+    LINE_OUTCOMES,
     ORDER_EVENTS,
     ORDER_REQUESTS,
     OrderRequest,
@@ -118,6 +119,7 @@ class StockProcessor:
         self._metrics = metrics
         self._requests = settings.topic(ORDER_REQUESTS)
         self._order_events = settings.topic(ORDER_EVENTS)
+        self._line_outcomes = settings.topic(LINE_OUTCOMES)
         self._window_ms = int(settings.dedup_window_s * 1000)
         self._owners: dict[str, int] = {}  # product id -> owning partition (murmur2 is slow)
         # prometheus' labels() lookup costs more than the increment: keep the children.
@@ -186,8 +188,14 @@ class StockProcessor:
             effects.holds.append((key, hold))
             if event is not None:
                 effects.stock.append((request.product_id, event))
-        event_json = hold.decision_event().model_dump_json().encode()
-        effects.outputs.append(Output(self._order_events, hold.order_id.encode(), event_json))
+        if hold.line_count == 1:
+            # Decided in one hop: the decision is the order's first event.
+            announced = hold.decision_event().model_dump_json().encode()
+            effects.outputs.append(Output(self._order_events, hold.order_id.encode(), announced))
+        else:
+            # One line of several: the order agent assembles the order's outcome.
+            decided = hold.line_decision().model_dump_json().encode()
+            effects.outputs.append(Output(self._line_outcomes, hold.order_id.encode(), decided))
 
     def _decide(
         self, level: StockLevel | None, request: OrderRequest, record: SourceRecord, now_ms: int

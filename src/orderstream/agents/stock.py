@@ -115,6 +115,9 @@ class StockAgent(Service):
             group_instance_id=self._settings.worker_id,
             enable_auto_commit=False,  # committed after the outputs are acknowledged
             auto_offset_reset="earliest",  # requests published before the start count too
+            # An order of several lines is published in one transaction: its lines are
+            # decided all or none, never those of an aborted order.
+            isolation_level="read_committed",
             # Range assignment gives one member partition p of both source topics.
             partition_assignment_strategy=(RangePartitionAssignor,),
             # Kafka's 45 s session timeout leaves a killed worker's partitions idle that

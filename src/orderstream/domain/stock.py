@@ -133,10 +133,6 @@ def reserve_line(
 
     Return the decision and the event that reserves it, or ``None`` when rejected.
     """
-    if line.line_count != 1:
-        return _reject(
-            RejectReason.INVALID, "orders of several lines are not supported yet; send one line"
-        )
     if level is None:
         return _reject(RejectReason.UNKNOWN_PRODUCT, "no stock was ever set for this product")
     if line.quantity > max_line_quantity:
