@@ -92,7 +92,8 @@ class Sale:
                 "sink_metrics_port": 0,
             }
         )
-        self.pipe = Pipeline(self.settings, workdir)
+        (workdir / run_id).mkdir(parents=True)
+        self.pipe = Pipeline(self.settings, workdir / run_id)  # its logs in a folder of its own
         self.orders = [f"o-{n}" for n in range(requests)]
         self.accepted: set[str] = set()
         self.probes = 0
@@ -103,6 +104,15 @@ class Sale:
         await migrate(self.settings)
         for product in PRODUCTS:
             await self.pipe.set_stock(product, STOCK)
+
+    async def ready(self) -> None:
+        """Wait until the worker decided the stock and the sink wrote it: both are up, so
+        a fault lands on a running pipeline."""
+
+        async def stocked() -> bool:
+            return await self.pipe.count("SELECT count(*) FROM product_stock") == len(PRODUCTS)
+
+        await self.pipe.wait_for("the stock in PostgreSQL", stocked, 120, watch=None)
 
     def start(self, role: str, name: str | None = None, **env: str) -> None:
         data = self.settings.data_dir / (name or role)
@@ -247,6 +257,7 @@ class Sale:
 async def worker_kill(sale: Sale, outcome: Outcome) -> None:
     sale.start("worker")
     sale.start("sink")
+    await sale.ready()
 
     async def kill(now: float) -> None:
         sale.pipe.kill("worker")
@@ -261,6 +272,7 @@ async def scale_out_and_fail(sale: Sale, outcome: Outcome) -> None:
     """1 -> 2 workers, then the first is killed: its partitions fail over to the second."""
     sale.start("worker", "worker-a")
     sale.start("sink")
+    await sale.ready()
 
     async def join_then_kill(now: float) -> None:
         sale.start("worker", "worker-b")
@@ -275,6 +287,7 @@ async def scale_out_and_fail(sale: Sale, outcome: Outcome) -> None:
 async def broker_kill(sale: Sale, outcome: Outcome) -> None:
     sale.start("worker")
     sale.start("sink")
+    await sale.ready()
 
     async def kill(now: float) -> None:
         stack("kafka-kill")
@@ -293,6 +306,7 @@ async def broker_kill(sale: Sale, outcome: Outcome) -> None:
 async def postgres_stop(sale: Sale, outcome: Outcome) -> None:
     sale.start("worker")
     sale.start("sink")
+    await sale.ready()
     back_at = 0.0
 
     async def stop(now: float) -> None:
@@ -310,12 +324,14 @@ async def postgres_stop(sale: Sale, outcome: Outcome) -> None:
 async def duplicates_and_hostile(sale: Sale, outcome: Outcome) -> None:
     sale.start("worker")
     sale.start("sink")
+    await sale.ready()
     await sale.publish(copies=3, hostile_every=100)
 
 
 async def replay(sale: Sale, outcome: Outcome) -> None:
     sale.start("worker")
     sale.start("sink")
+    await sale.ready()
     await sale.publish()
     await sale.drained()
     await sale.pipe.wait_for("the sink to commit", lambda: sink_caught_up(sale.pipe), watch=None)
@@ -358,7 +374,7 @@ async def run_fault(name: str, runs: int, requests: int, workdir: Path) -> list[
             log(f"{name}: run {run} failed: {exc!r}\n{sale.pipe.logs()[-3000:]}")
         finally:
             await sale.drop()
-        log(f"{name}: run {run}: {outcome}")
+        log(f"{name}: run {run}: {outcome} (logs in {sale.pipe.workdir})")
         outcomes.append(outcome)
     return outcomes
 

@@ -19,7 +19,13 @@ from pydantic import (
     model_validator,
 )
 
-from orderstream.domain import OrderStatus, RejectReason, StockLevel, StockOperation
+from orderstream.domain import (
+    LineStatus,
+    OrderStatus,
+    RejectReason,
+    StockLevel,
+    StockOperation,
+)
 from orderstream.errors import InvalidMessageError
 from orderstream.settings import Settings
 
@@ -129,8 +135,28 @@ class StockChange(Message):
         )
 
 
+class OrderItem(Message):
+    """One line of an order as an order event carries it: where its stock stands.
+
+    ``status`` is the line's own (LineStatus), not the order's: a REJECTED order may hold
+    a REJECTED line and RELEASED ones; a CONFIRMED order's lines are COMMITTED.
+    """
+
+    product_id: Id
+    quantity: int = Field(ge=1, le=MAX_QUANTITY)
+    status: LineStatus
+    reason: RejectReason | None = None  # why a REJECTED line was turned down
+
+
 class OrderEvent(Message):
-    """One transition of an order, on ``order-events``; ``seq`` grows per order."""
+    """One transition of an order, on ``order-events``; ``seq`` grows per order.
+
+    ``items``, when present, describes the whole order: every line, each once, with its
+    status. Every event of a multi-line order carries it (the sink writes order_items
+    from it); a single-line order's events may. ``product_id`` and ``quantity`` are
+    always there: the only line of a single-line order, the first item of ``items``
+    otherwise.
+    """
 
     order_id: Id
     seq: int = Field(ge=1, le=MAX_QUANTITY)
@@ -145,6 +171,24 @@ class OrderEvent(Message):
     decided_at_ms: int
     # The product's stock right after this decision, when the decision changed it.
     stock: StockChange | None = None
+    # Left out of the JSON when absent: a single-line event reads as it always has.
+    items: list[OrderItem] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_LINE_COUNT,
+        exclude_if=lambda items: items is None,
+    )
+
+    @model_validator(mode="after")
+    def _items_fit(self) -> Self:
+        if self.items is None:
+            return self
+        first = self.items[0]
+        if (first.product_id, first.quantity) != (self.product_id, self.quantity):
+            raise ValueError("product_id and quantity must be those of the first item")
+        if len({item.product_id for item in self.items}) != len(self.items):
+            raise ValueError("items name a product more than once")
+        return self
 
 
 class LineDecision(Message):

@@ -130,6 +130,9 @@ def _served(schema: Any, base_url: str, session: requests.Session) -> dict[str, 
     body = {"user_id": USER, "product_id": PRODUCT, "quantity": 1}
     key = {"Idempotency-Key": "o-doc-http"}
     answers["accepted"] = ok("/orders", "POST", headers=key, body=body)
+    items = [{"product_id": PRODUCT, "quantity": 1}, {"product_id": "sku-doc-2", "quantity": 2}]
+    lines = {"order_id": "o-doc-lines", "user_id": USER, "items": items}
+    answers["accepted lines"] = ok("/orders", "POST", body=lines)
     return answers
 
 
@@ -165,7 +168,16 @@ async def test_every_route_conforms_to_its_document_under_fuzzing(pipeline: Pipe
     assert {"stock-agent", "sink", "status-service"} <= set(answers["readyz"]["roles"])
     listed = [order["order_id"] for page in answers["pages"] for order in page["orders"]]
     assert listed == SEEDED[::-1]  # newest first, each once
-    assert answers["accepted"] == {"order_id": "o-doc-http", "status_url": "/orders/o-doc-http"}
+    assert answers["accepted"] == {
+        "order_id": "o-doc-http",
+        "status_url": "/orders/o-doc-http",
+        "lines": 1,
+    }
+    assert answers["accepted lines"] == {
+        "order_id": "o-doc-lines",
+        "status_url": "/orders/o-doc-lines",
+        "lines": 2,
+    }
     assert answers["cancel"][0] == 409
     assert pipeline.alive(), pipeline.logs()
     statuses = {status: sent.count(status) for status in sorted(set(sent))}

@@ -25,13 +25,14 @@ from orderstream.http.schemas import (
     Health,
     Order,
     OrderAccepted,
+    OrderPublished,
     ProductStock,
     Readiness,
     UserOrdersPage,
 )
 from orderstream.http.validation import encode_cursor
 from orderstream.settings import Settings
-from orderstream.topics import ID_MAX_LENGTH, ID_PATTERN, OrderRequest
+from orderstream.topics import ID_MAX_LENGTH, ID_PATTERN, MAX_LINE_COUNT, OrderRequest
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -120,13 +121,48 @@ def test_parameters_carry_the_handlers_bounds() -> None:
     cursor = encode_cursor(datetime(2026, 11, 26, tzinfo=UTC), "o/\u00e9")
     assert jsonschema_rs.Draft202012Validator(query["after"]["schema"]).is_valid(cursor)
     body = paths["/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body == {"$ref": "#/components/schemas/OrderRequestBody"}
+    assert body == {
+        "oneOf": [
+            {"$ref": "#/components/schemas/OrderRequestBody"},
+            {"$ref": "#/components/schemas/OrderLinesBody"},
+        ]
+    }
     schemas = document()["components"]["schemas"]
     order_request = OrderRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     assert schemas["OrderRequest"] == order_request
     # The same fields, but order_id may come from the Idempotency-Key header instead.
     assert schemas["OrderRequestBody"]["properties"] == order_request["properties"]
     assert schemas["OrderRequestBody"]["required"] == ["user_id", "product_id", "quantity"]
+    assert schemas["OrderLinesBody"]["required"] == ["user_id", "items"]
+    items = schemas["OrderLinesBody"]["properties"]["items"]
+    assert (items["minItems"], items["maxItems"]) == (1, MAX_LINE_COUNT)
+    assert schemas["OrderLine"]["required"] == ["product_id", "quantity"]
+
+
+BODIES = {
+    "one line": ({"user_id": "u", "product_id": "p", "quantity": 1}, "OrderRequestBody"),
+    "items": ({"user_id": "u", "items": [{"product_id": "p", "quantity": 2}]}, "OrderLinesBody"),
+    "items and a product": (
+        {"user_id": "u", "product_id": "p", "quantity": 1, "items": [{"product_id": "p"}]},
+        None,
+    ),
+    "no item": ({"user_id": "u", "items": []}, None),
+    "101 items": (
+        {"user_id": "u", "items": [{"product_id": f"p{n}", "quantity": 1} for n in range(101)]},
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize(("body", "schema"), BODIES.values(), ids=BODIES)
+def test_a_body_is_one_line_or_items_never_both(body: dict[str, Any], schema: str | None) -> None:
+    one_of = document()["paths"]["/orders"]["post"]["requestBody"]["content"]
+    validator = jsonschema_rs.Draft202012Validator(
+        one_of["application/json"]["schema"] | {"components": document()["components"]}
+    )
+    assert validator.is_valid(body) == (schema is not None)
+    if schema is not None:
+        assert _validator(schema).is_valid(body)
 
 
 NAIVE = datetime(2026, 11, 26, 11, 32, 22, 572_123)
@@ -168,6 +204,7 @@ SERVED: dict[str, BaseModel] = {
         }
     ),
     "accepted": OrderAccepted(order_id="o-1", status_url="/orders/o-1"),
+    "published": OrderPublished(order_id="o-1", status_url="/orders/o-1", lines=3),
     "health": Health(status="ok"),
     "ready alone": Readiness.model_validate(
         {"ready": True, "checks": {"postgres": "ok", "kafka": "ok"}}

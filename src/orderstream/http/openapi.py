@@ -1,10 +1,10 @@
 """The status service's OpenAPI 3.1 document, built from the models its handlers use.
 
 Request and response bodies come from the pydantic models the handlers validate with and
-answer through (``topics.OrderRequest``, http/schemas.py), parameters from the bounds the
-handlers check (``topics.Id``, the page size, the cursor's alphabet): the document
-changes when they do. Every route is here with every status it answers; a unit test
-holds the router and this document to the same routes.
+answer through (``topics.OrderRequest``, ``intake.OrderLines``, http/schemas.py),
+parameters from the bounds the handlers check (``topics.Id``, the page size, the
+cursor's alphabet): the document changes when they do. Every route is here with every
+status it answers; a unit test holds the router and this document to the same routes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from orderstream import __version__
 from orderstream.http.encoding import JSON
+from orderstream.http.intake import SINGLE_LINE_FIELDS, OrderLines
 from orderstream.http.schemas import (
     PAGE_DEFAULT,
     PAGE_MAX,
@@ -26,6 +27,7 @@ from orderstream.http.schemas import (
     Health,
     Order,
     OrderAccepted,
+    OrderPublished,
     ProductStock,
     Readiness,
     UserOrdersPage,
@@ -39,6 +41,7 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 # handler validates it, the answers as the handlers serialise them.
 _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (OrderRequest, "validation"),
+    (OrderLines, "validation"),
     *(
         (model, "serialization")
         for model in (
@@ -46,6 +49,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
             UserOrdersPage,
             ProductStock,
             OrderAccepted,
+            OrderPublished,
             Health,
             Readiness,
             ErrorBody,
@@ -85,21 +89,41 @@ right status: also a request aiohttp cannot parse (400), a route that does not e
 
 
 _ORDER_REQUEST_BODY = "OrderRequestBody"
+_ORDER_LINES_BODY = "OrderLinesBody"
+
+
+def _without_order_id(required: list[str]) -> list[str]:
+    # The handler fills a missing order_id from the Idempotency-Key header, then validates
+    # the whole; JSON Schema cannot make a body field depend on a header.
+    return [name for name in required if name != "order_id"]
 
 
 def _order_request_body(order_request: dict[str, Any]) -> dict[str, Any]:
-    """Return ``OrderRequest`` as POST /orders takes it: order_id may come from a header.
-
-    The handler fills a missing order_id from the Idempotency-Key header, then validates
-    the whole as ``OrderRequest``; JSON Schema cannot make a body field depend on a header.
-    """
+    """Return ``OrderRequest`` as POST /orders takes it: order_id may come from a header."""
     return order_request | {
         "title": _ORDER_REQUEST_BODY,
         "description": (
-            "An OrderRequest (the order-requests message) whose order_id may be left out"
-            " when the Idempotency-Key header gives it; without the header it is required."
+            "One order line: an OrderRequest (the order-requests message) whose order_id"
+            " may be left out when the Idempotency-Key header gives it; without the header"
+            " it is required. A body with `items` is an OrderLinesBody instead."
         ),
-        "required": [name for name in order_request["required"] if name != "order_id"],
+        "required": _without_order_id(order_request["required"]),
+        "not": {"required": ["items"]},
+    }
+
+
+def _order_lines_body(order_lines: dict[str, Any]) -> dict[str, Any]:
+    """Return ``OrderLines`` as POST /orders takes it: order_id may come from a header."""
+    return order_lines | {
+        "title": _ORDER_LINES_BODY,
+        "description": (
+            "An order of 1 to 100 items, each product once, published as one order-requests"
+            " message per item in one Kafka transaction. order_id may be left out when the"
+            " Idempotency-Key header gives it. The products come from the items only:"
+            f" {', '.join(SINGLE_LINE_FIELDS)} are refused beside them (422)."
+        ),
+        "required": _without_order_id(order_lines["required"]),
+        "not": {"anyOf": [{"required": [name]} for name in SINGLE_LINE_FIELDS]},
     }
 
 
@@ -124,6 +148,7 @@ class _Document:
         self.schemas: dict[str, Any] = defs["$defs"]
         self._refs = {model: ref for (model, _), ref in refs.items()}
         self.schemas[_ORDER_REQUEST_BODY] = _order_request_body(self.schemas["OrderRequest"])
+        self.schemas[_ORDER_LINES_BODY] = _order_lines_body(self.schemas["OrderLines"])
 
     def ref(self, model: type[BaseModel]) -> dict[str, Any]:
         return dict(self._refs[model])
@@ -167,11 +192,18 @@ def _paths(doc: _Document) -> dict[str, Any]:
         "/orders": {
             "post": doc.operation(
                 "postOrder",
-                "Validate an order request and publish it on order-requests.",
-                {202: doc.answer("Published; ask status_url what became of it.", OrderAccepted)},
+                "Validate an order and publish its lines on order-requests.",
+                {
+                    202: doc.answer(
+                        "Published, every line; ask status_url what became of the order.",
+                        OrderPublished,
+                    )
+                },
                 (400, 413, 422, 503),
                 description=(
-                    "Retrying with the same order_id is safe: each order line is decided once."
+                    "One line, or `items` (several lines, published in one Kafka transaction:"
+                    " all or none). Retrying with the same order_id is safe: each order line"
+                    " is decided once."
                 ),
                 parameters=[
                     {
@@ -188,9 +220,14 @@ def _paths(doc: _Document) -> dict[str, Any]:
                 ],
                 requestBody={
                     "required": True,
-                    "description": "One order line; unknown fields are ignored.",
+                    "description": "One order line, or items; unknown fields are ignored.",
                     "content": _json_content(
-                        {"$ref": REF_TEMPLATE.format(model=_ORDER_REQUEST_BODY)}
+                        {
+                            "oneOf": [
+                                {"$ref": REF_TEMPLATE.format(model=_ORDER_REQUEST_BODY)},
+                                {"$ref": REF_TEMPLATE.format(model=_ORDER_LINES_BODY)},
+                            ]
+                        }
                     ),
                 },
             )

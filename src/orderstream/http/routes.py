@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -12,10 +11,9 @@ from urllib.parse import quote
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
-from pydantic import ValidationError
 
 from orderstream.domain import OrderStatus
-from orderstream.http import openapi
+from orderstream.http import intake, openapi
 from orderstream.http.encoding import error, model_response
 from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES, SETTINGS
 from orderstream.http.schemas import (
@@ -32,16 +30,13 @@ from orderstream.http.schemas import (
 from orderstream.http.validation import (
     cursor_param,
     encode_cursor,
-    header_id,
     int_param,
     path_id,
 )
 from orderstream.topics import (
     ORDER_COMMANDS,
-    ORDER_REQUESTS,
     OrderCommand,
     OrderCommandKind,
-    OrderRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +47,7 @@ _READY_TIMEOUT_S = 2.0
 def add_routes(app: web.Application) -> None:
     """Register every route on ``app``."""
     app.router.add_get("/orders/{order_id}", get_order)
-    app.router.add_post("/orders", post_order)
+    intake.add_routes(app)  # POST /orders
     app.router.add_post("/orders/{order_id}/cancel", cancel_order)
     app.router.add_get("/users/{user_id}/orders", get_user_orders)
     app.router.add_get("/products/{product_id}", get_product)
@@ -126,45 +121,6 @@ async def get_product(request: web.Request) -> web.Response:
     if row is None:
         raise error(web.HTTPNotFound, "product not found", product_id=product_id)
     return model_response(ProductStock.model_validate(row))
-
-
-async def post_order(request: web.Request) -> web.Response:
-    """Validate an order request and publish it; 202 with where to ask for its status."""
-    raw = await request.read()  # 413 past MAX_BODY_BYTES
-    try:
-        # UTF-8 whatever the Content-Type's charset says: JSON is UTF-8 (RFC 8259).
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise error(web.HTTPBadRequest, "body is not UTF-8") from None
-    except (ValueError, RecursionError):
-        # ValueError: not JSON, or an integer of more than 4,300 digits; RecursionError:
-        # arrays nested thousands deep.
-        raise error(web.HTTPBadRequest, "body is not JSON") from None
-    if not isinstance(body, dict):
-        raise error(web.HTTPBadRequest, "body must be a JSON object")
-    key = header_id(request, "Idempotency-Key")
-    if key is not None and body.setdefault("order_id", key) != key:
-        raise error(
-            web.HTTPUnprocessableEntity, "Idempotency-Key and order_id differ", order_id=key
-        )
-    try:
-        order = OrderRequest.model_validate(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        raise error(web.HTTPUnprocessableEntity, "invalid order request", details=errors) from None
-    try:
-        producer = await request.app[KAFKA].producer()
-    except ConnectionError:
-        raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
-    settings = request.app[SETTINGS]
-    # Retrying with the same order_id is safe: the stock agent decides an order line once.
-    await producer.send_and_wait(
-        settings.topic(ORDER_REQUESTS),
-        key=order.product_id.encode(),
-        value=order.model_dump_json().encode(),
-    )
-    status_url = f"/orders/{quote(order.order_id, safe='')}"
-    return model_response(OrderAccepted(order_id=order.order_id, status_url=status_url), status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:

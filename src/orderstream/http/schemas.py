@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSche
 from pydantic.json_schema import SkipJsonSchema
 
 from orderstream.domain import OrderStatus, RejectReason
-from orderstream.topics import Id
+from orderstream.topics import MAX_LINE_COUNT, Id
 
 # A user's orders, a page at a time.
 PAGE_DEFAULT = 20
@@ -156,6 +156,14 @@ class OrderAccepted(Body):
 
     order_id: Id
     status_url: str = Field(examples=["/orders/o-4"])
+
+
+class OrderPublished(Body):
+    """An order's lines published: how many, and where to ask what became of the order."""
+
+    order_id: Id
+    status_url: str = Field(examples=["/orders/o-4"])
+    lines: int = Field(ge=1, le=MAX_LINE_COUNT, examples=[1])
 
 
 class Health(Body):

@@ -23,6 +23,10 @@ CREATE TEMP TABLE IF NOT EXISTS stage_orders (
     order_id text, user_id text, status text, reason text, detail text, seq integer,
     created_ms bigint, updated_ms bigint, product_id text, quantity integer
 ) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_items (
+    order_id text, product_id text, quantity integer, status text, seq integer,
+    line_status text, line_reason text
+) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_stock (
     product_id text, available bigint, reserved bigint, sold bigint, total_in bigint,
     version bigint, updated_ms bigint
@@ -51,12 +55,35 @@ SET status = EXCLUDED.status, reason = EXCLUDED.reason, detail = EXCLUDED.detail
     seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at
 WHERE orders.seq < EXCLUDED.seq
 """
-_MERGE_ITEMS = """
-INSERT INTO order_items (order_id, product_id, quantity, status)
-SELECT order_id, product_id, quantity, status FROM stage_orders
-ON CONFLICT (order_id, product_id) DO UPDATE SET status = EXCLUDED.status
-WHERE order_items.status IS DISTINCT FROM EXCLUDED.status
+# An order's items move with its seq, like its row: `status` is the order's status, the
+# line's own is known only from an event that lists the order's items (NULL otherwise).
+_ON_ITEM_CONFLICT = """
+ON CONFLICT (order_id, product_id) DO UPDATE
+SET status = EXCLUDED.status, seq = EXCLUDED.seq, line_status = EXCLUDED.line_status,
+    line_reason = EXCLUDED.line_reason
+WHERE order_items.seq < EXCLUDED.seq
 """
+# The hot path: a single-line event's item rides on its order's staged row.
+_MERGE_ITEMS = (
+    """
+INSERT INTO order_items (order_id, product_id, quantity, status, seq)
+SELECT order_id, product_id, quantity, status, seq FROM stage_orders
+WHERE product_id IS NOT NULL
+"""
+    + _ON_ITEM_CONFLICT
+)
+# Events that list their items (multi-line orders): one staged row per item.
+_COPY_ITEMS = (
+    "COPY stage_items (order_id, product_id, quantity, status, seq, line_status, line_reason)"
+    " FROM STDIN"
+)
+_MERGE_LISTED_ITEMS = (
+    """
+INSERT INTO order_items (order_id, product_id, quantity, status, seq, line_status, line_reason)
+SELECT order_id, product_id, quantity, status, seq, line_status, line_reason FROM stage_items
+"""
+    + _ON_ITEM_CONFLICT
+)
 _MERGE_EVENTS = """
 INSERT INTO order_events (order_id, seq, status, reason, product_id, quantity,
                           requested_at, occurred_at, kafka_partition, kafka_offset)
@@ -104,7 +131,7 @@ class PostgresSink:
             raise SinkUnavailableError(describe(exc)) from exc
 
     async def _write(self, batch: SinkBatch) -> None:
-        order_rows, event_rows, stock_rows = _rows(batch)
+        order_rows, item_rows, event_rows, stock_rows = _rows(batch)
         async with (
             self._pool.connection(timeout=self._connection_timeout_s) as conn,
             conn.transaction(),
@@ -118,9 +145,15 @@ class PostgresSink:
                 async with cur.copy(_COPY_EVENTS) as copy:
                     for row in event_rows:
                         await copy.write_row(row)
+                if item_rows:
+                    async with cur.copy(_COPY_ITEMS) as copy:
+                        for row in item_rows:
+                            await copy.write_row(row)
                 # Orders first: order_items references them.
                 await cur.execute(_MERGE_ORDERS)
                 await cur.execute(_MERGE_ITEMS)
+                if item_rows:
+                    await cur.execute(_MERGE_LISTED_ITEMS)
                 await cur.execute(_MERGE_EVENTS)
             if stock_rows:
                 # Spread over many products, a batch carries hundreds of snapshots.
@@ -130,11 +163,13 @@ class PostgresSink:
                 await cur.execute(_MERGE_STOCK)
 
 
-def _rows(batch: SinkBatch) -> tuple[list[Row], list[Row], list[Row]]:
-    """Return the batch's order, event and stock rows (a time out of range is PostgreSQL's
-    DataError, like any value it refuses)."""
+def _rows(batch: SinkBatch) -> tuple[list[Row], list[Row], list[Row], list[Row]]:
+    """Return the batch's order, listed item, event and stock rows (a time out of range is
+    PostgreSQL's DataError, like any value it refuses)."""
+    latest = _latest_per_order(batch.order_events)
     return (
-        [_order_row(located) for located in _latest_per_order(batch.order_events)],
+        [_order_row(located) for located in latest],
+        [row for located in latest if located.event.items for row in _item_rows(located)],
         [_event_row(located) for located in batch.order_events],
         [_stock_row(change) for change in _latest_per_product(batch.stock_changes)],
     )
@@ -169,10 +204,32 @@ def _latest_per_product(changes: list[StockChange]) -> list[StockChange]:
 def _order_row(located: LocatedEvent) -> Row:
     e = located.event
     reason = e.reason.value if e.reason else None
+    # An event that lists its items gives order_items a row per item (_item_rows), not
+    # one for its product_id.
+    product_id, quantity = (None, None) if e.items else (e.product_id, e.quantity)
     return (
         e.order_id, e.user_id, e.status.value, reason, e.detail, e.seq,
-        e.requested_at_ms, e.decided_at_ms, e.product_id, e.quantity,
+        e.requested_at_ms, e.decided_at_ms, product_id, quantity,
     )  # fmt: skip
+
+
+def _item_rows(located: LocatedEvent) -> list[Row]:
+    e = located.event
+    rows: list[Row] = []
+    for item in e.items or ():
+        reason = item.reason.value if item.reason else None
+        rows.append(
+            (
+                e.order_id,
+                item.product_id,
+                item.quantity,
+                e.status.value,
+                e.seq,
+                item.status.value,
+                reason,
+            )
+        )
+    return rows
 
 
 def _event_row(located: LocatedEvent) -> Row:

@@ -1,0 +1,144 @@
+"""The HTTP intake, POST /orders: validate an order, publish its lines on order-requests.
+
+An order is one line (``product_id`` and ``quantity``), published as one message, or a
+list of ``items``, published as one message per line in one Kafka transaction, so that
+the stock agent (a read_committed consumer) sees all of its lines or none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from orderstream.http.encoding import error, model_response
+from orderstream.http.keys import KAFKA, SETTINGS
+from orderstream.http.schemas import OrderPublished
+from orderstream.http.validation import header_id
+from orderstream.producer import OrderLinesPublisher, order_lines
+from orderstream.topics import MAX_LINE_COUNT, MAX_QUANTITY, ORDER_REQUESTS, Id, OrderRequest
+
+log = logging.getLogger(__name__)
+
+LINES_PUBLISHER = web.AppKey("lines_publisher", OrderLinesPublisher)
+
+M = TypeVar("M", bound=BaseModel)
+
+# Fields of a one-line body that a body with items must not have: which would count?
+SINGLE_LINE_FIELDS = ("product_id", "quantity", "line_count")
+
+
+class OrderLine(BaseModel):
+    """One item of an order: a product and how many, with the bounds of ``OrderRequest``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    product_id: Id
+    quantity: int = Field(ge=1, le=MAX_QUANTITY, strict=True)
+
+
+class OrderLines(BaseModel):
+    """An order of one or more items, each product once; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    order_id: Id
+    user_id: Id
+    items: list[OrderLine] = Field(min_length=1, max_length=MAX_LINE_COUNT)
+
+    @field_validator("items")
+    @classmethod
+    def _each_product_once(cls, items: list[OrderLine]) -> list[OrderLine]:
+        seen: set[str] = set()
+        for item in items:
+            if item.product_id in seen:
+                raise ValueError(f"product {item.product_id!r} is in more than one item")
+            seen.add(item.product_id)
+        return items
+
+
+def add_routes(app: web.Application) -> None:
+    """Register POST /orders and the transactional producer its orders of several lines use."""
+    app.router.add_post("/orders", post_order)
+    app.cleanup_ctx.append(_publisher_ctx)
+
+
+async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
+    # One transactional producer per process, started on the first order of several lines.
+    publisher = OrderLinesPublisher(app[SETTINGS])
+    app[LINES_PUBLISHER] = publisher
+    yield
+    await publisher.close()
+
+
+async def post_order(request: web.Request) -> web.Response:
+    """Validate an order request and publish it; 202 with where to ask for its status."""
+    body = await _json_object(request)
+    key = header_id(request, "Idempotency-Key")
+    if key is not None and body.setdefault("order_id", key) != key:
+        raise error(
+            web.HTTPUnprocessableEntity, "Idempotency-Key and order_id differ", order_id=key
+        )
+    lines = _lines_of(body) if "items" in body else [_validated(OrderRequest, body)]
+    settings = request.app[SETTINGS]
+    try:
+        if len(lines) == 1:
+            # One message is atomic already: no transaction on the flash-sale path.
+            producer = await request.app[KAFKA].producer()
+            await producer.send_and_wait(
+                settings.topic(ORDER_REQUESTS),
+                key=lines[0].product_id.encode(),
+                value=lines[0].model_dump_json().encode(),
+            )
+        else:
+            await request.app[LINES_PUBLISHER].publish(lines)
+    except ConnectionError as exc:
+        log.warning("order %s not published: %s", lines[0].order_id, exc)
+        raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
+    # Retrying with the same order_id is safe: the stock agent decides an order line once.
+    order_id = lines[0].order_id
+    answer = OrderPublished(
+        order_id=order_id, status_url=f"/orders/{quote(order_id, safe='')}", lines=len(lines)
+    )
+    return model_response(answer, status=202)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()  # 413 past MAX_BODY_BYTES
+    try:
+        # UTF-8 whatever the Content-Type's charset says: JSON is UTF-8 (RFC 8259).
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise error(web.HTTPBadRequest, "body is not UTF-8") from None
+    except (ValueError, RecursionError):
+        # ValueError: not JSON, or an integer of more than 4,300 digits; RecursionError:
+        # arrays nested thousands deep.
+        raise error(web.HTTPBadRequest, "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise error(web.HTTPBadRequest, "body must be a JSON object")
+    return body
+
+
+def _lines_of(body: dict[str, Any]) -> list[OrderRequest]:
+    both = [name for name in SINGLE_LINE_FIELDS if name in body]
+    if both:
+        raise error(
+            web.HTTPUnprocessableEntity,
+            f"an order with items takes its products from them: {', '.join(both)} not allowed",
+        )
+    order = _validated(OrderLines, body)
+    items = [(item.product_id, item.quantity) for item in order.items]
+    return order_lines(order.order_id, order.user_id, items)
+
+
+def _validated(model: type[M], body: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        raise error(web.HTTPUnprocessableEntity, "invalid order request", details=errors) from None
