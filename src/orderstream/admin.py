@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from orderstream.agents.faust_app import lifecycle_changelog_specs
 from orderstream.errors import TopicMismatchError
@@ -85,3 +85,26 @@ async def _check_partitions(
         raise TopicMismatchError(
             "topics do not match ORDERSTREAM_PARTITIONS: " + "; ".join(problems)
         )
+
+
+async def await_topics(settings: Settings, max_wait_s: float = 30.0) -> None:
+    """Check the topics as ``check_topics`` does, waiting for Kafka while it does not answer.
+
+    A worker started before the broker (or while it restarts) waits for it instead of
+    exiting; a topic that is missing or has the wrong partitions is still an error at once.
+    """
+    delay = 0.5
+    while True:
+        try:
+            await check_topics(settings)
+        except (KafkaError, OSError) as exc:
+            log.warning(
+                "Kafka at %s does not answer (%r); trying again in %.1f s",
+                settings.kafka_bootstrap,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_wait_s)
+        else:
+            return

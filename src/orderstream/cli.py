@@ -176,14 +176,14 @@ def _run_worker(
     roles: RoleRegistry | None = None,
     others: Mapping[str, RoleFactory] | None = None,
 ) -> int:
-    from orderstream.admin import check_topics
+    from orderstream.admin import await_topics
     from orderstream.agents import StockAgent
     from orderstream.metrics import WorkerMetrics
     from orderstream.services import STOCK_AGENT
 
     # Fail before joining the group if a topic is missing or has the wrong partitions:
-    # a silently auto-created topic would break co-partitioning.
-    asyncio.run(check_topics(settings))
+    # a silently auto-created topic would break co-partitioning. Wait for Kafka, though.
+    asyncio.run(await_topics(settings))
     metrics = WorkerMetrics.register(registry)
     return _run_services(
         settings, {STOCK_AGENT: lambda: StockAgent(settings, metrics), **(others or {})}, roles
@@ -221,9 +221,9 @@ def _metrics_server(
 
 
 def _orders(settings: Settings, args: argparse.Namespace) -> int:
-    from orderstream.admin import check_topics
+    from orderstream.admin import await_topics
 
-    asyncio.run(check_topics(settings))  # as the worker: no silently auto-created topic
+    asyncio.run(await_topics(settings))  # as the worker: no silently auto-created topic
     registry = CollectorRegistry()
     return _run_services(
         settings,

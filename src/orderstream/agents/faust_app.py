@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import faust
 from faust.types import TableT
 
+from orderstream.agents import faust_recovery
 from orderstream.agents.faust_io import raw_topic
 from orderstream.agents.orders import OrderAgentContext, register_order_agent
 from orderstream.agents.payment import PaymentClient, register_payment_agent
@@ -154,6 +156,7 @@ def build_lifecycle_app(
         payment_requests=requests,
         stock_commands=raw_topic(app, settings.topic(STOCK_COMMANDS)),
         dead_letters=dead_letters,
+        flush=_flusher(app),
     )
     # One agent reads the three order-keyed topics: Faust assigns partition p of all
     # three, and of the changelog, to the same worker.
@@ -168,6 +171,7 @@ def build_lifecycle_app(
             settings.payment_error_rate,
         )
     client = PaymentClient.from_settings(provider, settings, metrics)
+    faust_recovery.install(app)  # before the app starts: see faust_recovery.py
     register_payment_agent(
         app,
         settings,
@@ -178,6 +182,15 @@ def build_lifecycle_app(
         metrics=metrics,
     )
     return app
+
+
+def _flusher(app: faust.App) -> Callable[[], Awaitable[None]]:
+    async def flush() -> None:
+        # Sends what Faust buffered (table changelog records) and waits for every
+        # in-flight record to be acknowledged.
+        await app.producer.flush()
+
+    return flush
 
 
 def new_lifecycle_app(settings: Settings, metrics: LifecycleMetrics) -> faust.App:

@@ -2,17 +2,22 @@
 
 Keyed by order id, it reads three co-partitioned topics: ``order-events`` (a single-line
 order's seq-1 RESERVED event from the stock agent is its line outcome), ``order-commands``
-(cancel, expire) and ``payment-results``. For each input it applies the state machine,
-sends what the transition names (order events from seq 2 on, stock commits and
-releases, the payment request, a refund), and only once the broker has acknowledged
-them writes the new state. So a crash at any point either left the state unmoved (the
-redelivered input does it all again, and every effect is idempotent: events by (order,
-seq) in the sink, commits and releases by order at the stock agent, payments by order
-at the provider) or moved with its effects already delivered (the redelivered input
-finds the state moved and is ignored).
+(cancel, expire) and ``payment-results``. For each input it applies the state machine and
+does what the transition names: order events from seq 2 on, stock commits and releases,
+the payment request, a refund.
 
-Multi-line orders are not handled yet: the stock agent's events do not say how many
-lines an order has, so every order is taken as a single line (``line_count`` 1).
+At least once, without losing or contradicting an effect: the new state is written
+together with its effects (the order's outbox) and flushed to the changelog before any
+effect is sent. A crash before that leaves the state unmoved, and the redelivered input
+does it all again. A crash after it leaves the state moved: the redelivered input is
+ignored by the machine, but the order's first input after a restart (that one, or
+another that came first) sends the outbox again. Every effect is idempotent: events by
+(order, seq) in the sink, commits and releases by (order, product) at the stock agent,
+charges and refunds by order at the provider. Sending effects only for a state that is
+durable is what keeps them consistent: a state lost in a crash never had effects, so a
+replay in another order (a cancel or an expiry arriving first) cannot contradict them.
+
+Multi-line orders are not handled here yet: their lines go to ``line-outcomes``.
 
 The expiry timer only scans and sends: it reads the table's local partitions and sends
 an ``expire`` command for each reservation past the TTL; the agent decides.
@@ -23,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -49,6 +55,7 @@ from orderstream.errors import InvalidMessageError
 from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
 from orderstream.topics import (
+    Message,
     OrderCommand,
     OrderCommandKind,
     OrderEvent,
@@ -66,8 +73,20 @@ log = logging.getLogger(__name__)
 # are retried until they pass (faust_io.until_delivered).
 _ATTEMPTS = 5
 _BACKOFF_S = 0.5
+# How many orders' outboxes a process remembers having sent.
+_SENT_MEMORY = 100_000
 # A reservation is found by the timer's scan without parsing every stored order.
 _RESERVED_MARK = b'"status":"RESERVED"'
+
+
+class Outgoing(BaseModel):
+    """One effect of a transition: a record to send."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str  # the full name, with the deployment's prefix
+    key: str
+    value: str  # JSON
 
 
 class StoredOrder(BaseModel):
@@ -78,6 +97,9 @@ class StoredOrder(BaseModel):
     state: OrderState
     # Kafka timestamp of the order's request: every event of the order carries it.
     requested_at_ms: int
+    # The effects of the transition into ``state``, sent after it was durable; sent
+    # again by a process that has not sent them yet (see the module docstring).
+    outbox: tuple[Outgoing, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,10 +114,31 @@ class OrderAgentContext:
     payment_requests: faust.TopicT
     stock_commands: faust.TopicT
     dead_letters: Mapping[str, faust.TopicT]  # source topic name -> its dead-letter topic
+    flush: Callable[[], Awaitable[None]]  # wait until everything produced is acknowledged
+    # Orders whose outbox this process has sent (bounded: forgetting one costs a resend).
+    sent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     @property
     def ttl_ms(self) -> int:
         return int(self.settings.order_ttl_s * 1000)
+
+    def topics(self) -> dict[str, faust.TopicT]:
+        """Return the topics effects go to, by full name."""
+        return {
+            topic.get_topic_name(): topic
+            for topic in (
+                self.order_events,
+                self.order_commands,
+                self.payment_requests,
+                self.stock_commands,
+            )
+        }
+
+    def mark_sent(self, order_id: str) -> None:
+        self.sent[order_id] = None
+        self.sent.move_to_end(order_id)
+        if len(self.sent) > _SENT_MEMORY:
+            self.sent.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -117,6 +160,13 @@ def register_order_agent(app: faust.App, ctx: OrderAgentContext, source: faust.T
         async for event in stream.events():
             await _handle(ctx, event.message, events_topic, commands_topic)
 
+    def forget_sent(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Another worker may have moved these orders on in the meantime: each order's
+        # outbox is sent again on its next input here.
+        ctx.sent.clear()
+
+    app.on_partitions_assigned.connect(forget_sent)
+
     @app.timer(interval=ctx.settings.expiry_interval_s, name="expire-unpaid")  # type: ignore[untyped-decorator]
     async def expire_unpaid() -> None:
         await _send_expiries(ctx)
@@ -128,8 +178,8 @@ async def _handle(ctx: OrderAgentContext, message: Any, events: str, commands: s
         try:
             item = _decode(message, events, commands)
             if item is not None:
-                # The effects are sent before the state is written, so a retry after a
-                # broker error sends them again (idempotent) and then moves the state.
+                # A retry after a broker error finds the state moved or not, and sends
+                # what it must (see the module docstring).
                 await until_delivered(
                     f"{message.topic}/{message.partition}@{message.offset}",
                     partial(_apply, ctx, item, message),
@@ -161,8 +211,7 @@ async def _handle(ctx: OrderAgentContext, message: Any, events: str, commands: s
                 )
                 await asyncio.sleep(_BACKOFF_S * 2 ** (attempt - 1))
                 continue
-            # The state was not written (effects go first), so a re-published message
-            # is applied whole.
+            # Re-published from the dead-letter topic, the message is applied again.
             log.exception(
                 "giving up on %s/%d@%d after %d attempts",
                 message.topic,
@@ -210,6 +259,11 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
     key = order_id.encode()
     raw = ctx.table.get(key)
     stored = StoredOrder.model_validate_json(raw) if raw is not None else None
+    if stored is not None and stored.outbox and order_id not in ctx.sent:
+        # Written before a crash, perhaps never sent: send again (idempotent).
+        log.debug("order %s: sending its outbox again (%d records)", order_id, len(stored.outbox))
+        await _send(ctx, stored.outbox)
+        ctx.mark_sent(order_id)
     state = stored.state if stored is not None else None
     transition = next_state(state, item.command, item.now_ms, ctx.ttl_ms)
     if transition.ignored is not None:
@@ -225,15 +279,24 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
         )
         return
     requested_at_ms = stored.requested_at_ms if stored is not None else item.requested_at_ms
-    await delivered(await _effects(ctx, transition, order_id, requested_at_ms or item.now_ms))
-    ctx.metrics.order_inputs.labels(item.kind, "applied").inc()
+    if requested_at_ms is None:  # never: an order's first transition is its line outcome
+        requested_at_ms = item.now_ms
+    outbox = _effects(ctx, transition, order_id, requested_at_ms)
     if transition.state is not None and transition.state is not state:
+        ctx.sent.pop(order_id, None)
         ctx.table[key] = (
-            StoredOrder(state=transition.state, requested_at_ms=requested_at_ms or item.now_ms)
+            StoredOrder(state=transition.state, requested_at_ms=requested_at_ms, outbox=outbox)
             .model_dump_json()
             .encode()
         )
+        # The state and its outbox reach the changelog before any effect leaves.
+        await ctx.flush()
+    await _send(ctx, outbox)
+    ctx.mark_sent(order_id)
+    ctx.metrics.order_inputs.labels(item.kind, "applied").inc()
     for event in transition.events:
+        if event.seq > 1:
+            ctx.metrics.order_transitions.labels(event.status.value).inc()
         log.info(
             "order %s -> %s (seq %d) on %s at %s/%d@%d",
             order_id,
@@ -246,53 +309,77 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
         )
 
 
-async def _effects(
+async def _send(ctx: OrderAgentContext, outbox: tuple[Outgoing, ...]) -> None:
+    """Send an outbox and wait until the broker acknowledged all of it."""
+    topics = ctx.topics()
+    sends = [await send(topics[out.topic], out.key, out.value.encode()) for out in outbox]
+    await delivered(sends)
+
+
+def _effects(
     ctx: OrderAgentContext, transition: Transition, order_id: str, requested_at_ms: int
-) -> list[Awaitable[Any]]:
-    """Send everything ``transition`` names; return the futures of their delivery."""
+) -> tuple[Outgoing, ...]:
+    """Return everything ``transition`` names, as records to send."""
     state = transition.state
-    sends: list[Awaitable[Any]] = []
+    outbox: list[Outgoing] = []
+
+    def add(topic: faust.TopicT, key: str, value: Message) -> None:
+        outbox.append(
+            Outgoing(topic=topic.get_topic_name(), key=key, value=value.model_dump_json())
+        )
+
     now_ms = int(time.time() * 1000)
     for event in transition.events:
         if event.seq == 1:
             continue  # a single-line order's RESERVED: the stock agent announced it
         assert state is not None  # an event always comes with the state it leads to
         product_id, line = next(iter(state.lines.items()))
-        value = OrderEvent(
-            order_id=order_id,
-            seq=event.seq,
-            status=event.status,
-            reason=event.reason,
-            detail=event.detail,
-            user_id=state.user_id,
-            product_id=product_id,
-            quantity=line.quantity,
-            requested_at_ms=requested_at_ms,
-            decided_at_ms=now_ms,
+        add(
+            ctx.order_events,
+            order_id,
+            OrderEvent(
+                order_id=order_id,
+                seq=event.seq,
+                status=event.status,
+                reason=event.reason,
+                detail=event.detail,
+                user_id=state.user_id,
+                product_id=product_id,
+                quantity=line.quantity,
+                requested_at_ms=requested_at_ms,
+                decided_at_ms=now_ms,
+            ),
         )
-        sends.append(await send(ctx.order_events, order_id, value.model_dump_json().encode()))
-        ctx.metrics.order_transitions.labels(event.status.value).inc()
     settle = [(StockOperation.RELEASE, line) for line in transition.release]
     settle += [(StockOperation.COMMIT, line) for line in transition.commit]
     for operation, (product_id, quantity) in settle:
-        command = StockCommand(
-            product_id=product_id, operation=operation, quantity=quantity, order_id=order_id
-        )
         # Keyed by product: the stock agent that owns the product applies it.
-        sends.append(await send(ctx.stock_commands, product_id, command.model_dump_json().encode()))
+        add(
+            ctx.stock_commands,
+            product_id,
+            StockCommand(
+                product_id=product_id, operation=operation, quantity=quantity, order_id=order_id
+            ),
+        )
     if transition.request_payment:
         assert state is not None
         amount = sum(line.quantity for line in state.lines.values())  # the price, for now
-        request = PaymentRequest(order_id=order_id, user_id=state.user_id, amount=amount)
-        sends.append(await send(ctx.payment_requests, order_id, request.model_dump_json().encode()))
-    if transition.refund:
-        refund = PaymentRequest(
-            order_id=order_id,
-            user_id=state.user_id if state is not None else None,
-            action=PaymentAction.REFUND,
+        add(
+            ctx.payment_requests,
+            order_id,
+            PaymentRequest(order_id=order_id, user_id=state.user_id, amount=amount),
         )
-        sends.append(await send(ctx.payment_requests, order_id, refund.model_dump_json().encode()))
-    return sends
+    if transition.refund:
+        add(
+            ctx.payment_requests,
+            order_id,
+            PaymentRequest(
+                order_id=order_id,
+                user_id=state.user_id if state is not None else None,
+                action=PaymentAction.REFUND,
+            ),
+        )
+    return tuple(outbox)
 
 
 def _ignored_label(why: str) -> str:

@@ -1,0 +1,330 @@
+"""The order lifecycle on the real broker and database: payment, expiry, cancel.
+
+`orderstream run` decides the lines (stock agent), persists (sink) and serves HTTP;
+`orderstream orders` runs the order and payment agents in a process of its own, so a
+test can kill it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.pipeline import Pipeline, request_json
+
+pytestmark = pytest.mark.integration
+
+TERMINAL = {"CONFIRMED", "REJECTED", "CANCELLED", "EXPIRED"}
+# The lifecycle's own process: no metrics port (tests run side by side), quick payments.
+LIFECYCLE_ENV = {
+    "ORDERSTREAM_ORDERS_METRICS_PORT": "0",
+    "ORDERSTREAM_PAYMENT_DELAY_MIN_S": "0.05",
+    "ORDERSTREAM_PAYMENT_DELAY_MAX_S": "0.2",
+}
+
+
+async def _start(pipe: Pipeline, stock: Mapping[str, int], **lifecycle_env: str) -> None:
+    pipe.start()
+    pipe.start("orders", **(LIFECYCLE_ENV | lifecycle_env))
+    for product_id, quantity in stock.items():
+        await pipe.set_stock(product_id, quantity)
+    for product_id, quantity in stock.items():
+        await pipe.wait_for_stock(product_id, quantity)
+
+
+def _requests(count: int, products: list[str], prefix: str = "o") -> list[tuple[str, str, bytes]]:
+    """Return (order id, product id, value) of ``count`` single-line orders, round robin."""
+    requests = []
+    for i in range(count):
+        order_id, product_id = f"{prefix}-{i}", products[i % len(products)]
+        requests.append((order_id, product_id, request_json(order_id, f"u-{i % 37}", product_id)))
+    return requests
+
+
+async def _publish(pipe: Pipeline, requests: list[tuple[str, str, bytes]]) -> None:
+    producer = await pipe.producer()
+    try:
+        topic = pipe.topic("order-requests")
+        sends = [
+            await producer.send(topic, key=product_id.encode(), value=value)
+            for _, product_id, value in requests
+        ]
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+async def _wait_settled(pipe: Pipeline, orders: int, timeout: float = 75.0) -> None:
+    """Wait until every order is terminal in PostgreSQL and no stock is reserved."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert pipe.alive("orders"), f"orderstream orders died\n{pipe.logs()}"
+        unsettled = await pipe.query(
+            "SELECT order_id, status FROM orders WHERE status = 'RESERVED' ORDER BY 1"
+        )
+        found = await pipe.count("SELECT count(*) FROM orders")
+        stock = await pipe.query("SELECT * FROM product_stock WHERE reserved > 0")
+        if found >= orders and not unsettled and not stock:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"after {timeout} s: {found} of {orders} orders, still reserved: "
+                f"{unsettled[:20]}, stock: {stock}\n{pipe.logs()}"
+            )
+        await asyncio.sleep(0.25)
+
+
+async def _assert_settled(
+    pipe: Pipeline, stock: Mapping[str, int], order_ids: set[str], allowed: set[tuple[str, Any]]
+) -> list[dict[str, Any]]:
+    """Check the lifecycle's invariants in PostgreSQL; return the orders."""
+    orders = await pipe.query("SELECT order_id, status, reason FROM orders")
+    assert {row["order_id"] for row in orders} == order_ids
+    outcomes = {(row["status"], row["reason"]) for row in orders}
+    assert outcomes <= allowed, outcomes - allowed
+    # Stock conserved, nothing reserved, sold = what the confirmed orders bought.
+    sold: dict[str, int] = defaultdict(int)
+    for row in await pipe.query(
+        "SELECT i.product_id, sum(i.quantity) AS q FROM orders o JOIN order_items i"
+        " USING (order_id) WHERE o.status = 'CONFIRMED' GROUP BY 1"
+    ):
+        sold[row["product_id"]] = int(row["q"])
+    levels = {
+        row["product_id"]: row
+        for row in await pipe.query(
+            "SELECT product_id, available, reserved, sold, total_in FROM product_stock"
+        )
+    }
+    for product_id, total_in in stock.items():
+        level = levels[product_id]
+        assert level["reserved"] == 0, level
+        assert level["available"] + level["sold"] == total_in == level["total_in"], level
+        assert level["sold"] == sold[product_id], (product_id, level, sold[product_id])
+    # Each order's history: seqs 1..n without a gap, ending in its status; its item agrees.
+    histories = await pipe.query(
+        "SELECT o.order_id, o.status, i.status AS item_status,"
+        " array_agg(e.seq ORDER BY e.seq) AS seqs,"
+        " array_agg(e.status ORDER BY e.seq) AS statuses"
+        " FROM orders o JOIN order_items i USING (order_id)"
+        " JOIN order_events e USING (order_id) GROUP BY 1, 2, 3"
+    )
+    assert len(histories) == len(order_ids)
+    for row in histories:
+        assert row["seqs"] == list(range(1, len(row["seqs"]) + 1)), row
+        assert row["statuses"][-1] == row["status"] == row["item_status"], row
+        assert row["statuses"].count(row["status"]) == 1, row
+        if row["status"] != "REJECTED":
+            assert row["statuses"][0] == "RESERVED", row
+    return orders
+
+
+async def test_payments_confirm_or_cancel_every_reserved_order(pipeline: Pipeline) -> None:
+    stock = {"sku-a": 40, "sku-b": 25, "sku-c": 15}
+    await _start(pipeline, stock, ORDERSTREAM_PAYMENT_SUCCESS_RATE="0.5")
+    requests = _requests(300, list(stock))
+
+    await _publish(pipeline, requests)
+    await _wait_settled(pipeline, len(requests))
+
+    orders = await _assert_settled(
+        pipeline,
+        stock,
+        {order_id for order_id, _, _ in requests},
+        {("CONFIRMED", None), ("CANCELLED", "PAYMENT_FAILED"), ("REJECTED", "OUT_OF_STOCK")},
+    )
+    counts = defaultdict(int)
+    for row in orders:
+        counts[row["status"]] += 1
+    # At 50 %, 80 reservations give both outcomes (a chance of 2 x 2^-80 to fail).
+    assert counts["CONFIRMED"], counts
+    assert counts["CANCELLED"], counts
+    assert counts["CONFIRMED"] + counts["CANCELLED"] >= sum(stock.values()), counts
+
+
+async def _payments(pipe: Pipeline) -> tuple[set[str], set[str]]:
+    """Return the orders whose charge was paid, and those sent a refund, from the topics."""
+    paid = {
+        result["order_id"]
+        for result in (json.loads(r.value) for r in await pipe.read_topic("payment-results"))
+        if result["paid"]
+    }
+    refunded = {
+        request["order_id"]
+        for request in (json.loads(r.value) for r in await pipe.read_topic("payment-requests"))
+        if request.get("action") == "refund"
+    }
+    return paid, refunded
+
+
+# Payments take 0.2-3 s against a TTL of 2 s, all at once: some orders are paid in
+# time, the others expire, and a charge that comes after is refunded.
+EXPIRY_ENV = {
+    "ORDERSTREAM_ORDER_TTL_S": "2",
+    "ORDERSTREAM_EXPIRY_INTERVAL_S": "0.5",
+    "ORDERSTREAM_PAYMENT_SUCCESS_RATE": "1",
+    "ORDERSTREAM_PAYMENT_DELAY_MIN_S": "0.2",
+    "ORDERSTREAM_PAYMENT_DELAY_MAX_S": "3",
+    "ORDERSTREAM_PAYMENT_TIMEOUT_S": "10",
+    "ORDERSTREAM_PAYMENT_CONCURRENCY": "64",
+}
+
+
+async def test_unpaid_reservations_expire_across_a_kill_9(pipeline: Pipeline) -> None:
+    stock = {"sku-x": 25, "sku-y": 25}
+    await _start(pipeline, stock, **EXPIRY_ENV)
+    first = _requests(30, list(stock), prefix="a")
+    await _publish(pipeline, first)
+
+    async def some_settled() -> bool:
+        return (
+            await pipeline.count(
+                "SELECT count(*) FROM orders WHERE status IN ('EXPIRED', 'CONFIRMED')"
+            )
+            >= 5
+        )
+
+    await pipeline.wait_for("the first orders to settle", some_settled, timeout=60)
+    pipeline.kill("orders")
+    # Reserved while the lifecycle is down, these are past their TTL when it is back.
+    second = _requests(30, list(stock), prefix="b")
+    await _publish(pipeline, second)
+    await asyncio.sleep(2.5)
+    pipeline.start("orders", **(LIFECYCLE_ENV | EXPIRY_ENV))
+    requests = first + second
+    await _wait_settled(pipeline, len(requests))
+
+    orders = await _assert_settled(
+        pipeline,
+        stock,
+        {order_id for order_id, _, _ in requests},
+        {("CONFIRMED", None), ("EXPIRED", None), ("REJECTED", "OUT_OF_STOCK")},
+    )
+    expired = {row["order_id"] for row in orders if row["status"] == "EXPIRED"}
+    confirmed = {row["order_id"] for row in orders if row["status"] == "CONFIRMED"}
+    assert expired, "no order expired"
+    assert confirmed, "no order was paid in time"
+    assert expired & {order_id for order_id, _, _ in second}, "no order expired after the kill"
+    # No paid order expired without its money back; no refund of a confirmed order.
+    await pipeline.wait_for("refunds", lambda: _refunds_sent(pipeline, expired), timeout=30)
+    paid, refunded = await _payments(pipeline)
+    assert paid & expired, "no charge came after its order expired"
+    assert not refunded & confirmed
+    assert confirmed <= paid
+
+
+async def _refunds_sent(pipe: Pipeline, expired: set[str]) -> bool:
+    paid, refunded = await _payments(pipe)
+    return paid & expired <= refunded
+
+
+async def test_cancel_races_payment_and_exactly_one_wins(pipeline: Pipeline) -> None:
+    stock = {"sku-p": 90, "sku-q": 90}
+    await _start(
+        pipeline,
+        stock,
+        ORDERSTREAM_PAYMENT_SUCCESS_RATE="1",
+        # About as long as the sink takes to show a reservation: cancels and payments
+        # arrive at the order agent together.
+        ORDERSTREAM_PAYMENT_DELAY_MIN_S="0",
+        ORDERSTREAM_PAYMENT_DELAY_MAX_S="0.1",
+    )
+    requests = _requests(200, list(stock))
+    order_ids = {order_id for order_id, _, _ in requests}
+    base = f"http://127.0.0.1:{pipeline.settings.http_port}"
+    answers: dict[str, int] = {}
+
+    async with aiohttp.ClientSession() as http:
+
+        async def cancel(order_id: str) -> None:
+            async with http.post(f"{base}/orders/{order_id}/cancel") as response:
+                answers[order_id] = response.status
+                body = await response.json()
+                if response.status == 202:
+                    assert body["order_id"] == order_id
+                else:
+                    assert response.status == 409, body
+                    assert "only a RESERVED order can be cancelled" in body["error"], body
+
+        async def cancel_as_reserved() -> bool:
+            # Cancel every order as soon as PostgreSQL shows it RESERVED: the payment
+            # is on its way at the same time.
+            rows = await pipeline.query("SELECT order_id FROM orders WHERE status = 'RESERVED'")
+            fresh = [row["order_id"] for row in rows if row["order_id"] not in answers]
+            await asyncio.gather(*(cancel(order_id) for order_id in fresh))
+            settled = await pipeline.count("SELECT count(*) FROM orders WHERE status <> 'RESERVED'")
+            return settled == len(order_ids)
+
+        await _publish(pipeline, requests)
+        await pipeline.wait_for("every order to settle", cancel_as_reserved, timeout=75)
+        await _wait_settled(pipeline, len(requests))
+
+        orders = await _assert_settled(
+            pipeline,
+            stock,
+            order_ids,
+            {("CONFIRMED", None), ("CANCELLED", "CANCELLED_BY_USER"), ("REJECTED", "OUT_OF_STOCK")},
+        )
+        cancelled = {row["order_id"] for row in orders if row["status"] == "CANCELLED"}
+        confirmed = {row["order_id"] for row in orders if row["status"] == "CONFIRMED"}
+        assert cancelled, "no cancel won"
+        assert confirmed, "no payment won"
+        # A cancel that won was accepted; a cancel refused came after the order moved on.
+        assert all(answers.get(order_id) == 202 for order_id in cancelled)
+        assert not {o for o, status in answers.items() if status == 409} & cancelled
+        # The money of a paid order that was cancelled goes back, and only there.
+        await pipeline.wait_for("refunds", lambda: _refunds_sent(pipeline, cancelled), 30)
+        _, refunded = await _payments(pipeline)
+        assert not refunded & confirmed
+
+        # Afterwards: a settled order is refused with its status, an unknown one is 404.
+        done = next(iter(confirmed))
+        async with http.post(f"{base}/orders/{done}/cancel") as response:
+            assert response.status == 409
+            assert (await response.json())["error"].startswith("order is CONFIRMED")
+        async with http.post(f"{base}/orders/never-placed/cancel") as response:
+            assert response.status == 404
+
+
+async def test_run_embeds_the_lifecycle_as_a_role(pipeline: Pipeline) -> None:
+    stock = {"sku-e": 20}
+    pipeline.start(
+        ORDERSTREAM_RUN_LIFECYCLE="true",
+        ORDERSTREAM_PAYMENT_SUCCESS_RATE="0.5",
+        **LIFECYCLE_ENV,
+    )
+    await pipeline.set_stock("sku-e", 20)
+    await pipeline.wait_for_stock("sku-e", 20)
+    requests = _requests(60, list(stock))
+
+    await _publish(pipeline, requests)
+
+    async def settled() -> bool:
+        return (
+            await pipeline.count("SELECT count(*) FROM orders WHERE status <> 'RESERVED'") == 60
+            and await pipeline.count("SELECT sum(reserved) FROM product_stock") == 0
+        )
+
+    await pipeline.wait_for("60 orders settled", settled, timeout=60)
+    await _assert_settled(
+        pipeline,
+        stock,
+        {order_id for order_id, _, _ in requests},
+        {("CONFIRMED", None), ("CANCELLED", "PAYMENT_FAILED"), ("REJECTED", "OUT_OF_STOCK")},
+    )
+    base = f"http://127.0.0.1:{pipeline.settings.http_port}"
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as response:
+        roles = (await response.json())["roles"]
+    assert roles["order-lifecycle"] == "running", roles
+    # SIGTERM stops the Faust app with the other roles, within the supervisor's bound.
+    started = time.monotonic()
+    process = pipeline.processes["run"]
+    pipeline.stop()
+    assert process.returncode == 0, pipeline.logs()
+    assert time.monotonic() - started < 30
