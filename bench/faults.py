@@ -31,13 +31,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from tests.integration.pipeline import REPO, Pipeline, request_json
 from tests.integration.test_replay import reset_sink_offsets, sink_caught_up, snapshot, truncate
 
-from orderstream.admin import all_topic_specs, create_topics
+from bench.orderstream_bench import drop_deployment
+from orderstream.admin import create_topics
 from orderstream.settings import Settings
 from orderstream.sink import migrate
 from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS
@@ -234,21 +233,7 @@ class Sale:
 
     async def drop(self) -> None:
         self.pipe.stop_all()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            names = {spec.name for spec in all_topic_specs(self.settings)}
-            await admin.delete_topics(sorted(names & set(await admin.list_topics())))
-        finally:
-            await admin.close()
-        async with await psycopg.AsyncConnection.connect(
-            self.settings.database_url.get_secret_value(), autocommit=True
-        ) as conn:
-            await conn.execute(
-                psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                    psycopg.sql.Identifier(self.settings.database_schema)
-                )
-            )
+        await drop_deployment(self.settings)
 
 
 # --- the faults: each runs one sale and returns its outcome -----------------------------

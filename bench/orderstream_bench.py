@@ -114,21 +114,7 @@ class Deployment:
         await self._drop()
 
     async def _drop(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            names = [spec.name for spec in all_topic_specs(self.settings)]
-            await admin.delete_topics(names)
-        finally:
-            await admin.close()
-        async with await psycopg.AsyncConnection.connect(
-            self.settings.database_url.get_secret_value(), autocommit=True
-        ) as conn:
-            await conn.execute(
-                psycopg.sql.SQL("DROP SCHEMA {} CASCADE").format(
-                    psycopg.sql.Identifier(self.settings.database_schema)
-                )
-            )
+        await drop_deployment(self.settings)
 
     async def scalar(self, sql: str) -> int:
         async with await psycopg.AsyncConnection.connect(
@@ -336,3 +322,22 @@ async def run_orderstream(
             "worker_rss_mib_end": round(rss_end, 1),
         },
     )
+
+
+async def drop_deployment(settings: Settings) -> None:
+    """Delete a deployment's topics (those that exist) and its PostgreSQL schema."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        names = {spec.name for spec in all_topic_specs(settings)}
+        await admin.delete_topics(sorted(names & set(await admin.list_topics())))
+    finally:
+        await admin.close()
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url.get_secret_value(), autocommit=True
+    ) as conn:
+        await conn.execute(
+            psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                psycopg.sql.Identifier(settings.database_schema)
+            )
+        )

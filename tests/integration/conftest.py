@@ -77,6 +77,9 @@ async def pipeline(base_settings: Settings, tmp_path: Path) -> AsyncIterator[Pip
             "worker_metrics_port": 0,
             "sink_metrics_port": 0,
             "orders_metrics_port": 0,
+            # The stock path's tests watch orders stay where the stock agent put them;
+            # the lifecycle's tests turn it on (ORDERSTREAM_RUN_LIFECYCLE=1).
+            "run_lifecycle": False,
         }
     )
     await create_topics(settings)
