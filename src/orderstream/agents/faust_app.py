@@ -24,6 +24,7 @@ from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
 from orderstream.topics import (
     DLQ_SUFFIX,
+    LINE_OUTCOMES,
     ORDER_COMMANDS,
     ORDER_EVENTS,
     PAYMENT_REQUESTS,
@@ -129,12 +130,14 @@ def build_lifecycle_app(
         value_serializer="raw",
     )
     events = raw_topic(app, settings.topic(ORDER_EVENTS))
+    lines = raw_topic(app, settings.topic(LINE_OUTCOMES))
     commands = raw_topic(app, settings.topic(ORDER_COMMANDS))
     results = raw_topic(app, settings.topic(PAYMENT_RESULTS))
     requests = raw_topic(app, settings.topic(PAYMENT_REQUESTS))
     dead_letters = {
         name: raw_topic(app, name + DLQ_SUFFIX)
         for name in (
+            lines.get_topic_name(),
             commands.get_topic_name(),
             results.get_topic_name(),
             requests.get_topic_name(),
@@ -152,16 +155,21 @@ def build_lifecycle_app(
         metrics=metrics,
         table=table,
         order_events=events,
+        line_outcomes=lines,
         order_commands=commands,
         payment_requests=requests,
         stock_commands=raw_topic(app, settings.topic(STOCK_COMMANDS)),
         dead_letters=dead_letters,
         flush=_flusher(app),
     )
-    # One agent reads the three order-keyed topics: Faust assigns partition p of all
-    # three, and of the changelog, to the same worker.
+    # One agent reads the four order-keyed topics: Faust assigns partition p of all
+    # four, and of the changelog, to the same worker.
     source = raw_topic(
-        app, events.get_topic_name(), commands.get_topic_name(), results.get_topic_name()
+        app,
+        events.get_topic_name(),
+        lines.get_topic_name(),
+        commands.get_topic_name(),
+        results.get_topic_name(),
     )
     register_order_agent(app, context, source)
     if provider is None:

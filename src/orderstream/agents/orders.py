@@ -1,10 +1,13 @@
 """The order agent: each order's state in a table, moved by ``domain.orders.next_state``.
 
-Keyed by order id, it reads three co-partitioned topics: ``order-events`` (a single-line
-order's seq-1 RESERVED event from the stock agent is its line outcome), ``order-commands``
+Keyed by order id, it reads four co-partitioned topics: ``order-events`` (a single-line
+order's seq-1 RESERVED event from the stock agent is its line outcome), ``line-outcomes``
+(the stock agent's decision of each line of an order of several), ``order-commands``
 (cancel, expire) and ``payment-results``. For each input it applies the state machine and
-does what the transition names: order events from seq 2 on, stock commits and releases,
-the payment request, a refund.
+does what the transition names: order events, stock commits and releases (per line, to
+the partition of the line's product), the payment request, a refund. A single-line
+order's first event is the stock agent's; every other event is announced here, from
+seq 1 for an order of several lines, and lists the order's items with each line's status.
 
 At least once, without losing or contradicting an effect: the new state is written
 together with its effects (the order's outbox) and flushed to the changelog before any
@@ -17,7 +20,11 @@ charges and refunds by order at the provider. Sending effects only for a state t
 durable is what keeps them consistent: a state lost in a crash never had effects, so a
 replay in another order (a cancel or an expiry arriving first) cannot contradict them.
 
-Multi-line orders are not handled here yet: their lines go to ``line-outcomes``.
+None of the four topics is written in Kafka transactions (the stock agent's producer
+is idempotent, not transactional), so Faust's read_uncommitted consumer misses nothing
+and sees nothing aborted. An order of several lines arrives whole or not at all one hop
+earlier: its lines are published in one transaction on ``order-requests``, which the
+stock agent reads read_committed.
 
 The expiry timer only scans and sends: it reads the table's local partitions and sends
 an ``expire`` command for each reservation past the TTL; the agent decides.
@@ -39,11 +46,16 @@ from faust.types import TableT
 from pydantic import BaseModel, ConfigDict
 
 from orderstream.agents.faust_io import dead_letter, delivered, send, until_delivered
-from orderstream.domain import OrderStatus, StockOperation
+from orderstream.agents.order_messages import (
+    announced_here,
+    line_outcome,
+    order_event,
+    single_line_reserved,
+)
+from orderstream.domain import StockOperation
 from orderstream.domain.orders import (
     Cancel,
     Expire,
-    LineOutcome,
     OrderInput,
     OrderState,
     PaymentResult,
@@ -55,6 +67,7 @@ from orderstream.errors import InvalidMessageError
 from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
 from orderstream.topics import (
+    LineDecision,
     Message,
     OrderCommand,
     OrderCommandKind,
@@ -110,6 +123,7 @@ class OrderAgentContext:
     metrics: LifecycleMetrics
     table: TableT[bytes, bytes]  # order id -> StoredOrder JSON
     order_events: faust.TopicT
+    line_outcomes: faust.TopicT
     order_commands: faust.TopicT
     payment_requests: faust.TopicT
     stock_commands: faust.TopicT
@@ -149,16 +163,28 @@ class _Input:
     requested_at_ms: int | None = None  # known from a line outcome only
 
 
+@dataclass(frozen=True)
+class _SourceNames:
+    """The full names of the agent's source topics that are not payment results."""
+
+    events: str
+    lines: str
+    commands: str
+
+
 def register_order_agent(app: faust.App, ctx: OrderAgentContext, source: faust.TopicT) -> None:
     """Attach the order agent and the expiry timer to ``app``."""
-    events_topic = ctx.order_events.get_topic_name()
-    commands_topic = ctx.order_commands.get_topic_name()
+    names = _SourceNames(
+        events=ctx.order_events.get_topic_name(),
+        lines=ctx.line_outcomes.get_topic_name(),
+        commands=ctx.order_commands.get_topic_name(),
+    )
 
     # concurrency=1: one actor per agent, so an order's inputs are applied one at a time.
     @app.agent(source, name="orders", concurrency=1)
     async def order_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            await _handle(ctx, event.message, events_topic, commands_topic)
+            await _handle(ctx, event.message, names)
 
     def forget_sent(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # Another worker may have moved these orders on in the meantime: each order's
@@ -172,11 +198,11 @@ def register_order_agent(app: faust.App, ctx: OrderAgentContext, source: faust.T
         await _send_expiries(ctx)
 
 
-async def _handle(ctx: OrderAgentContext, message: Any, events: str, commands: str) -> None:
+async def _handle(ctx: OrderAgentContext, message: Any, names: _SourceNames) -> None:
     """Apply one message; bad input is dead-lettered, anything else retried first."""
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            item = _decode(message, events, commands)
+            item = _decode(message, names)
             if item is not None:
                 # A retry after a broker error finds the state moved or not, and sends
                 # what it must (see the module docstring).
@@ -185,7 +211,7 @@ async def _handle(ctx: OrderAgentContext, message: Any, events: str, commands: s
                     partial(_apply, ctx, item, message),
                 )
         except InvalidMessageError as exc:
-            if message.topic == events:
+            if message.topic == names.events:
                 # The sink parks a malformed order event on the dead-letter topic already.
                 log.warning(
                     "skipping a malformed order event %s/%d@%d: %s",
@@ -224,27 +250,23 @@ async def _handle(ctx: OrderAgentContext, message: Any, events: str, commands: s
         return
 
 
-def _decode(message: Any, events: str, commands: str) -> _Input | None:
+def _decode(message: Any, names: _SourceNames) -> _Input | None:
     """Return the state machine's input in ``message``; None for what is not one."""
     now_ms = int(time.time() * 1000)
-    if message.topic == events:
-        event = decode(OrderEvent, message.value)
-        # seq 1 is the stock agent's decision; later ones are this agent's own. A
-        # rejected single-line order is final at the stock agent.
-        if event.seq != 1 or event.status is not OrderStatus.RESERVED:
-            return None
-        line = LineOutcome(
-            order_id=event.order_id,
-            user_id=event.user_id,
-            product_id=event.product_id,
-            quantity=event.quantity,
-            line_count=1,
-            reserved=True,
+    if message.topic == names.lines:
+        decision = decode(LineDecision, message.value)
+        # The last line's decision time starts the expiry clock: a redelivery gives the
+        # same state.
+        return _Input(
+            "line", line_outcome(decision), decision.decided_at_ms, decision.requested_at_ms
         )
+    if message.topic == names.events:
+        event = decode(OrderEvent, message.value)
+        line = single_line_reserved(event)
         # The reservation's own time starts the expiry clock: a redelivery, or a lagging
         # agent, gives the same state.
-        return _Input("line", line, event.decided_at_ms, event.requested_at_ms)
-    if message.topic == commands:
+        return _Input("line", line, event.decided_at_ms, event.requested_at_ms) if line else None
+    if message.topic == names.commands:
         command = decode(OrderCommand, message.value)
         if command.command is OrderCommandKind.CANCEL:
             return _Input("cancel", Cancel(command.order_id, detail=command.detail), now_ms)
@@ -295,7 +317,7 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
     ctx.mark_sent(order_id)
     ctx.metrics.order_inputs.labels(item.kind, "applied").inc()
     for event in transition.events:
-        if event.seq > 1:
+        if transition.state is not None and announced_here(transition.state, event):
             ctx.metrics.order_transitions.labels(event.status.value).inc()
         log.info(
             "order %s -> %s (seq %d) on %s at %s/%d@%d",
@@ -330,26 +352,9 @@ def _effects(
 
     now_ms = int(time.time() * 1000)
     for event in transition.events:
-        if event.seq == 1:
-            continue  # a single-line order's RESERVED: the stock agent announced it
         assert state is not None  # an event always comes with the state it leads to
-        product_id, line = next(iter(state.lines.items()))
-        add(
-            ctx.order_events,
-            order_id,
-            OrderEvent(
-                order_id=order_id,
-                seq=event.seq,
-                status=event.status,
-                reason=event.reason,
-                detail=event.detail,
-                user_id=state.user_id,
-                product_id=product_id,
-                quantity=line.quantity,
-                requested_at_ms=requested_at_ms,
-                decided_at_ms=now_ms,
-            ),
-        )
+        if announced_here(state, event):
+            add(ctx.order_events, order_id, order_event(state, event, requested_at_ms, now_ms))
     settle = [(StockOperation.RELEASE, line) for line in transition.release]
     settle += [(StockOperation.COMMIT, line) for line in transition.commit]
     for operation, (product_id, quantity) in settle:
