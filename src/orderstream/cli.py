@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("quantity", type=int)
         sub.set_defaults(handler=_stock, operation=operation)
 
+    order = command("order", _order, "place an order: its lines published in one Kafka transaction")
+    order.add_argument("order_id")
+    order.add_argument("user_id")
+    order.add_argument("items", nargs="+", metavar="PRODUCT:QUANTITY")
+
     db = command("db", _no_subcommand, "database administration")
     db_ops = db.add_subparsers(required=True, metavar="OPERATION")
     db_ops.add_parser("migrate", help="apply pending migrations").set_defaults(handler=_migrate)
@@ -139,6 +144,32 @@ def _stock(settings: Settings, args: argparse.Namespace) -> int:
         f"stock {args.operation} {args.product_id} {args.quantity}: published to "
         f"{settings.topic('stock-commands')} partition {partition} offset {offset}; "
         "the worker applies it in order with that product's requests"
+    )
+    return 0
+
+
+def _order(settings: Settings, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError as InvalidOrder
+
+    from orderstream.producer import order_lines, publish_order_lines
+
+    items = []
+    for item in args.items:
+        product_id, sep, quantity = item.rpartition(":")
+        if not sep or not product_id or not quantity.isdigit():
+            print(f"orderstream: {item!r} is not PRODUCT:QUANTITY", file=sys.stderr)
+            return 2
+        items.append((product_id, int(quantity)))
+    try:
+        lines = order_lines(args.order_id, args.user_id, items)  # checked before sending
+    except (ValueError, InvalidOrder) as exc:
+        print(f"orderstream: invalid order: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(publish_order_lines(settings, args.order_id, args.user_id, items))
+    print(
+        f"order {args.order_id}: {len(lines)} line(s) published to "
+        f"{settings.topic('order-requests')} in one transaction; "
+        f"GET /orders/{args.order_id} tells what happened"
     )
     return 0
 

@@ -106,10 +106,10 @@ class Settings(BaseSettings):
     payment_breaker_open_s: float = Field(default=10.0, gt=0)
     # Where `orderstream orders` serves its /metrics (0: not served).
     orders_metrics_port: int = Field(default=9103, ge=0, le=65535)
-    # Whether `orderstream run` runs the order lifecycle beside its other roles. Off until
-    # the suites that expect orders to stay RESERVED under `run` start `orderstream
-    # orders` themselves; `orderstream orders` runs it in a process of its own.
-    run_lifecycle: bool = False
+    # Whether `orderstream run` runs the order lifecycle (payment, expiry, cancel) beside
+    # its other roles; `orderstream orders` runs it in a process of its own. Off for a
+    # deployment that runs the lifecycle apart, or the stock path alone (its tests).
+    run_lifecycle: bool = True
 
     def topic(self, name: str) -> str:
         """Return the full name of a topic, with this deployment's prefix."""
