@@ -179,6 +179,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from orderstream.metrics import SinkMetrics
     from orderstream.services import SINK, STATUS_SERVICE, SinkService, StatusService
 
+    _tracing("orderstream")
     registry = CollectorRegistry()
     roles = RoleRegistry()
     sink_metrics = SinkMetrics.register(registry)  # once: every sink attempt counts here
@@ -195,6 +196,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    _tracing("orderstream-worker")
     registry = CollectorRegistry()
     return _run_worker(
         settings, registry, others=_metrics_server(settings, settings.worker_metrics_port, registry)
@@ -225,6 +227,7 @@ def _sink(settings: Settings, args: argparse.Namespace) -> int:
     from orderstream.metrics import SinkMetrics
     from orderstream.services import SINK, SinkService
 
+    _tracing("orderstream-sink")
     registry = CollectorRegistry()
     metrics = SinkMetrics.register(registry)
     return _run_services(
@@ -255,6 +258,7 @@ def _orders(settings: Settings, args: argparse.Namespace) -> int:
     from orderstream.admin import await_topics
 
     asyncio.run(await_topics(settings))  # as the worker: no silently auto-created topic
+    _tracing("orderstream-orders")
     registry = CollectorRegistry()
     return _run_services(
         settings,
@@ -278,9 +282,17 @@ def _lifecycle(settings: Settings, registry: CollectorRegistry) -> dict[str, Rol
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from orderstream.services import STATUS_SERVICE, StatusService
 
+    _tracing("orderstream-status")
     registry = CollectorRegistry()
     # Alone, the service has no other roles to report: /readyz shows its own checks.
     return _run_services(settings, {STATUS_SERVICE: lambda: StatusService(settings, registry)})
+
+
+def _tracing(service_name: str) -> None:
+    """Set up tracing for this process as the OTEL_ variables say (off by default)."""
+    from orderstream.tracing import setup_tracing
+
+    setup_tracing(service_name)
 
 
 def _run_services(

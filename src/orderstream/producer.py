@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from orderstream import tracing
 from orderstream.domain import StockOperation
 from orderstream.settings import Settings
 from orderstream.topics import (
@@ -117,6 +118,8 @@ class OrderLinesPublisher:
                             topic,
                             key=line.product_id.encode(),
                             value=line.model_dump_json().encode(),
+                            # The caller's trace (the HTTP intake's span), if any.
+                            headers=tracing.inject(),
                         )
                         for line in lines
                     ]

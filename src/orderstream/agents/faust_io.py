@@ -11,7 +11,10 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
+from orderstream import tracing
+from orderstream.logs import record_context
 from orderstream.topics import dead_letter_headers
+from orderstream.tracing import Headers
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,11 @@ def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
     return app.topic(*names, key_serializer="raw", value_serializer="raw")
 
 
-async def send(topic: faust.TopicT, key: str, value: bytes) -> Awaitable[Any]:
+async def send(
+    topic: faust.TopicT, key: str, value: bytes, headers: Headers | None = None
+) -> Awaitable[Any]:
     """Send ``value`` keyed by ``key``; return the future of its delivery."""
-    sent: Awaitable[Any] = await topic.send(key=key.encode(), value=value)
+    sent: Awaitable[Any] = await topic.send(key=key.encode(), value=value, headers=headers)
     return sent
 
 
@@ -45,9 +50,15 @@ async def delivered(sends: list[Awaitable[Any]]) -> None:
 async def dead_letter(dead_letters: Mapping[str, faust.TopicT], message: Any, reason: str) -> None:
     """Park ``message`` (a Faust message) on its topic's dead-letter topic, with the reason."""
     log.warning(
-        "dead letter from %s/%d@%d: %s", message.topic, message.partition, message.offset, reason
+        "dead letter from %s/%d@%d: %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        reason,
+        extra=record_context(message.topic, message.partition, message.offset),
     )
     headers = dead_letter_headers(message.topic, message.partition, message.offset, reason)
+    headers = tracing.inject(headers) or headers  # the trace it failed in, if any
     sent = await dead_letters[message.topic].send(
         key=message.key, value=message.value, headers=headers
     )

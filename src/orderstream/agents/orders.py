@@ -45,6 +45,7 @@ import faust
 from faust.types import TableT
 from pydantic import BaseModel, ConfigDict
 
+from orderstream import tracing
 from orderstream.agents.faust_io import dead_letter, delivered, send, until_delivered
 from orderstream.agents.order_messages import (
     announced_here,
@@ -64,6 +65,7 @@ from orderstream.domain.orders import (
     next_state,
 )
 from orderstream.errors import InvalidMessageError
+from orderstream.logs import record_context
 from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
 from orderstream.topics import (
@@ -100,6 +102,9 @@ class Outgoing(BaseModel):
     topic: str  # the full name, with the deployment's prefix
     key: str
     value: str  # JSON
+    # The trace context of the transition (traceparent, tracestate), kept with the
+    # outbox so that a record sent again after a crash continues the same trace.
+    trace: dict[str, str] | None = None
 
 
 class StoredOrder(BaseModel):
@@ -164,7 +169,7 @@ class _Input:
 
 
 @dataclass(frozen=True)
-class _SourceNames:
+class SourceNames:
     """The full names of the agent's source topics that are not payment results."""
 
     events: str
@@ -174,7 +179,7 @@ class _SourceNames:
 
 def register_order_agent(app: faust.App, ctx: OrderAgentContext, source: faust.TopicT) -> None:
     """Attach the order agent and the expiry timer to ``app``."""
-    names = _SourceNames(
+    names = SourceNames(
         events=ctx.order_events.get_topic_name(),
         lines=ctx.line_outcomes.get_topic_name(),
         commands=ctx.order_commands.get_topic_name(),
@@ -184,7 +189,7 @@ def register_order_agent(app: faust.App, ctx: OrderAgentContext, source: faust.T
     @app.agent(source, name="orders", concurrency=1)
     async def order_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            await _handle(ctx, event.message, names)
+            await handle_traced(ctx, event.message, names)
 
     def forget_sent(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # Another worker may have moved these orders on in the meantime: each order's
@@ -198,7 +203,15 @@ def register_order_agent(app: faust.App, ctx: OrderAgentContext, source: faust.T
         await _send_expiries(ctx)
 
 
-async def _handle(ctx: OrderAgentContext, message: Any, names: _SourceNames) -> None:
+async def handle_traced(ctx: OrderAgentContext, message: Any, names: SourceNames) -> None:
+    """Apply one message in a span continuing the trace in its headers."""
+    with tracing.consumer_span(
+        tracing.ORDER_SPAN, message.headers, message.topic, message.partition, message.offset
+    ):
+        await _handle(ctx, message, names)
+
+
+async def _handle(ctx: OrderAgentContext, message: Any, names: SourceNames) -> None:
     """Apply one message; bad input is dead-lettered, anything else retried first."""
     for attempt in range(1, _ATTEMPTS + 1):
         try:
@@ -219,6 +232,7 @@ async def _handle(ctx: OrderAgentContext, message: Any, names: _SourceNames) -> 
                     message.partition,
                     message.offset,
                     exc.reason,
+                    extra=record_context(message.topic, message.partition, message.offset),
                 )
                 return
             ctx.metrics.order_dead_letters.labels(message.topic).inc()
@@ -234,6 +248,7 @@ async def _handle(ctx: OrderAgentContext, message: Any, names: _SourceNames) -> 
                     message.partition,
                     message.offset,
                     exc,
+                    extra=record_context(message.topic, message.partition, message.offset),
                 )
                 await asyncio.sleep(_BACKOFF_S * 2 ** (attempt - 1))
                 continue
@@ -244,13 +259,14 @@ async def _handle(ctx: OrderAgentContext, message: Any, names: _SourceNames) -> 
                 message.partition,
                 message.offset,
                 attempt,
+                extra=record_context(message.topic, message.partition, message.offset),
             )
             ctx.metrics.order_dead_letters.labels(message.topic).inc()
             await dead_letter(ctx.dead_letters, message, f"internal error: {exc!r}")
         return
 
 
-def _decode(message: Any, names: _SourceNames) -> _Input | None:
+def _decode(message: Any, names: SourceNames) -> _Input | None:
     """Return the state machine's input in ``message``; None for what is not one."""
     now_ms = int(time.time() * 1000)
     if message.topic == names.lines:
@@ -283,7 +299,14 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
     stored = StoredOrder.model_validate_json(raw) if raw is not None else None
     if stored is not None and stored.outbox and order_id not in ctx.sent:
         # Written before a crash, perhaps never sent: send again (idempotent).
-        log.debug("order %s: sending its outbox again (%d records)", order_id, len(stored.outbox))
+        log.debug(
+            "order %s: sending its outbox again (%d records)",
+            order_id,
+            len(stored.outbox),
+            extra=record_context(
+                message.topic, message.partition, message.offset, order_id=order_id
+            ),
+        )
         await _send(ctx, stored.outbox)
         ctx.mark_sent(order_id)
     state = stored.state if stored is not None else None
@@ -298,6 +321,9 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
             message.topic,
             message.partition,
             message.offset,
+            extra=record_context(
+                message.topic, message.partition, message.offset, order_id=order_id
+            ),
         )
         return
     requested_at_ms = stored.requested_at_ms if stored is not None else item.requested_at_ms
@@ -328,13 +354,19 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
             message.topic,
             message.partition,
             message.offset,
+            extra=record_context(
+                message.topic, message.partition, message.offset, order_id=order_id
+            ),
         )
 
 
 async def _send(ctx: OrderAgentContext, outbox: tuple[Outgoing, ...]) -> None:
     """Send an outbox and wait until the broker acknowledged all of it."""
     topics = ctx.topics()
-    sends = [await send(topics[out.topic], out.key, out.value.encode()) for out in outbox]
+    sends = [
+        await send(topics[out.topic], out.key, out.value.encode(), tracing.as_headers(out.trace))
+        for out in outbox
+    ]
     await delivered(sends)
 
 
@@ -345,9 +377,13 @@ def _effects(
     state = transition.state
     outbox: list[Outgoing] = []
 
+    trace = tracing.carrier()  # the order agent's span, current while it applies the input
+
     def add(topic: faust.TopicT, key: str, value: Message) -> None:
         outbox.append(
-            Outgoing(topic=topic.get_topic_name(), key=key, value=value.model_dump_json())
+            Outgoing(
+                topic=topic.get_topic_name(), key=key, value=value.model_dump_json(), trace=trace
+            )
         )
 
     now_ms = int(time.time() * 1000)

@@ -18,11 +18,13 @@ from typing import Any, TypeVar
 
 import faust
 
+from orderstream import tracing
 from orderstream.agents.faust_io import dead_letter, delivered, send, until_delivered
 from orderstream.agents.provider import PaymentProvider, ProviderError
 from orderstream.agents.resilience import BreakerState, CircuitBreaker, RetryPolicy
 from orderstream.domain import RejectReason
 from orderstream.errors import InvalidMessageError, OrderstreamError
+from orderstream.logs import record_context
 from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
 from orderstream.topics import PaymentAction, PaymentOutcome, PaymentRequest, decode
@@ -159,7 +161,21 @@ def register_payment_agent(
     @app.agent(requests, name="payment", concurrency=settings.payment_concurrency)
     async def payment_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            await _handle(event.message, results, dead_letters, client, metrics)
+            await handle_traced(event.message, results, dead_letters, client, metrics)
+
+
+async def handle_traced(
+    message: Any,
+    results: faust.TopicT,
+    dead_letters: Mapping[str, faust.TopicT],
+    client: PaymentClient,
+    metrics: LifecycleMetrics,
+) -> None:
+    """Answer one payment request in a span continuing the trace in its headers."""
+    with tracing.consumer_span(
+        tracing.PAYMENT_SPAN, message.headers, message.topic, message.partition, message.offset
+    ):
+        await _handle(message, results, dead_letters, client, metrics)
 
 
 async def _handle(
@@ -176,6 +192,12 @@ async def _handle(
         await dead_letter(dead_letters, message, exc.reason)
         return
     started = time.monotonic()
+    tracing.set_attributes(
+        {
+            "orderstream.order_id": request.order_id,
+            "orderstream.payment.action": request.action.value,
+        }
+    )
     if request.action is PaymentAction.REFUND:
         try:
             await client.refund(request.order_id)
@@ -190,13 +212,19 @@ async def _handle(
             )
             return
         metrics.payments.labels("refund", "refunded").inc()
-        log.info("refunded order %s (%s/%d@%d)", request.order_id, *_where(message))
+        log.info(
+            "refunded order %s (%s/%d@%d)",
+            request.order_id,
+            *_where(message),
+            extra=record_context(*_where(message), order_id=request.order_id),
+        )
         return
     outcome = await client.charge(request.order_id, request.amount)
     value = outcome.model_dump_json().encode()
 
     async def answer() -> None:
-        await delivered([await send(results, request.order_id, value)])
+        # The answer continues the order's trace (this agent's span is current).
+        await delivered([await send(results, request.order_id, value, tracing.inject())])
 
     # The charge is made: its answer must reach the order agent (a retried charge would
     # get the same answer from the provider, but only after a redelivery).
@@ -206,7 +234,13 @@ async def _handle(
         label = "unavailable"
     metrics.payments.labels("charge", label).inc()
     metrics.payment_seconds.observe(time.monotonic() - started)
-    log.debug("order %s: %s (%s/%d@%d)", request.order_id, label, *_where(message))
+    log.debug(
+        "order %s: %s (%s/%d@%d)",
+        request.order_id,
+        label,
+        *_where(message),
+        extra=record_context(*_where(message), order_id=request.order_id),
+    )
 
 
 def _where(message: Any) -> tuple[str, int, int]:

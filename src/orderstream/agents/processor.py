@@ -19,9 +19,11 @@ of that order for a reason no one announced.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from orderstream import tracing
 from orderstream.domain import (
     LineRequest,
     SettleOutcome,
@@ -34,6 +36,7 @@ from orderstream.domain import (
     stock_command,
 )
 from orderstream.errors import InvalidMessageError
+from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
 from orderstream.tables import Hold, hold_key
@@ -76,6 +79,7 @@ class SourceRecord:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]] = ()  # the trace context, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,29 @@ class StockProcessor:
 
     def process(self, record: SourceRecord, state: PartitionView, now_ms: int) -> Effects:
         """Return the effects of ``record``; a record that cannot succeed is dead-lettered."""
+        if tracing.ENABLED:
+            return self._traced(record, state, now_ms)
+        return self._process(record, state, now_ms)
+
+    def _traced(self, record: SourceRecord, state: PartitionView, now_ms: int) -> Effects:
+        """Process ``record`` in a span of its trace; its outputs carry the span on."""
+        decides = record.topic == self._requests
+        name = tracing.STOCK_DECIDE_SPAN if decides else tracing.STOCK_COMMAND_SPAN
+        with tracing.consumer_span(
+            name, record.headers, record.topic, record.partition, record.offset
+        ) as span:
+            effects = self._process(record, state, now_ms)
+            traced = tracing.inject()
+            if any(output.topic.endswith(DLQ_SUFFIX) for output in effects.outputs):
+                tracing.set_error(span, "dead-lettered")
+        if traced is not None:
+            effects.outputs = [
+                replace(output, headers=[*(output.headers or ()), *traced])
+                for output in effects.outputs
+            ]
+        return effects
+
+    def _process(self, record: SourceRecord, state: PartitionView, now_ms: int) -> Effects:
         effects = Effects()
         try:
             if record.topic == self._requests:
@@ -139,7 +166,11 @@ class StockProcessor:
             # Deciding is pure and in memory: a failure here is a bug that a retry would
             # repeat. Park the record with the reason; the partition goes on.
             log.exception(
-                "internal error on %s/%d@%d", record.topic, record.partition, record.offset
+                "internal error on %s/%d@%d",
+                record.topic,
+                record.partition,
+                record.offset,
+                extra=record_context(record.topic, record.partition, record.offset),
             )
             return self.dead_letter(record, f"internal error: {exc!r}")
         return effects
@@ -147,7 +178,12 @@ class StockProcessor:
     def dead_letter(self, record: SourceRecord, reason: str) -> Effects:
         """Return the effects of parking ``record`` on its topic's dead-letter topic."""
         log.warning(
-            "dead letter from %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
+            "dead letter from %s/%d@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            extra=record_context(record.topic, record.partition, record.offset),
         )
         self._metrics.dead_letters.labels(record.topic).inc()
         headers = dead_letter_headers(record.topic, record.partition, record.offset, reason)
@@ -169,6 +205,13 @@ class StockProcessor:
         self, record: SourceRecord, state: PartitionView, now_ms: int, effects: Effects
     ) -> None:
         request = decode(OrderRequest, record.value)
+        if tracing.ENABLED:
+            tracing.set_attributes(
+                {
+                    "orderstream.order_id": request.order_id,
+                    "orderstream.product_id": request.product_id,
+                }
+            )
         if record.timestamp_ms < now_ms - self._window_ms:
             # Its hold may already be gone: deciding it could decide an order twice.
             # Checked before forwarding too, wherever the record landed.
@@ -244,6 +287,13 @@ class StockProcessor:
             record.offset,
             level.available if level is not None else 0,
             event.quantity if isinstance(event, StockSet) else f"+{event.quantity}",
+            extra=record_context(
+                record.topic,
+                record.partition,
+                record.offset,
+                order_id=command.order_id,
+                product_id=command.product_id,
+            ),
         )
 
     def _settle(
@@ -283,6 +333,13 @@ class StockProcessor:
             record.offset,
             outcome.value,
             line.value if line is not None else "unknown here",
+            extra=record_context(
+                record.topic,
+                record.partition,
+                record.offset,
+                order_id=order_id,
+                product_id=command.product_id,
+            ),
         )
         if hold is None or event is None:
             return
@@ -307,6 +364,9 @@ class StockProcessor:
             record.topic,
             record.partition,
             record.offset,
+            extra=record_context(
+                record.topic, record.partition, record.offset, product_id=product_id
+            ),
         )
         # With the original timestamp: the owner judges its age as this partition would.
         effects.outputs.append(

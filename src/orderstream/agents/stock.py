@@ -39,6 +39,7 @@ from mode import Service
 from orderstream.agents.outbox import Outbox
 from orderstream.agents.processor import SourceRecord, StockProcessor
 from orderstream.agents.store import Append, PartitionStore, RestoreReport
+from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
 from orderstream.tables import stock_changelog
@@ -230,13 +231,17 @@ class StockAgent(Service):
                     # Ours, but its restore has not finished: read these again later.
                     self._consumer.seek(tp, records[0].offset)
                 else:
-                    log.info("records of %s arrived after it was revoked; not deciding", tp)
+                    log.info(
+                        "records of %s arrived after it was revoked; not deciding",
+                        tp,
+                        extra=record_context(tp.topic, tp.partition, records[0].offset),
+                    )
                 continue
             append = self._appender(batch, tp.partition)
             for record in records:
                 source = SourceRecord(
                     tp.topic, tp.partition, record.offset, record.timestamp, record.key,
-                    record.value,
+                    record.value, record.headers,
                 )  # fmt: skip
                 effects = self._processor.process(source, store, now_ms)
                 try:
@@ -249,7 +254,12 @@ class StockAgent(Service):
                 except ValueError as exc:
                     # An event the stock cannot take (a bug, never input): park the
                     # record rather than stop the partition or oversell.
-                    log.exception("cannot apply %s@%d", tp, record.offset)
+                    log.exception(
+                        "cannot apply %s@%d",
+                        tp,
+                        record.offset,
+                        extra=record_context(tp.topic, tp.partition, record.offset),
+                    )
                     effects = self._processor.dead_letter(source, f"internal error: {exc!r}")
                 for output in effects.outputs:
                     batch.outputs.add(

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from orderstream import tracing
 from orderstream.http.encoding import error, model_response
 from orderstream.http.keys import KAFKA, SETTINGS
 from orderstream.http.schemas import OrderPublished
@@ -78,6 +80,21 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def post_order(request: web.Request) -> web.Response:
     """Validate an order request and publish it; 202 with where to ask for its status."""
+    attributes = {"http.request.method": "POST", "http.route": "/orders"}
+    # The published lines carry this span's context: the order's trace starts here.
+    with tracing.server_span(tracing.INTAKE_SPAN, request.headers, attributes) as span:
+        try:
+            response = await _publish_order(request)
+        except web.HTTPException as exc:
+            span.set_attribute("http.response.status_code", exc.status)
+            if exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+                tracing.set_error(span, exc.reason)
+            raise
+        span.set_attribute("http.response.status_code", response.status)
+        return response
+
+
+async def _publish_order(request: web.Request) -> web.Response:
     body = await _json_object(request)
     key = header_id(request, "Idempotency-Key")
     if key is not None and body.setdefault("order_id", key) != key:
@@ -94,6 +111,7 @@ async def post_order(request: web.Request) -> web.Response:
                 settings.topic(ORDER_REQUESTS),
                 key=lines[0].product_id.encode(),
                 value=lines[0].model_dump_json().encode(),
+                headers=tracing.inject(),
             )
         else:
             await request.app[LINES_PUBLISHER].publish(lines)

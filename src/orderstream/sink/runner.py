@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from typing import TypeAlias
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from orderstream import tracing
 from orderstream.errors import InvalidMessageError
+from orderstream.logs import record_context
 from orderstream.metrics import SinkMetrics
 from orderstream.settings import Settings
 from orderstream.sink.base import (
@@ -80,6 +83,25 @@ def _batch_of(items: Iterable[_Decoded]) -> SinkBatch:
         if item.stock is not None:
             batch.stock_changes.append(item.stock)
     return batch
+
+
+def _trace_batch(
+    records: Sequence[Record], dead: Sequence[tuple[Record, str, str]], started_ns: int
+) -> None:
+    """Record the written batch's span, and one in the trace of each record that has one."""
+    failed = {id(record): reason for record, reason, _ in dead}
+    tracing.record_batch(
+        (
+            (
+                record.headers,
+                tracing.kafka_attributes(record.topic, record.partition, record.offset),
+                failed.get(id(record)),
+            )
+            for record in records
+        ),
+        started_ns,
+        {"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
+    )
 
 
 def _next_offsets(records: Iterable[Record]) -> dict[TopicPartition, int]:
@@ -167,6 +189,7 @@ class SinkRunner:
             self._finished.set()
 
     async def _process(self, records: list[Record]) -> None:
+        started_ns = time.time_ns()
         decoded: list[_Decoded] = []
         dead: list[tuple[Record, str, str]] = []
         for record in records:
@@ -190,6 +213,8 @@ class SinkRunner:
         written = Counter(item.record.topic for item in decoded if id(item) not in refused_items)
         for topic, count in written.items():
             self._metrics.records.labels(topic).inc(count)
+        if tracing.ENABLED:
+            _trace_batch(records, dead, started_ns)
         await self._commit(records)
 
     def _decode(self, record: Record) -> _Decoded:
@@ -214,7 +239,12 @@ class SinkRunner:
 
     async def _dead_letter(self, record: Record, reason: str, cause: str) -> None:
         log.warning(
-            "dead letter from %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
+            "dead letter from %s/%d@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            extra=record_context(record.topic, record.partition, record.offset),
         )
 
         async def send() -> None:
