@@ -7,6 +7,12 @@ agents, and the seek that follows races their read offsets: in the lifecycle's k
 test the order agent lost a few order events this way after a restart (offsets 5-7 of a
 partition never processed, 2-4 and 8 on). The same race is described in faust-streaming
 issues #216 and #596. Here the seek is done while the partitions are still paused.
+
+A partition the group never committed on is not moved by that seek, and records fetched
+into it during recovery were drained and dropped: it is rewound to its beginning (what
+``auto_offset_reset="earliest"`` means; replaying is safe, every effect is idempotent).
+Found by tests/integration/test_lifecycle_store.py: after a plain restart, orders
+published during recovery on such partitions stayed RESERVED.
 """
 
 from __future__ import annotations
@@ -53,6 +59,12 @@ class SeekFirstRecovery(Recovery):
             # Still paused: nothing is fetched from them until the seek is done.
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+            # perform_seek leaves the read offset of a partition with no commit at None.
+            read_offsets = consumer._read_offset
+            for tp in assignment:
+                if not self._is_changelog_tp(tp) and read_offsets.get(tp) is None:
+                    self.log.info("Seek %s (nothing committed) to its beginning.", tp)
+                    await self._wait(consumer.seek(tp, 0), timeout=app.conf.broker_request_timeout)
         consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
         self.completed.set()
         app.flow_control.resume()
