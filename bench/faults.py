@@ -10,7 +10,9 @@ orders missing, duplicated = extra rows or events), no product oversold or out o
 balance (available + reserved + sold = stock put in, none negative, reserved = the
 RESERVED orders' quantity). "Seconds to recover" is from the fault (or its end: the
 broker back, PostgreSQL back) to the decision of a probe request published then on
-every product's partition, or for PostgreSQL to the sink having written everything.
+every product's partition, or for PostgreSQL to the sink having written everything;
+for "SIGTERM with the broker down" it is the seconds the worker and the sink take to exit
+(the slower of the two) on SIGTERM while the broker is down, a problem from 30 s.
 
 The broker and PostgreSQL faults stop the stack's servers (scripts/stack.sh kafka-kill,
 pg-stop): run it where nothing else uses the stack.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -333,6 +336,47 @@ async def replay(sale: Sale, outcome: Outcome) -> None:
         outcome.problems.append("replayed tables differ from the originals")
 
 
+# A role asked to stop must exit within this, even when the broker is gone.
+EXIT_BOUND_S = 30.0
+
+
+async def terminate(sale: Sale, role: str, outcome: Outcome) -> float:
+    """SIGTERM ``role``; return the seconds it took to exit (kill -9 after twice the bound)."""
+    process = sale.pipe.processes.pop(role)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(process.wait, 2 * EXIT_BOUND_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    took = time.monotonic() - started
+    if process.returncode == -signal.SIGKILL:
+        outcome.problems.append(f"{role} did not exit within {took:.0f} s of SIGTERM")
+    elif took >= EXIT_BOUND_S:
+        outcome.problems.append(f"{role} took {took:.1f} s to exit on SIGTERM")
+    log(f"{role}: exited {process.returncode} {took:.1f} s after SIGTERM, the broker down")
+    return took
+
+
+async def sigterm_broker_down(sale: Sale, outcome: Outcome) -> None:
+    """Stop the worker and the sink while the broker is down; a new pair sells after it."""
+    sale.start("worker")
+    sale.start("sink")
+    await sale.ready()
+    stack("kafka-kill")
+    try:
+        took = await asyncio.gather(
+            terminate(sale, "worker", outcome), terminate(sale, "sink", outcome)
+        )
+    finally:
+        stack("kafka-up")
+    outcome.recover_s = max(took)
+    sale.start("worker")
+    sale.start("sink")
+    await sale.publish()
+
+
 FAULTS: dict[str, Callable[[Sale, Outcome], Awaitable[None]]] = {
     "worker kill -9, restart": worker_kill,
     "1 -> 2 workers, one killed": scale_out_and_fail,
@@ -340,6 +384,7 @@ FAULTS: dict[str, Callable[[Sale, Outcome], Awaitable[None]]] = {
     "PostgreSQL stopped 30 s": postgres_stop,
     "duplicates x3 + 1 % hostile": duplicates_and_hostile,
     "replay onto emptied tables": replay,
+    "SIGTERM with the broker down": sigterm_broker_down,
 }
 
 
