@@ -1,13 +1,20 @@
 """Prometheus metrics, registered against an injected registry.
 
-Labels stay bounded: outcomes, reasons and topics, never a user, order or product id.
+Labels stay bounded: outcomes, reasons, topics and groups, never a user or order id. A
+product id labels only the stock gauges, whose label set is replaced on every update by
+at most ten products (agents/stock.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from orderstream.domain import StockLevel
 
 # Decision latency: from the request's Kafka timestamp to the decision, in seconds.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -25,6 +32,10 @@ class WorkerMetrics:
     dead_letters: Counter
     stock_commands: Counter
     expired_holds: Counter
+    consumer_lag: Gauge
+    stock_available: Gauge
+    stock_reserved: Gauge
+    stock_sold: Gauge
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -71,7 +82,42 @@ class WorkerMetrics:
                 "Final holds dropped after the dedup window (tombstoned in the changelog).",
                 registry=registry,
             ),
+            consumer_lag=Gauge(
+                "orderstream_consumer_lag_messages",
+                "Messages on a consumer group's partitions not yet consumed, by group; each"
+                " worker reports the partitions it owns.",
+                ["group"],
+                registry=registry,
+            ),
+            stock_available=Gauge(
+                "orderstream_stock_available",
+                "Units available of the busiest products (stock changed in the most batches"
+                " of the last few seconds).",
+                ["product"],
+                registry=registry,
+            ),
+            stock_reserved=Gauge(
+                "orderstream_stock_reserved",
+                "Units reserved, not yet paid or released, of the busiest products.",
+                ["product"],
+                registry=registry,
+            ),
+            stock_sold=Gauge(
+                "orderstream_stock_sold",
+                "Units sold of the busiest products.",
+                ["product"],
+                registry=registry,
+            ),
         )
+
+    def show_stock(self, levels: Mapping[str, StockLevel]) -> None:
+        """Make the stock gauges show ``levels``, and no other product."""
+        for gauge in (self.stock_available, self.stock_reserved, self.stock_sold):
+            gauge.clear()
+        for product_id, level in levels.items():
+            self.stock_available.labels(product_id).set(level.available)
+            self.stock_reserved.labels(product_id).set(level.reserved)
+            self.stock_sold.labels(product_id).set(level.sold)
 
 
 @dataclass(frozen=True)

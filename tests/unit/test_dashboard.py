@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from orderstream.metrics import SinkMetrics, WorkerMetrics
+from orderstream.metrics import LifecycleMetrics, SinkMetrics, WorkerMetrics
 from orderstream.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -22,8 +22,9 @@ _SUFFIXES = {
     "histogram": ("_bucket", "_sum", "_count", "_created"),
     "summary": ("", "_sum", "_count", "_created"),
 }
-# What the operators asked to see: decisions by outcome, latency, lag, batch size, dead
-# letters of both roles, expired holds, stock commands.
+# What the operators asked to see: decisions by outcome, latency, lag of each group, batch
+# size, dead letters of both roles, expired holds, stock commands, the stock of the hottest
+# products, payment outcomes and the provider's circuit breaker.
 REQUIRED = {
     "orderstream_decisions_total",
     "orderstream_decision_latency_seconds_bucket",
@@ -33,14 +34,22 @@ REQUIRED = {
     "orderstream_sink_dead_letters_total",
     "orderstream_expired_holds_total",
     "orderstream_stock_commands_total",
+    "orderstream_consumer_lag_messages",
+    "orderstream_stock_available",
+    "orderstream_stock_reserved",
+    "orderstream_stock_sold",
+    "orderstream_payments_total",
+    "orderstream_payment_provider_calls_total",
+    "orderstream_payment_breaker_open",
 }
 
 
 def registered_names() -> set[str]:
-    """Return every sample name the worker's and the sink's metrics can expose."""
+    """Return every sample name the worker's, the sink's and the lifecycle's metrics can expose."""
     registry = CollectorRegistry()
     WorkerMetrics.register(registry)
     SinkMetrics.register(registry)
+    LifecycleMetrics.register(registry)
     # Labelled metrics expose no sample before their first use: names come from the type.
     return {
         family.name + suffix for family in registry.collect() for suffix in _SUFFIXES[family.type]
@@ -120,5 +129,9 @@ def test_prometheus_scrapes_the_default_metrics_ports() -> None:
     config = (DEPLOY / "prometheus.yml").read_text()
     ports = {int(port) for port in re.findall(r"^\s*port:\s*(\d+)", config, re.MULTILINE)}
     fields = Settings.model_fields
-    assert ports == {fields["worker_metrics_port"].default, fields["sink_metrics_port"].default}
+    assert ports == {
+        fields["worker_metrics_port"].default,
+        fields["sink_metrics_port"].default,
+        fields["orders_metrics_port"].default,
+    }
     assert f'"status:{fields["http_port"].default}"' in config

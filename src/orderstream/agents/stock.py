@@ -24,6 +24,7 @@ can leave out of step. Deciding a batch at a time costs ~50 us per request in al
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import Iterable
@@ -33,12 +34,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from mode import Service
 
 from orderstream.agents.outbox import Outbox
 from orderstream.agents.processor import SourceRecord, StockProcessor
 from orderstream.agents.store import Append, PartitionStore, RestoreReport
+from orderstream.domain import StockLevel
 from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
@@ -61,6 +63,14 @@ _EXPIRE_SCAN = 20_000
 # Restore reads the changelog in large fetches: it is the only thing a restoring
 # partition waits for.
 _RESTORE_FETCH_BYTES = 16 * 1024**2
+# The group's lag is measured from what the fetches told, at most this often.
+_LAG_EVERY_S = 1.0
+# The stock gauges name products: only the busiest few, chosen anew at every update and
+# the gauges cleared before they are set, so that a sale of a million products exports
+# at most _BUSIEST series per gauge and worker. Busiest: the stock changed in the most
+# batches since the last update, which costs a dict update per product and batch.
+_STOCK_GAUGES_EVERY_S = 5.0
+_BUSIEST = 10
 
 
 @dataclass
@@ -95,6 +105,11 @@ class StockAgent(Service):
         self._unacked: list[tuple[list[asyncio.Future[Any]], dict[TopicPartition, int]]] = []
         self._acked: dict[TopicPartition, int] = {}
         self._next_expiry = 0.0
+        self._lag = metrics.consumer_lag.labels(settings.app_id)
+        self._next_lag = 0.0
+        self._busy: dict[str, int] = {}  # product -> batches that changed it, this interval
+        self._busiest: list[str] = []
+        self._next_stock_gauges = 0.0
         self._producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
         self._reader: AIOKafkaConsumer
@@ -171,7 +186,12 @@ class StockAgent(Service):
             fetched = await self._consumer.getmany(
                 timeout_ms=100, max_records=self._settings.batch_max_records
             )
-            expire = time.monotonic() >= self._next_expiry
+            now = time.monotonic()
+            if now >= self._next_lag:
+                await self._measure_lag(now)
+            if now >= self._next_stock_gauges:
+                self._show_busiest_stock(now)
+            expire = now >= self._next_expiry
             if not fetched and not expire:
                 continue
             async with self._deciding:
@@ -272,6 +292,7 @@ class StockAgent(Service):
                     )
             batch.offsets[tp] = records[-1].offset + 1
             for product_id, level in store.snapshot_changed(append):
+                self._busy[product_id] = self._busy.get(product_id, 0) + 1
                 change = StockChange.of(product_id, level, now_ms)
                 batch.outputs.add(
                     self._stock_changes, product_id.encode(), change.model_dump_json().encode()
@@ -286,6 +307,39 @@ class StockAgent(Service):
             if dropped:
                 self._metrics.expired_holds.inc(dropped)
                 log.info("partition %d: %d holds left the dedup window", partition, dropped)
+
+    async def _measure_lag(self, now: float) -> None:
+        """Export the group's lag on the partitions this worker owns."""
+        self._next_lag = now + _LAG_EVERY_S
+        lag = 0
+        # Read before the first await: a rebalance may revoke partitions meanwhile.
+        highwaters = {tp: self._consumer.highwater(tp) for tp in self._consumer.assignment()}
+        for tp, highwater in highwaters.items():
+            if highwater is None:
+                continue  # not fetched yet
+            try:
+                # After a fetch the position is known locally: no round trip here (one,
+                # should an out-of-range offset be being reset).
+                position = await self._consumer.position(tp)
+            except IllegalStateError:
+                continue  # revoked meanwhile
+            lag += max(0, highwater - position)
+        self._lag.set(lag)
+
+    def _show_busiest_stock(self, now: float) -> None:
+        """Set the stock gauges to the busiest products since the last call."""
+        self._next_stock_gauges = now + _STOCK_GAUGES_EVERY_S
+        if self._busy:  # when idle, the last products shown stay
+            self._busiest = heapq.nlargest(_BUSIEST, self._busy, key=self._busy.__getitem__)
+            self._busy.clear()
+        levels: dict[str, StockLevel] = {}
+        for product_id in self._busiest:
+            for store in self._stores.values():  # gone with its partition once revoked
+                level = store.level(product_id)
+                if level is not None:
+                    levels[product_id] = level
+                    break
+        self._metrics.show_stock(levels)
 
     def _appender(self, batch: Batch, partition: int) -> Append:
         changelog, topic = batch.changelog, self._changelog

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from orderstream import tracing
 from orderstream.errors import InvalidMessageError
@@ -58,6 +58,9 @@ _PAUSED_POLL_S = 1.0
 _STOP_LOOP_S = 5.0
 _STOP_CANCELLED_S = 6.0  # psycopg gives a cancelled query 5 s to end
 _STOP_CLIENT_S = 5.0
+# A sink this far behind is replaying (or recovering): it says how it gets on, this often.
+_CATCH_UP_LAG = 10_000
+_CATCH_UP_EVERY_S = 5.0
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
@@ -113,6 +116,47 @@ def _next_offsets(records: Iterable[Record]) -> dict[TopicPartition, int]:
     return offsets
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class CatchUp:
+    """Follow a sink far behind its topics: a progress line every few seconds, a last one
+    when it is near the end.
+    """
+
+    def __init__(self, behind: int = _CATCH_UP_LAG, every_s: float = _CATCH_UP_EVERY_S) -> None:
+        self._behind, self._every_s = behind, every_s
+        self._started: float | None = None  # when the lag went above ``behind``
+        self._written = 0
+        self._last = (0.0, 0, 0)  # time, written and lag at the last line
+
+    def update(self, now: float, written: int, lag: int) -> str | None:
+        """Count ``written`` records, the lag now ``lag``; return the line due, if any."""
+        if self._started is None:
+            if lag > self._behind:  # counted from now on
+                self._started, self._written, self._last = now, 0, (now, 0, lag)
+            return None
+        self._written += written
+        if lag <= self._behind:
+            took, self._started = now - self._started, None
+            return f"caught up: {self._written:,} written in {_duration(took)}, {lag:,} behind"
+        last_time, last_written, last_lag = self._last
+        seconds = now - last_time
+        if seconds < self._every_s:
+            return None
+        self._last = (now, self._written, lag)
+        rate = (self._written - last_written) / seconds
+        # The lag shrinks slower than the sink writes while the topics still grow.
+        shrinking = (last_lag - lag) / seconds
+        eta = f"about {_duration(lag / shrinking)} left" if shrinking > 0 else "not gaining"
+        return f"catching up: {self._written:,} written, {rate:,.0f}/s, {lag:,} behind, {eta}"
+
+
 class SinkRunner:
     """Move records from the event topics into a Sink, batch by batch.
 
@@ -140,6 +184,7 @@ class SinkRunner:
         self._finished = asyncio.Event()
         self._task: asyncio.Task[object] | None = None
         self._paused = False
+        self._catch_up = CatchUp()
 
     async def start(self) -> None:
         """Connect to Kafka."""
@@ -184,7 +229,10 @@ class SinkRunner:
                     except _StoppingError:
                         log.info("stopping with a batch not written: it will be read again")
                         return
-                await self._update_lag()
+                lag = await self._update_lag()
+                progress = self._catch_up.update(time.monotonic(), len(records), lag)
+                if progress is not None:
+                    log.info("%s", progress)
         finally:
             self._finished.set()
 
@@ -340,11 +388,16 @@ class SinkRunner:
             # which the idempotent writes make harmless.
             log.warning("offset commit failed after a rebalance; the batch will be replayed")
 
-    async def _update_lag(self) -> None:
+    async def _update_lag(self) -> int:
         lag = 0
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
-            if highwater is not None:
+            if highwater is None:
+                continue
+            try:
                 # After a fetch the position is known locally: no round trip here.
                 lag += max(0, highwater - await self._consumer.position(tp))
+            except IllegalStateError:
+                continue  # revoked meanwhile: no longer ours to count
         self._metrics.lag.set(lag)
+        return lag
