@@ -39,7 +39,8 @@ from mode import Service
 
 from orderstream.agents.outbox import Outbox
 from orderstream.agents.processor import SourceRecord, StockProcessor
-from orderstream.agents.store import Append, PartitionStore, RestoreReport
+from orderstream.agents.restore import RESTORE_FETCH_BYTES, restore_partitions
+from orderstream.agents.store import Append, PartitionStore
 from orderstream.domain import StockLevel
 from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
@@ -55,14 +56,10 @@ _QUEUE_BATCHES = 8
 # gives a role 20 s: the final commit gets this long, each client's stop a few seconds.
 _FINAL_COMMIT_TIMEOUT_S = 10.0
 _CLIENT_STOP_TIMEOUT_S = 3.0
-_RESTORE_PROGRESS_S = 5.0
 # Expiry of holds out of the dedup window: how often, and how many holds each partition
 # scans per pass (~10 ms; a million holds are gone round in about 4 minutes).
 _EXPIRE_EVERY_S = 5.0
 _EXPIRE_SCAN = 20_000
-# Restore reads the changelog in large fetches: it is the only thing a restoring
-# partition waits for.
-_RESTORE_FETCH_BYTES = 16 * 1024**2
 # The group's lag is measured from what the fetches told, at most this often.
 _LAG_EVERY_S = 1.0
 # The stock gauges name products: only the busiest few, chosen anew at every update and
@@ -145,8 +142,8 @@ class StockAgent(Service):
         self._reader = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka_bootstrap,
             enable_auto_commit=False,
-            fetch_max_bytes=_RESTORE_FETCH_BYTES,
-            max_partition_fetch_bytes=_RESTORE_FETCH_BYTES,
+            fetch_max_bytes=RESTORE_FETCH_BYTES,
+            max_partition_fetch_bytes=RESTORE_FETCH_BYTES,
             # The broker checked every batch's CRC when it was written; checking again in
             # Python costs a restore more than the network does.
             check_crcs=False,
@@ -381,70 +378,9 @@ class StockAgent(Service):
             await self.crash(exc)
 
     async def _restore(self, partitions: list[int]) -> None:
-        started = time.monotonic()
-        stores = {
-            partition: PartitionStore(
-                self._settings.data_dir / self._settings.app_id / "stock" / str(partition)
-            )
-            for partition in partitions
-        }
-        changelog = [TopicPartition(self._changelog, p) for p in partitions]
-        self._reader.assign(changelog)
-        await self._reader.seek_to_beginning(*changelog)
-        starts = await self._reader.beginning_offsets(changelog)
-        ends = await self._reader.end_offsets(changelog)
-        total = sum(ends[tp] - starts[tp] for tp in changelog)
-        read = 0
-        last_progress = started
-        remaining = {tp for tp in changelog if ends[tp] > starts[tp]}
-        while remaining:
-            # One fetch at a time, applied and dropped: memory stays flat however long
-            # the changelog is.
-            for tp, records in (await self._reader.getmany(timeout_ms=500)).items():
-                store = stores[tp.partition]
-                for record in records:
-                    if record.offset < ends[tp] and record.key is not None:
-                        store.restore(record.key, record.value, record.timestamp)
-                read += len(records)
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-            remaining = {tp for tp in remaining if await self._reader.position(tp) < ends[tp]}
-            now = time.monotonic()
-            if now - last_progress > _RESTORE_PROGRESS_S:
-                last_progress = now
-                rate = read / (now - started)
-                eta = (total - read) / rate if rate else float("inf")
-                log.info(
-                    "restoring partitions %s: %d of ~%d records, %.0f/s, about %.0f s left",
-                    partitions,
-                    read,
-                    total,
-                    rate,
-                    eta,
-                )
-        self._reader.assign([])
-        for partition, store in stores.items():
-            self._report(partition, store.finish_restore())
-            self._stores[partition] = store
-        log.info("restored partitions %s in %.2f s", partitions, time.monotonic() - started)
-
-    def _report(self, partition: int, report: RestoreReport) -> None:
-        if report.orphans:
-            log.error(
-                "changelog %s partition %d has reservations of products with no stock snapshot: %s",
-                self._changelog,
-                partition,
-                report.orphans[:10],
-            )
-        log.info(
-            "partition %d restored: %d changelog records, stock of %d products, "
-            "%d hold records, %d stock events re-applied",
-            partition,
-            report.records,
-            report.snapshots,
-            report.holds,
-            report.replayed,
-        )
+        root = self._settings.data_dir / self._settings.app_id / "stock"
+        stores = await restore_partitions(self._reader, self._changelog, partitions, root)
+        self._stores.update(stores)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
