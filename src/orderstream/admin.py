@@ -8,7 +8,6 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from orderstream.agents.faust_app import lifecycle_changelog_specs
 from orderstream.errors import TopicMismatchError
 from orderstream.settings import Settings
 from orderstream.tables import changelog_specs
@@ -21,7 +20,7 @@ _CREATE_WAIT_S = 30.0
 
 def all_topic_specs(settings: Settings) -> list[TopicSpec]:
     """Return the pipeline's topics and the workers' table changelogs."""
-    return topic_specs(settings) + changelog_specs(settings) + lifecycle_changelog_specs(settings)
+    return topic_specs(settings) + changelog_specs(settings)
 
 
 async def create_topics(settings: Settings) -> list[str]:

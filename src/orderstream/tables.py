@@ -30,6 +30,9 @@ from orderstream.topics import LineDecision, OrderEvent, OrderRequest, StockChan
 # HOLD_KEY + hold_key(...) -> Hold JSON. A restore that reads it in order never sees a
 # reservation before the restock that allowed it.
 STOCK_CHANGELOG = "stock-changelog"
+# The order lifecycle's Faust table: order id -> StoredOrder JSON (agents/orders.py).
+ORDERS_TABLE = "orders"
+LIFECYCLE_APP_SUFFIX = "-orders"
 STOCK_KEY = b"s"
 HOLD_KEY = b"h"
 
@@ -45,6 +48,8 @@ __all__ = [
     "StockLevel",
     "changelog_specs",
     "hold_key",
+    "lifecycle_app_id",
+    "orders_changelog",
     "stock_changelog",
 ]
 
@@ -205,8 +210,27 @@ def stock_changelog(settings: Settings) -> str:
     return f"{settings.app_id}-{STOCK_CHANGELOG}"
 
 
+def lifecycle_app_id(settings: Settings) -> str:
+    """Return the order lifecycle's Faust app id (its consumer group, its changelogs' prefix).
+
+    Never the stock agent's group (the app id itself), whose partitions are another agent's.
+    """
+    return f"{settings.app_id}{LIFECYCLE_APP_SUFFIX}"
+
+
+def orders_changelog(settings: Settings) -> str:
+    """Return the name of the orders table's changelog topic, as Faust names it."""
+    return f"{lifecycle_app_id(settings)}-{ORDERS_TABLE}-changelog"
+
+
 def changelog_specs(settings: Settings) -> list[TopicSpec]:
-    """Return every changelog topic, created up front with the sources' partition count."""
+    """Return every changelog topic, created up front with the sources' partition count.
+
+    The orders table's too: Faust writes an order's changelog record to the partition
+    number of the order-keyed input being processed.
+    """
+    compacted = {"cleanup.policy": "compact"}
     return [
-        TopicSpec(stock_changelog(settings), settings.partitions, {"cleanup.policy": "compact"})
+        TopicSpec(name, settings.partitions, compacted)
+        for name in (stock_changelog(settings), orders_changelog(settings))
     ]

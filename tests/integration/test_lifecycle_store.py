@@ -20,9 +20,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from orderstream.admin import create_topics
-from orderstream.agents.faust_app import ORDERS_TABLE, lifecycle_datadir, orders_changelog
+from orderstream.agents.faust_app import lifecycle_datadir
 from orderstream.services import ORDER_LIFECYCLE
 from orderstream.sink import migrate
+from orderstream.tables import ORDERS_TABLE, orders_changelog
 from orderstream.topics import PAYMENT_RESULTS
 from tests.integration.conftest import _drop, _free_port
 from tests.integration.pipeline import Pipeline, request_json

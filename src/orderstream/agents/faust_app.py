@@ -22,6 +22,7 @@ from orderstream.agents.payment import PaymentClient, register_payment_agent
 from orderstream.agents.provider import MockPaymentProvider, PaymentProvider
 from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
+from orderstream.tables import ORDERS_TABLE, lifecycle_app_id
 from orderstream.topics import (
     DLQ_SUFFIX,
     LINE_OUTCOMES,
@@ -30,14 +31,9 @@ from orderstream.topics import (
     PAYMENT_REQUESTS,
     PAYMENT_RESULTS,
     STOCK_COMMANDS,
-    TopicSpec,
 )
 
 log = logging.getLogger(__name__)
-
-# The order agent's table: order id -> StoredOrder JSON (agents/orders.py).
-ORDERS_TABLE = "orders"
-_APP_SUFFIX = "-orders"
 
 # rocksdict is the maintained RocksDB binding; python-rocksdb does not build on 3.11.
 # Faust's defaults give every partition's database 3 x 64 MiB of memtables and a 2 GiB
@@ -50,25 +46,6 @@ _STORE_OPTIONS = {
     "block_cache_size": 32 * 1024**2,
     "block_cache_compressed_size": 8 * 1024**2,
 }
-
-
-def lifecycle_app_id(settings: Settings) -> str:
-    """Return the Faust app id (its consumer group, its changelogs' prefix)."""
-    return f"{settings.app_id}{_APP_SUFFIX}"
-
-
-def orders_changelog(settings: Settings) -> str:
-    """Return the name of the orders table's changelog topic, as Faust names it."""
-    return f"{lifecycle_app_id(settings)}-{ORDERS_TABLE}-changelog"
-
-
-def lifecycle_changelog_specs(settings: Settings) -> list[TopicSpec]:
-    """Return the lifecycle's changelog, created up front like every other topic."""
-    # As many partitions as the order-keyed sources: Faust writes an order's changelog
-    # record to the partition number of the input being processed.
-    return [
-        TopicSpec(orders_changelog(settings), settings.partitions, {"cleanup.policy": "compact"})
-    ]
 
 
 def lifecycle_datadir(settings: Settings) -> Path:
