@@ -34,13 +34,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from orderstream.agents.outbox import Outbox
 from orderstream.agents.processor import SourceRecord, StockProcessor
 from orderstream.agents.restore import RESTORE_FETCH_BYTES, restore_partitions
 from orderstream.agents.store import Append, PartitionStore
+from orderstream.consumer_lag import consumer_lag
 from orderstream.domain import StockLevel
 from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
@@ -308,19 +309,7 @@ class StockAgent(Service):
     async def _measure_lag(self, now: float) -> None:
         """Export the group's lag on the partitions this worker owns."""
         self._next_lag = now + _LAG_EVERY_S
-        lag = 0
-        # Read before the first await: a rebalance may revoke partitions meanwhile.
-        highwaters = {tp: self._consumer.highwater(tp) for tp in self._consumer.assignment()}
-        for tp, highwater in highwaters.items():
-            if highwater is None:
-                continue  # not fetched yet
-            try:
-                # After a fetch the position is known locally: no round trip here (one,
-                # should an out-of-range offset be being reset).
-                position = await self._consumer.position(tp)
-            except IllegalStateError:
-                continue  # revoked meanwhile
-            lag += max(0, highwater - position)
+        lag = await consumer_lag(self._consumer)
         self._lag.set(lag)
 
     def _show_busiest_stock(self, now: float) -> None:

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from orderstream import tracing
+from orderstream.consumer_lag import consumer_lag
 from orderstream.errors import InvalidMessageError
 from orderstream.logs import record_context
 from orderstream.metrics import SinkMetrics
@@ -389,15 +390,6 @@ class SinkRunner:
             log.warning("offset commit failed after a rebalance; the batch will be replayed")
 
     async def _update_lag(self) -> int:
-        lag = 0
-        for tp in self._consumer.assignment():
-            highwater = self._consumer.highwater(tp)
-            if highwater is None:
-                continue
-            try:
-                # After a fetch the position is known locally: no round trip here.
-                lag += max(0, highwater - await self._consumer.position(tp))
-            except IllegalStateError:
-                continue  # revoked meanwhile: no longer ours to count
+        lag = await consumer_lag(self._consumer)
         self._metrics.lag.set(lag)
         return lag
