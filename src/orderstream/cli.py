@@ -39,6 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(settings, args)
     except KeyboardInterrupt:
         return 130
+    except ValidationError as exc:
+        # An id or a number from the command line that no message may carry: say which,
+        # as the dead-letter reason would, instead of a traceback.
+        from orderstream.topics import describe_invalid
+
+        print(f"orderstream: invalid input: {describe_invalid(exc)}", file=sys.stderr)
+        return 2
     except Exception as exc:
         if getattr(exc, "retriable", None) is not None or isinstance(exc, OSError):
             print(f"orderstream: {exc}", file=sys.stderr)
@@ -149,9 +156,7 @@ def _stock(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _order(settings: Settings, args: argparse.Namespace) -> int:
-    from pydantic import ValidationError as InvalidOrder
-
-    from orderstream.producer import order_lines, publish_order_lines
+    from orderstream.producer import publish_order_lines
 
     items = []
     for item in args.items:
@@ -161,13 +166,16 @@ def _order(settings: Settings, args: argparse.Namespace) -> int:
             return 2
         items.append((product_id, int(quantity)))
     try:
-        lines = order_lines(args.order_id, args.user_id, items)  # checked before sending
-    except (ValueError, InvalidOrder) as exc:
+        # Checked whole before anything is sent: an invalid order raises ValueError (a
+        # field no message may carry: ValidationError, reported by main).
+        published = asyncio.run(publish_order_lines(settings, args.order_id, args.user_id, items))
+    except ValidationError:
+        raise
+    except ValueError as exc:
         print(f"orderstream: invalid order: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(publish_order_lines(settings, args.order_id, args.user_id, items))
     print(
-        f"order {args.order_id}: {len(lines)} line(s) published to "
+        f"order {args.order_id}: {published} line(s) published to "
         f"{settings.topic('order-requests')} in one transaction; "
         f"GET /orders/{args.order_id} tells what happened"
     )

@@ -240,10 +240,10 @@ def decode(model: type[M], raw: bytes | None) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise InvalidMessageError(_describe(exc)) from None
+        raise InvalidMessageError(describe_invalid(exc)) from None
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_invalid(exc: ValidationError) -> str:
     """Summarize a validation error in one line: field and problem, for the dead letter."""
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
