@@ -7,8 +7,9 @@ where they enter a process; unknown fields are ignored so producers can add fiel
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Self, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -20,8 +21,11 @@ from pydantic import (
 )
 
 from orderstream.domain import (
+    CatalogPatch,
+    Currency,
     LineStatus,
     OrderStatus,
+    Price,
     RejectReason,
     StockLevel,
     StockOperation,
@@ -60,6 +64,19 @@ MAX_QUANTITY = 2**31 - 1
 # An order has at most this many lines (the order agent waits for each one's outcome).
 MAX_LINE_COUNT = 100
 DETAIL_MAX_LENGTH = 1000
+# An address field: printable text on one line, as an id.
+AddressText = Annotated[
+    str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)
+]
+# Notes may run over lines (newline, tab); no other control character (NUL, escapes).
+NOTES_MAX_LENGTH = 1000
+NOTES_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$"
+Notes = Annotated[str, StringConstraints(max_length=NOTES_MAX_LENGTH, pattern=NOTES_PATTERN)]
+
+
+def _absent_when_none(**field: Any) -> Any:
+    """An optional field left out of the JSON when None: messages stay as small as before."""
+    return Field(default=None, exclude_if=lambda value: value is None, **field)
 
 
 class Message(BaseModel):
@@ -71,14 +88,51 @@ class Message(BaseModel):
 M = TypeVar("M", bound=Message)
 
 
-class OrderRequest(Message):
-    """One order line as a shop back end publishes it on ``order-requests``."""
+class Address(Message):
+    """A postal address, as a shop sends it with an order; every field bounded, one line."""
+
+    name: AddressText
+    line1: AddressText
+    line2: AddressText | None = None
+    city: AddressText
+    postal_code: AddressText | None = None
+    region: AddressText | None = None
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]  # ISO 3166-1 alpha-2
+
+
+class OrderMetadata(Message):
+    """What an order may carry beside its lines: stored with it, never decided on."""
+
+    shipping_address: Address | None = _absent_when_none()
+    billing_address: Address | None = _absent_when_none()
+    notes: Notes | None = _absent_when_none()
+
+    @property
+    def is_empty(self) -> bool:
+        return self.shipping_address is None and self.billing_address is None and not self.notes
+
+
+class OrderRequest(OrderMetadata):
+    """One order line as a shop back end publishes it on ``order-requests``.
+
+    The metadata (addresses, notes) is the order's: every line of an order of several
+    may carry it, the order keeps the first it sees.
+    """
 
     order_id: Id
     user_id: Id
     product_id: Id
     quantity: int = Field(ge=1, le=MAX_QUANTITY, strict=True)
     line_count: int = Field(default=1, ge=1, le=MAX_LINE_COUNT, strict=True)
+
+    def metadata(self) -> OrderMetadata | None:
+        """Return the order's metadata carried by this line, None when it has none."""
+        metadata = OrderMetadata(
+            shipping_address=self.shipping_address,
+            billing_address=self.billing_address,
+            notes=self.notes,
+        )
+        return None if metadata.is_empty else metadata
 
 
 class StockCommand(Message):
@@ -94,20 +148,42 @@ class StockCommand(Message):
     operation: StockOperation
     quantity: int | None = Field(default=None, ge=0, le=MAX_QUANTITY, strict=True)
     order_id: Id | None = None
+    # The catalog (set, add, update): the unit price of lines decided from now on, in
+    # ``currency`` (the two together); the most one user may hold or buy (0: no limit of
+    # the product's own, the default setting applies).
+    price: Price | None = _absent_when_none()
+    currency: Currency | None = _absent_when_none()
+    max_per_user: int | None = _absent_when_none(ge=0, le=MAX_QUANTITY, strict=True)
 
     @model_validator(mode="after")
     def _fits_operation(self) -> Self:
         operation = self.operation.value
+        catalog = self.price is not None or self.max_per_user is not None
+        if (self.price is None) != (self.currency is None):
+            raise ValueError("price and currency are given together")
         if self.operation.settles_line:
             if self.order_id is None:
                 raise ValueError(f"{operation} needs the order_id of the line it settles")
+            if catalog:
+                raise ValueError(f"{operation} settles an order's line and changes no price")
         elif self.order_id is not None:
             # Most likely a commit or a release with the wrong operation: applying it
             # would change the stock on sale instead of one order's line.
             raise ValueError(f"{operation} changes the stock on sale and takes no order_id")
+        elif self.operation is StockOperation.UPDATE:
+            if self.quantity is not None:
+                raise ValueError("update changes the catalog only: use set or add for stock")
+            if not catalog:
+                raise ValueError("update needs a price (with its currency) or a max_per_user")
         elif self.quantity is None:
             raise ValueError(f"{operation} needs a quantity")
         return self
+
+    def catalog(self) -> CatalogPatch | None:
+        """Return what this command changes of the product's catalog, None for nothing."""
+        if self.price is None and self.max_per_user is None:
+            return None
+        return CatalogPatch(self.price, self.currency, self.max_per_user)
 
 
 class StockChange(Message):
@@ -120,6 +196,9 @@ class StockChange(Message):
     total_in: int = Field(ge=0)
     version: int = Field(ge=0)
     changed_at_ms: int
+    price: Price | None = _absent_when_none()
+    currency: Currency | None = _absent_when_none()
+    max_per_user: int | None = _absent_when_none(ge=1)  # the product's own limit, if any
 
     @classmethod
     def of(cls, product_id: str, level: StockLevel, changed_at_ms: int) -> StockChange:
@@ -132,6 +211,9 @@ class StockChange(Message):
             total_in=level.total_in,
             version=level.version,
             changed_at_ms=changed_at_ms,
+            price=level.price,
+            currency=level.currency,
+            max_per_user=level.max_per_user,
         )
 
 
@@ -146,16 +228,22 @@ class OrderItem(Message):
     quantity: int = Field(ge=1, le=MAX_QUANTITY)
     status: LineStatus
     reason: RejectReason | None = None  # why a REJECTED line was turned down
+    # The unit price when the line was decided (None: the product had no price).
+    unit_price: Price | None = _absent_when_none()
+    currency: Currency | None = _absent_when_none()
 
 
-class OrderEvent(Message):
+class OrderEvent(OrderMetadata):
     """One transition of an order, on ``order-events``; ``seq`` grows per order.
 
     ``items``, when present, describes the whole order: every line, each once, with its
     status. Every event of a multi-line order carries it (the sink writes order_items
     from it); a single-line order's events may. ``product_id`` and ``quantity`` are
     always there: the only line of a single-line order, the first item of ``items``
-    otherwise.
+    otherwise; ``unit_price`` is that line's. ``total`` is the order's (the sum of
+    quantity x unit price over its lines, in ``currency``), absent while a line has no
+    price. The metadata (addresses, notes), when the order has some, rides on its
+    events; ``actor`` names the operator of an override.
     """
 
     order_id: Id
@@ -172,12 +260,11 @@ class OrderEvent(Message):
     # The product's stock right after this decision, when the decision changed it.
     stock: StockChange | None = None
     # Left out of the JSON when absent: a single-line event reads as it always has.
-    items: list[OrderItem] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_LINE_COUNT,
-        exclude_if=lambda items: items is None,
-    )
+    items: list[OrderItem] | None = _absent_when_none(min_length=1, max_length=MAX_LINE_COUNT)
+    unit_price: Price | None = _absent_when_none()
+    currency: Currency | None = _absent_when_none()
+    total: Decimal | None = _absent_when_none(ge=0)
+    actor: Id | None = _absent_when_none()
 
     @model_validator(mode="after")
     def _items_fit(self) -> Self:
@@ -191,7 +278,7 @@ class OrderEvent(Message):
         return self
 
 
-class LineDecision(Message):
+class LineDecision(OrderMetadata):
     """The stock agent's decision of one line of an order of several, on ``line-outcomes``."""
 
     order_id: Id
@@ -204,6 +291,8 @@ class LineDecision(Message):
     detail: str | None = Field(default=None, max_length=DETAIL_MAX_LENGTH)
     requested_at_ms: int
     decided_at_ms: int
+    unit_price: Price | None = _absent_when_none()
+    currency: Currency | None = _absent_when_none()
 
 
 @dataclass(frozen=True)
@@ -260,15 +349,32 @@ class OrderCommandKind(StrEnum):
 
     CANCEL = "cancel"
     EXPIRE = "expire"
+    OVERRIDE = "override"  # an operator ends a reserved order: CONFIRMED or CANCELLED
 
 
 class OrderCommand(Message):
-    """A cancel (a user, through the status service) or an expire (the timer), on
-    ``order-commands``; the order agent decides whether it still applies."""
+    """A cancel (a user, through the status service), an expire (the timer) or an
+    override (an operator, with ``status`` and ``actor``), on ``order-commands``; the
+    order agent decides whether it still applies."""
 
     order_id: Id
     command: OrderCommandKind
     detail: str | None = Field(default=None, max_length=DETAIL_MAX_LENGTH)
+    status: OrderStatus | None = _absent_when_none()
+    actor: Id | None = _absent_when_none()
+
+    @model_validator(mode="after")
+    def _override_whole(self) -> Self:
+        overrides = self.command is OrderCommandKind.OVERRIDE
+        if overrides != (self.status is not None) or overrides != (self.actor is not None):
+            raise ValueError("an override, and only an override, names a status and an actor")
+        if self.status not in (None, *OVERRIDE_STATUSES):
+            raise ValueError(f"an override ends an order CONFIRMED or CANCELLED, not {self.status}")
+        return self
+
+
+# Where an operator may move a RESERVED order: confirmed (paid elsewhere) or cancelled.
+OVERRIDE_STATUSES = (OrderStatus.CONFIRMED, OrderStatus.CANCELLED)
 
 
 class PaymentAction(StrEnum):
@@ -284,7 +390,9 @@ class PaymentRequest(Message):
     order_id: Id
     # Unknown (None) only for a refund of an order the order agent has no state of.
     user_id: Id | None = None
-    amount: int = Field(default=0, ge=0, le=MAX_QUANTITY)  # a refund gives back the charge
+    # The order's total (a refund gives back the charge): exact, in ``currency``.
+    amount: Decimal = Field(default=Decimal(0), ge=0)
+    currency: Currency | None = _absent_when_none()
     action: PaymentAction = PaymentAction.CHARGE
 
 

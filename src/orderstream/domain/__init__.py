@@ -1,10 +1,13 @@
 """Pure rules of the pipeline: no Kafka, no database, nothing of ours imported."""
 
 from orderstream.domain.models import (
+    PRICE_PLACES,
+    Currency,
     Decision,
     LineRequest,
     LineStatus,
     OrderStatus,
+    Price,
     RejectReason,
     StockLevel,
     StockOperation,
@@ -25,6 +28,8 @@ from orderstream.domain.orders import (
 )
 from orderstream.domain.partitioning import key_partition, murmur2, owner_partition
 from orderstream.domain.stock import (
+    CatalogPatch,
+    CatalogUpdated,
     Committed,
     Released,
     Reserved,
@@ -41,7 +46,11 @@ from orderstream.domain.stock import (
 )
 
 __all__ = [
+    "PRICE_PLACES",
     "Cancel",
+    "CatalogPatch",
+    "CatalogUpdated",
+    "Currency",
     "Committed",
     "Decision",
     "Expire",
@@ -55,6 +64,7 @@ __all__ = [
     "OrderStatus",
     "OrderTransitionEvent",
     "PaymentResult",
+    "Price",
     "RejectReason",
     "Released",
     "Reserved",

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Money is exact: a price is a decimal of at most 4 places (enough for every ISO 4217
+# currency's minor unit) and 14 digits, as PostgreSQL's numeric(14, 4) keeps it; never a float.
+PRICE_PLACES = 4
+Price = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=PRICE_PLACES)]
+# An ISO 4217 code: three capital letters (EUR, USD, JPY).
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
 
 class OrderStatus(StrEnum):
@@ -37,6 +46,9 @@ class RejectReason(StrEnum):
     PAYMENT_FAILED = "PAYMENT_FAILED"
     PAYMENT_UNAVAILABLE = "PAYMENT_UNAVAILABLE"  # the payment provider could not be reached
     CANCELLED_BY_USER = "CANCELLED_BY_USER"
+    ADMIN_OVERRIDE = "ADMIN_OVERRIDE"  # an operator set the status (POST /admin/orders/.../status)
+    # The lines of an order of several are priced in different currencies: no total.
+    MIXED_CURRENCIES = "MIXED_CURRENCIES"
 
 
 class LineStatus(StrEnum):
@@ -66,6 +78,12 @@ class StockLevel(BaseModel):
     version: int = Field(default=0, ge=0)
     # Offset of the last stock command applied; a redelivered command is at or below it.
     last_command_offset: int = -1
+    # The catalog: the unit price a line reserved now is sold at (captured in its hold,
+    # so a later change never alters a placed order), and the most one user may hold or
+    # buy of the product (None: the ORDERSTREAM_MAX_PER_USER default).
+    price: Price | None = None
+    currency: Currency | None = None
+    max_per_user: int | None = Field(default=None, ge=1)
 
     @property
     def is_conserved(self) -> bool:
@@ -79,6 +97,7 @@ class StockOperation(StrEnum):
     ADD = "add"  # add N to `available`
     COMMIT = "commit"  # one order's reserved line becomes sold
     RELEASE = "release"  # one order's reserved line becomes available again
+    UPDATE = "update"  # change the price, currency or per-user limit only, not the stock
 
     @property
     def settles_line(self) -> bool:

@@ -8,6 +8,7 @@ with it, so deciding and restoring can never disagree about what an event does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 
 from orderstream.domain.models import (
@@ -46,12 +47,36 @@ class Committed:
 
 
 @dataclass(frozen=True, slots=True)
+class CatalogPatch:
+    """What a stock command changes of a product's catalog; None leaves a field as it is.
+
+    ``price`` and ``currency`` change together. ``max_per_user`` 0 removes the product's
+    own limit (the default setting applies again).
+    """
+
+    price: Decimal | None = None
+    currency: str | None = None
+    max_per_user: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.price is None) != (self.currency is None):
+            raise ValueError("a price and its currency are set together")
+        if self.max_per_user is not None and self.max_per_user < 0:
+            raise ValueError(f"max_per_user must be >= 0 (0: no limit), got {self.max_per_user}")
+
+    @property
+    def is_empty(self) -> bool:
+        return self.price is None and self.max_per_user is None
+
+
+@dataclass(frozen=True, slots=True)
 class StockSet:
     """Available stock set to ``quantity`` by the stock command at ``offset``."""
 
     quantity: int
     version: int
     offset: int
+    catalog: CatalogPatch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +86,19 @@ class StockAdded:
     quantity: int
     version: int
     offset: int
+    catalog: CatalogPatch | None = None
 
 
-StockEvent = Reserved | Released | Committed | StockSet | StockAdded
+@dataclass(frozen=True, slots=True)
+class CatalogUpdated:
+    """The price, currency or per-user limit changed by the stock command at ``offset``."""
+
+    catalog: CatalogPatch
+    version: int
+    offset: int
+
+
+StockEvent = Reserved | Released | Committed | StockSet | StockAdded | CatalogUpdated
 
 
 class SettleOutcome(StrEnum):
@@ -102,6 +137,7 @@ def evolve(level: StockLevel | None, event: StockEvent) -> StockLevel:
         current.total_in,
     )
     offset = current.last_command_offset
+    catalog: CatalogPatch | None = None
     match event:
         case Reserved(quantity=q):
             available, reserved = available - q, reserved + q
@@ -109,13 +145,21 @@ def evolve(level: StockLevel | None, event: StockEvent) -> StockLevel:
             available, reserved = available + q, reserved - q
         case Committed(quantity=q):
             reserved, sold = reserved - q, sold + q
-        case StockSet(quantity=q, offset=offset):
+        case StockSet(quantity=q, offset=offset, catalog=catalog):
             total_in += q - available
             available = q
-        case StockAdded(quantity=q, offset=offset):
+        case StockAdded(quantity=q, offset=offset, catalog=catalog):
             available, total_in = available + q, total_in + q
+        case CatalogUpdated(offset=offset, catalog=catalog):
+            pass
     if min(available, reserved, sold, total_in) < 0:
         raise ValueError(f"{event} cannot apply to {current}")
+    price, currency, max_per_user = current.price, current.currency, current.max_per_user
+    if catalog is not None:
+        if catalog.price is not None:
+            price, currency = catalog.price, catalog.currency
+        if catalog.max_per_user is not None:
+            max_per_user = catalog.max_per_user or None
     return StockLevel(
         available=available,
         reserved=reserved,
@@ -123,14 +167,23 @@ def evolve(level: StockLevel | None, event: StockEvent) -> StockLevel:
         total_in=total_in,
         version=event.version,
         last_command_offset=offset,
+        price=price,
+        currency=currency,
+        max_per_user=max_per_user,
     )
 
 
 def reserve_line(
-    level: StockLevel | None, line: LineRequest, max_line_quantity: int
+    level: StockLevel | None,
+    line: LineRequest,
+    max_line_quantity: int,
+    held: int = 0,
+    default_max_per_user: int | None = None,
 ) -> tuple[Decision, Reserved | None]:
     """Decide one order line against a product's stock.
 
+    ``held`` is what the line's user already holds or bought of the product; the product's
+    own ``max_per_user``, else ``default_max_per_user`` (None: no limit), bounds it.
     Return the decision and the event that reserves it, or ``None`` when rejected.
     """
     if level is None:
@@ -139,6 +192,13 @@ def reserve_line(
         return _reject(
             RejectReason.LIMIT_EXCEEDED,
             f"quantity {line.quantity} is above the limit of {max_line_quantity} per line",
+        )
+    limit = level.max_per_user or default_max_per_user
+    if limit is not None and held + line.quantity > limit:
+        return _reject(
+            RejectReason.LIMIT_EXCEEDED,
+            f"the user holds or bought {held} of this product; {line.quantity} more would "
+            f"pass the limit of {limit} per user",
         )
     if line.quantity > level.available:
         return _OUT_OF_STOCK, None
@@ -172,32 +232,50 @@ def settle_line(
 
 
 def stock_command(
-    level: StockLevel | None, operation: StockOperation, quantity: int, offset: int
-) -> StockSet | StockAdded | None:
+    level: StockLevel | None,
+    operation: StockOperation,
+    quantity: int | None,
+    offset: int,
+    catalog: CatalogPatch | None = None,
+) -> StockSet | StockAdded | CatalogUpdated | None:
     """Return the event of the stock command at ``offset``; ``None`` if applied before.
 
-    Raise ValueError for a quantity the operation cannot take, or for an operation that
-    settles an order's line (commit, release: see ``settle_line``).
+    Raise ValueError for a quantity the operation cannot take, an update of a product
+    that has no stock yet or that changes nothing, or an operation that settles an
+    order's line (commit, release: see ``settle_line``).
     """
     if operation.settles_line:
         raise ValueError(f"stock {operation} settles an order's line: see settle_line")
     if level is not None and offset <= level.last_command_offset:
         return None
     version = (level.version if level is not None else 0) + 1
+    catalog = catalog if catalog is not None and not catalog.is_empty else None
+    if operation is StockOperation.UPDATE:
+        if catalog is None:
+            raise ValueError("stock update needs a price, a currency or a max_per_user")
+        if level is None:
+            raise ValueError("stock update of a product that has no stock: set its stock first")
+        return CatalogUpdated(catalog, version, offset)
+    if quantity is None:
+        raise ValueError(f"stock {operation} needs a quantity")
     if operation is StockOperation.SET:
         if quantity < 0:
             raise ValueError(f"stock cannot be set below zero, got {quantity}")
-        return StockSet(quantity, version, offset)
+        return StockSet(quantity, version, offset, catalog)
     if quantity < 1:
         raise ValueError(f"stock add needs a quantity >= 1, got {quantity}")
-    return StockAdded(quantity, version, offset)
+    return StockAdded(quantity, version, offset, catalog)
 
 
 def apply_stock_operation(
-    level: StockLevel | None, operation: StockOperation, quantity: int, offset: int
+    level: StockLevel | None,
+    operation: StockOperation,
+    quantity: int | None,
+    offset: int,
+    catalog: CatalogPatch | None = None,
 ) -> StockLevel | None:
     """Apply a stock command found at ``offset``; return ``None`` when it was applied before."""
-    event = stock_command(level, operation, quantity, offset)
+    event = stock_command(level, operation, quantity, offset, catalog)
     return evolve(level, event) if event is not None else None
 
 
