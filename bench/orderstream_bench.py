@@ -34,10 +34,11 @@ from bench.timing import POLL_INTERVAL_S, RowPoller, log, now, wait_for
 from bench.workload import Workload, combine
 from orderstream.admin import all_topic_specs, create_topics
 from orderstream.db import connection_kwargs
+from orderstream.domain import StockOperation
 from orderstream.producer import publish_stock_commands
 from orderstream.settings import Settings
 from orderstream.sink import migrate
-from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS
+from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS, StockCommand
 
 SYSTEM = "orderstream"
 
@@ -173,7 +174,10 @@ class DecisionWatcher:
 
 
 async def set_stock(deployment: Deployment, stock: dict[str, int]) -> None:
-    commands = [(product_id, "set", quantity) for product_id, quantity in stock.items()]
+    commands = [
+        StockCommand(product_id=product_id, operation=StockOperation.SET, quantity=quantity)
+        for product_id, quantity in stock.items()
+    ]
     await publish_stock_commands(deployment.settings, commands)
     await deployment.wait_until(
         "stock to reach PostgreSQL",

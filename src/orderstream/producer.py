@@ -32,38 +32,41 @@ TRANSACTION_TIMEOUT_MS = 10_000
 async def publish_stock_command(
     settings: Settings, product_id: str, operation: str, quantity: int
 ) -> tuple[int, int]:
-    """Publish one stock command; return its partition and offset."""
-    [where] = await publish_stock_commands(settings, [(product_id, operation, quantity)])
+    """Publish one stock set or add; return its partition and offset."""
+    command = StockCommand(
+        product_id=product_id, operation=StockOperation(operation), quantity=quantity
+    )
+    [where] = await publish_stock_commands(settings, [command])
     return where
 
 
 async def publish_stock_commands(
-    settings: Settings, commands: list[tuple[str, str, int]]
+    settings: Settings, commands: Sequence[StockCommand], producer: AIOKafkaProducer | None = None
 ) -> list[tuple[int, int]]:
-    """Publish (product, operation, quantity) commands; return each one's partition, offset."""
-    # Idempotent producer: a retried send is written once, so a command is applied once.
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
-    )
-    await producer.start()
+    """Publish stock commands in order; return each one's partition and offset.
+
+    With no ``producer``, one is made for these commands and stopped after them.
+    """
+    own = producer is None
+    if producer is None:
+        # Idempotent producer: a retried send is written once, so a command is applied once.
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+        )
+        await producer.start()
     try:
         sent = [
             await producer.send(
                 settings.topic(STOCK_COMMANDS),
-                key=product_id.encode(),
-                value=StockCommand(
-                    product_id=product_id,
-                    operation=StockOperation(operation),
-                    quantity=quantity,
-                )
-                .model_dump_json()
-                .encode(),
+                key=command.product_id.encode(),
+                value=command.model_dump_json().encode(),
             )
-            for product_id, operation, quantity in commands
+            for command in commands
         ]
         delivered = [await future for future in sent]
     finally:
-        await producer.stop()
+        if own:
+            await producer.stop()
     return [(metadata.partition, metadata.offset) for metadata in delivered]
 
 

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
 
     # The largest quantity one line may ask for; above it the line is LIMIT_EXCEEDED.
     max_line_quantity: int = Field(default=10, ge=1)
+    # The most one user may hold or buy of one product (reserved + sold, counted by the
+    # stock agent); a line past it is LIMIT_EXCEEDED. None: no limit, unless the product
+    # has its own (`orderstream stock set P N --limit 2`).
+    max_per_user: int | None = Field(default=None, ge=1)
+    # The currency of a price given without one (CLI, admin route, seed): ISO 4217.
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "EUR"
+    # The bearer token of the admin routes (/admin/...); unset: they answer 403.
+    admin_token: SecretStr | None = None
 
     # The stock agent decides at most this many records per fetched batch (bounds the
     # latency a batch adds to its first record).
@@ -134,8 +142,11 @@ class Settings(BaseSettings):
 
 
 def _mask_url(url: str) -> str:
-    """Hide the password of a ``scheme://user:password@host`` URL."""
+    """Hide the password of a ``scheme://user:password@host`` URL; a secret that is no URL
+    (a token) is hidden whole."""
     scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"
     credentials, at, host = rest.rpartition("@")
     if not sep or not at or ":" not in credentials:
         return url if not at else f"{scheme}{sep}***@{host}"
