@@ -13,6 +13,7 @@ from mode import Worker as ServiceWorker
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from orderstream.cli_shop import InputError, add_db_commands, add_stock_commands
 from orderstream.logs import configure as configure_logging
 from orderstream.settings import Settings
 
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(settings, args)
     except KeyboardInterrupt:
         return 130
+    except InputError as exc:
+        print(f"orderstream: invalid input: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         # An id or a number from the command line that no message may carry: say which,
         # as the dead-letter reason would, instead of a traceback.
@@ -78,13 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         "check the invariants against PostgreSQL and the stock changelog; exit 1 on a violation",
     )
 
-    stock = command("stock", _no_subcommand, "set or add a product's stock")
-    stock_ops = stock.add_subparsers(required=True, metavar="OPERATION")
-    for operation, help_text in (("set", "make available stock exactly N"), ("add", "add N")):
-        sub = stock_ops.add_parser(operation, help=help_text, description=help_text)
-        sub.add_argument("product_id")
-        sub.add_argument("quantity", type=int)
-        sub.set_defaults(handler=_stock, operation=operation)
+    stock = command("stock", _no_subcommand, "set or add a product's stock, change its catalog")
+    add_stock_commands(stock.add_subparsers(required=True, metavar="OPERATION"))
 
     order = command("order", _order, "place an order: its lines published in one Kafka transaction")
     order.add_argument("order_id")
@@ -94,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     db = command("db", _no_subcommand, "database administration")
     db_ops = db.add_subparsers(required=True, metavar="OPERATION")
     db_ops.add_parser("migrate", help="apply pending migrations").set_defaults(handler=_migrate)
+    add_db_commands(db_ops)
 
     topics = command("topics", _no_subcommand, "Kafka topic administration")
     topic_ops = topics.add_subparsers(required=True, metavar="OPERATION")
@@ -135,23 +135,6 @@ def _create_topics(settings: Settings, args: argparse.Namespace) -> int:
 
     created = asyncio.run(create_topics(settings))
     print(f"topics created: {', '.join(created) if created else 'none (all exist, checked)'}")
-    return 0
-
-
-def _stock(settings: Settings, args: argparse.Namespace) -> int:
-    from orderstream.producer import publish_stock_command
-
-    if args.quantity < (0 if args.operation == "set" else 1):
-        print(f"orderstream: stock {args.operation} needs a larger quantity", file=sys.stderr)
-        return 2
-    partition, offset = asyncio.run(
-        publish_stock_command(settings, args.product_id, args.operation, args.quantity)
-    )
-    print(
-        f"stock {args.operation} {args.product_id} {args.quantity}: published to "
-        f"{settings.topic('stock-commands')} partition {partition} offset {offset}; "
-        "the worker applies it in order with that product's requests"
-    )
     return 0
 
 
