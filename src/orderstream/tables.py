@@ -7,7 +7,8 @@ cache that recovery rebuilds.
 
 from __future__ import annotations
 
-from typing import Self
+from decimal import Decimal
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,7 +24,14 @@ from orderstream.domain import (
     StockLevel,
 )
 from orderstream.settings import Settings
-from orderstream.topics import LineDecision, OrderEvent, OrderRequest, StockChange, TopicSpec
+from orderstream.topics import (
+    Address,
+    LineDecision,
+    OrderEvent,
+    OrderRequest,
+    StockChange,
+    TopicSpec,
+)
 
 # The stock agent keeps stock and holds in one changelog, so that one partition's records
 # stay in the order they were made: key STOCK_KEY + product id -> StockLevel JSON,
@@ -35,6 +43,9 @@ ORDERS_TABLE = "orders"
 LIFECYCLE_APP_SUFFIX = "-orders"
 STOCK_KEY = b"s"
 HOLD_KEY = b"h"
+# HELD_KEY + held_key(user, product) -> HeldCount JSON: what one user holds or bought of
+# a product, for the per-user limit (written before the product's stock snapshot).
+HELD_KEY = b"u"
 
 # (settled, final_version given, settled_at_ms given) of a hold: unsettled, or settled whole.
 _SETTLED_SHAPES = {
@@ -44,14 +55,34 @@ _SETTLED_SHAPES = {
 }
 
 __all__ = [
+    "HeldCount",
     "Hold",
     "StockLevel",
     "changelog_specs",
+    "held_key",
     "hold_key",
     "lifecycle_app_id",
     "orders_changelog",
     "stock_changelog",
 ]
+
+
+def _absent_when_none() -> Any:
+    # A hold is written for every request: fields most orders lack stay out of its JSON.
+    return Field(default=None, exclude_if=lambda value: value is None)
+
+
+class HeldCount(BaseModel):
+    """What one user holds (reserved) or bought of one product, as of a stock version.
+
+    ``version`` is the product's stock version when this count was written: a restore
+    adds the reservations and releases of the user's holds newer than it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    held: int = Field(ge=0)
+    version: int = Field(ge=0)
 
 
 class Hold(BaseModel):
@@ -85,6 +116,14 @@ class Hold(BaseModel):
     settled: LineStatus | None = None
     final_version: int | None = None
     settled_at_ms: int | None = None
+    # The product's unit price when the line was decided: a later price change never
+    # alters a placed order.
+    unit_price: Decimal | None = _absent_when_none()
+    currency: str | None = _absent_when_none()
+    # The order's metadata as this line carried it, announced with the decision.
+    shipping_address: Address | None = _absent_when_none()
+    billing_address: Address | None = _absent_when_none()
+    notes: str | None = _absent_when_none()
 
     @model_validator(mode="after")
     def _settled_whole(self) -> Self:
@@ -106,9 +145,11 @@ class Hold(BaseModel):
         decision: Decision,
         requested_at_ms: int,
         decided_at_ms: int,
+        *,
         stock_version: int | None = None,
+        level: StockLevel | None = None,
     ) -> Hold:
-        """Record ``decision`` on ``request``."""
+        """Record ``decision`` on ``request``, at the price of ``level`` (the product's stock)."""
         return cls(
             order_id=request.order_id,
             user_id=request.user_id,
@@ -121,7 +162,21 @@ class Hold(BaseModel):
             requested_at_ms=requested_at_ms,
             decided_at_ms=decided_at_ms,
             stock_version=stock_version,
+            unit_price=level.price if level is not None else None,
+            currency=level.currency if level is not None else None,
+            shipping_address=request.shipping_address,
+            billing_address=request.billing_address,
+            notes=request.notes,
         )
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Return the order's metadata fields this line carries (for a message's fields)."""
+        return {
+            "shipping_address": self.shipping_address,
+            "billing_address": self.billing_address,
+            "notes": self.notes,
+        }
 
     @property
     def line_status(self) -> LineStatus:
@@ -170,6 +225,9 @@ class Hold(BaseModel):
             detail=self.detail,
             requested_at_ms=self.requested_at_ms,
             decided_at_ms=self.decided_at_ms,
+            unit_price=self.unit_price,
+            currency=self.currency,
+            **self.metadata,
         )
 
     def decision_event(self, stock: StockChange | None = None) -> OrderEvent:
@@ -188,6 +246,10 @@ class Hold(BaseModel):
             requested_at_ms=self.requested_at_ms,
             decided_at_ms=self.decided_at_ms,
             stock=stock,
+            unit_price=self.unit_price,
+            currency=self.currency,
+            total=self.unit_price * self.quantity if self.unit_price is not None else None,
+            **self.metadata,
         )
 
 
@@ -199,8 +261,13 @@ def hold_key(order_id: str, product_id: str) -> bytes:
     return b"%d:%b%b" % (len(order), order, product_id.encode())
 
 
+def held_key(user_id: str, product_id: str) -> bytes:
+    """Return the key of what one user holds of one product (as ``hold_key``)."""
+    return hold_key(user_id, product_id)
+
+
 def hold_product(key: bytes) -> bytes:
-    """Return the encoded product id of a hold key (a restore sorts holds by product)."""
+    """Return the encoded product id of a hold key or a held key (a restore sorts by product)."""
     length, _, rest = key.partition(b":")
     return rest[int(length) :]
 

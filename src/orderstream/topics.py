@@ -304,6 +304,13 @@ class TopicSpec:
     config: dict[str, str]
 
 
+# stock-changes holds each product's stock after its every change: only the last one per
+# product (its key) matters, so compaction keeps the topic as small as the catalog, and a
+# status service that reads it from the beginning (http/stock_view.py) catches up fast
+# and still finds a product that has not changed for longer than any retention.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {STOCK_CHANGES: {"cleanup.policy": "compact"}}
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Return every topic the pipeline needs, with the settings' prefix and partition count."""
     # Co-partitioned topics share one count: the stock table's partition n owns exactly
@@ -311,7 +318,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     sources = [ORDER_REQUESTS, STOCK_COMMANDS, ORDER_EVENTS, STOCK_CHANGES]
     sources += [ORDER_COMMANDS, PAYMENT_REQUESTS, PAYMENT_RESULTS, LINE_OUTCOMES]
     names = [*sources, *(name + DLQ_SUFFIX for name in sources)]
-    return [TopicSpec(settings.topic(name), settings.partitions, {}) for name in names]
+    return [
+        TopicSpec(settings.topic(name), settings.partitions, TOPIC_CONFIGS.get(name, {}))
+        for name in names
+    ]
 
 
 def dead_letter_headers(

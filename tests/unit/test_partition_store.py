@@ -393,9 +393,15 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
     the changelog got and the live stock right after it; then restore a fresh store from
     each prefix.
     """
-    rng = random.Random(20_240_501)
+    rng = random.Random(41)
     window_s = 30
-    settings = Settings(partitions=8, topic_prefix="", dedup_window_s=window_s, max_line_quantity=4)
+    settings = Settings(
+        partitions=8,
+        topic_prefix="",
+        dedup_window_s=window_s,
+        max_line_quantity=4,
+        max_per_user=6,  # some requests pass it: a user's count decides them too
+    )
     registry = CollectorRegistry()
     processor = StockProcessor(settings, WorkerMetrics.register(registry))
     owned = [p for p in (f"p{i}" for i in range(50)) if owner_partition(p, 8) == 0][:4]
@@ -417,9 +423,20 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
         )
         return SourceRecord(STOCK_COMMANDS, 0, len(commands), now_ms, None, value)
 
+    def reprice(product_id: str, now_ms: int) -> SourceRecord:
+        """A catalog update: a new price, sometimes a limit of the product's own."""
+        value = b'{"product_id":"%s","operation":"update","price":"%d.%02d","currency":"EUR"%s}' % (
+            product_id.encode(),
+            rng.randint(0, 99),
+            rng.randint(0, 99),
+            rng.choice([b"", b"", b',"max_per_user":%d' % rng.choice([0, 4, 8])]),
+        )
+        return SourceRecord(STOCK_COMMANDS, 0, len(commands), now_ms, None, value)
+
     def request(product_id: str, quantity: int, requested_at_ms: int) -> SourceRecord:
-        value = b'{"order_id":"o%d","user_id":"u","product_id":"%s","quantity":%d}' % (
+        value = b'{"order_id":"o%d","user_id":"u%d","product_id":"%s","quantity":%d}' % (
             len(requests),
+            rng.randint(0, 3),
             product_id.encode(),
             quantity,
         )
@@ -449,7 +466,7 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
     requests: list[SourceRecord] = []
     lines: list[tuple[str, str, int]] = []  # (order id, product id, quantity) of each request
     settling: list[tuple[str, str, int]] = []  # the lines a commit or a release was sent for
-    for batch in range(30):
+    for batch in range(40):
         changelog.now_ms += rng.randint(1, 6_000)
         now_ms = changelog.now_ms
         records: list[SourceRecord] = []
@@ -457,12 +474,17 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
             for product_id in stocked:
                 commands.append(command("set", product_id, 8, now_ms))
             records += commands
+        if batch == 1:
+            records.append(commands[0])  # a restock redelivered, whatever the dice say
         for _ in range(rng.randint(1, 6)):
             roll = rng.random()
             if roll < 0.1:
                 operation = rng.choice(["set", "add"])
                 quantity = rng.randint(0, 8) if operation == "set" else rng.randint(1, 4)
                 commands.append(command(operation, rng.choice(stocked), quantity, now_ms))
+                records.append(commands[-1])
+            elif roll < 0.13:
+                commands.append(reprice(rng.choice(stocked), now_ms))
                 records.append(commands[-1])
             elif roll < 0.15:
                 records.append(rng.choice(commands))  # redelivered: applied once
@@ -482,9 +504,11 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
                 live.apply(product_id, event, append)
             for key, hold in effects.holds:
                 live.put_hold(key, hold, append)
+            for user_id, product_id, quantity in effects.held:
+                live.change_held(user_id, product_id, quantity)
         live.snapshot_changed(append)
         if rng.random() < 0.3:
-            live.expire(now_ms - window_s * 1000, rng.randint(1, 8), append)
+            live.expire(now_ms - window_s * 1000, rng.randint(4, 16), append)
     live.close()
 
     log = changelog.records
@@ -492,6 +516,8 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
     # The stream went through every kind of record a changelog holds.
     assert any(value is None for _, value, _ in log)
     assert any(value and b'"REJECTED"' in value for _, value, _ in log)
+    assert any(value and b"per user" in value for _, value, _ in log)  # LIMIT_EXCEEDED
+    assert any(value and b'"unit_price":"' in value for _, value, _ in log)  # priced holds
     assert any(value and b'"RESERVED"' in value for _, value, _ in log)
     assert sum(key[:1] == STOCK_KEY for key, _, _ in log) > 10
     assert registry.get_sample_value("orderstream_duplicate_requests_total")
@@ -529,6 +555,21 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
         for key in hold_keys:
             assert restored.hold(key) == present.get(key)
         holds = [Hold.model_validate_json(value) for value in present.values() if value]
+        # What each user holds or bought: the last record of each of its holds, expired
+        # (final) ones included, counting reserved and committed lines.
+        last: dict[bytes, Hold] = {}
+        for key, value, _ in prefix:
+            if key[:1] == HOLD_KEY and value is not None:
+                last[key] = Hold.model_validate_json(value)
+        counted: dict[tuple[str, str], int] = {}
+        for hold in last.values():
+            if hold.line_status in (LineStatus.RESERVED, LineStatus.COMMITTED):
+                user_product = (hold.user_id, hold.product_id)
+                counted[user_product] = counted.get(user_product, 0) + hold.quantity
+        for user_id in ("u0", "u1", "u2", "u3"):
+            for product_id in stocked:
+                expected = counted.get((user_id, product_id), 0)
+                assert restored.held(user_id, product_id) == expected, (cut, user_id, product_id)
         for product_id, level in restored.stock.items():
             mine = [h for h in holds if h.product_id == product_id]
             # Reservations are never expired: the reserved figure is exactly theirs. Sold

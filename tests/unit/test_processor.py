@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -26,6 +28,7 @@ from orderstream.tables import Hold, hold_key
 from orderstream.topics import (
     DLQ_REASON_HEADER,
     DLQ_SOURCE_HEADER,
+    DLQ_SUFFIX,
     LINE_OUTCOMES,
     ORDER_EVENTS,
     ORDER_REQUESTS,
@@ -48,6 +51,10 @@ class MemoryState:
     def __init__(self) -> None:
         self.stock: dict[str, StockLevel] = {}
         self.holds: dict[bytes, bytes] = {}
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def held(self, user_id: str, product_id: str) -> int:
+        return self.counts.get((user_id, product_id), 0)
 
     def level(self, product_id: str) -> StockLevel | None:
         return self.stock.get(product_id)
@@ -60,6 +67,8 @@ class MemoryState:
             self.stock[product_id] = evolve(self.stock.get(product_id), event)
         for key, hold in effects.holds:
             self.holds[key] = hold.model_dump_json().encode()
+        for user_id, product_id, quantity in effects.held:
+            self.counts[user_id, product_id] = self.held(user_id, product_id) + quantity
 
 
 @pytest.fixture
@@ -532,3 +541,135 @@ def test_a_line_of_an_order_of_several_goes_to_the_order_agent_not_to_order_even
     assert [(o.topic, o.value) for o in again.outputs] == [
         (LINE_OUTCOMES, effects.outputs[0].value)
     ]
+
+
+# --- the catalog: prices and per-user limits ---------------------------------------------
+
+
+def catalog(offset: int, fields: bytes, operation: str = "update") -> SourceRecord:
+    value = b'{"product_id":"%s","operation":"%s"%s}' % (
+        PRODUCT.encode(),
+        operation.encode(),
+        fields,
+    )
+    return SourceRecord(STOCK_COMMANDS, OWNER, offset, NOW_MS, PRODUCT.encode(), value)
+
+
+def test_a_decision_captures_the_price_of_its_time_and_a_later_change_never_alters_it(
+    processor: StockProcessor, state: MemoryState
+) -> None:
+    state.take(processor.process(catalog(1, b',"price":"19.99","currency":"EUR"'), state, NOW_MS))
+    first = processor.process(request(request_value("o1", 2)), state, NOW_MS)
+    state.take(first)
+    state.take(processor.process(catalog(2, b',"price":"25.00","currency":"EUR"'), state, NOW_MS))
+    second = processor.process(request(request_value("o2", 1)), state, NOW_MS)
+    state.take(second)
+
+    [(_, hold)] = first.holds
+    assert (hold.unit_price, hold.currency) == (Decimal("19.99"), "EUR")
+    event = announced(first.outputs[0])
+    assert (event.unit_price, event.currency, event.total) == (
+        Decimal("19.99"),
+        "EUR",
+        Decimal("39.98"),
+    )
+    assert announced(second.outputs[0]).total == Decimal("25.00")
+    # A duplicate of the first order, after the change, re-sends the first price.
+    again = processor.process(request(request_value("o1", 2)), state, NOW_MS)
+    assert announced(again.outputs[0]).total == Decimal("39.98")
+    assert state.stock[PRODUCT].price == Decimal("25.00")
+
+
+def test_an_update_changes_the_catalog_never_the_stock(
+    processor: StockProcessor, state: MemoryState
+) -> None:
+    before = state.stock[PRODUCT]
+    state.take(processor.process(catalog(1, b',"max_per_user":2'), state, NOW_MS))
+    after = state.stock[PRODUCT]
+    assert (after.available, after.reserved, after.total_in) == (5, 0, 5)
+    assert (after.max_per_user, after.version) == (2, before.version + 1)
+    state.take(processor.process(catalog(2, b',"max_per_user":0'), state, NOW_MS))
+    assert state.stock[PRODUCT].max_per_user is None  # 0: the product's own limit is gone
+
+
+def test_a_user_holds_at_most_the_limit_and_a_release_makes_room_again(
+    processor: StockProcessor, state: MemoryState
+) -> None:
+    state.take(processor.process(catalog(1, b',"max_per_user":2'), state, NOW_MS))
+    decided = []
+    for n in range(4):  # each asks for one: two fit the limit
+        effects = processor.process(request(request_value(f"o{n}", 1)), state, NOW_MS)
+        state.take(effects)
+        decided.append(announced(effects.outputs[0]))
+    assert [e.status for e in decided] == [OrderStatus.RESERVED] * 2 + [OrderStatus.REJECTED] * 2
+    assert {e.reason for e in decided[2:]} == {RejectReason.LIMIT_EXCEEDED}
+    assert state.held("u1", PRODUCT) == 2
+    # A commit keeps the count (bought is held); a release gives one unit of room back.
+    state.take(processor.process(settle("commit", "o0", 10), state, NOW_MS))
+    assert state.held("u1", PRODUCT) == 2
+    state.take(processor.process(settle("release", "o1", 11), state, NOW_MS))
+    assert state.held("u1", PRODUCT) == 1
+    state.take(processor.process(settle("release", "o1", 12), state, NOW_MS))  # redelivered
+    assert state.held("u1", PRODUCT) == 1
+    effects = processor.process(request(request_value("o9", 1)), state, NOW_MS)
+    assert announced(effects.outputs[0]).status is OrderStatus.RESERVED
+
+
+def test_the_default_limit_applies_to_products_without_their_own(
+    registry: CollectorRegistry,
+) -> None:
+    settings = Settings(
+        partitions=PARTITIONS, topic_prefix="", dedup_window_s=WINDOW_S, max_per_user=1
+    )
+    processor = StockProcessor(settings, WorkerMetrics.register(registry))
+    state = MemoryState()
+    state.stock[PRODUCT] = StockLevel(available=5, total_in=5, version=1)
+    first = processor.process(request(request_value("o1", 1)), state, NOW_MS)
+    state.take(first)
+    second = processor.process(request(request_value("o2", 1)), state, NOW_MS)
+    assert announced(second.outputs[0]).reason is RejectReason.LIMIT_EXCEEDED
+    # The product's own limit wins over the default.
+    state.take(processor.process(catalog(1, b',"max_per_user":3'), state, NOW_MS))
+    third = processor.process(request(request_value("o3", 2)), state, NOW_MS)
+    assert announced(third.outputs[0]).status is OrderStatus.RESERVED
+
+
+def test_a_catalog_command_that_cannot_apply_is_dead_lettered(
+    processor: StockProcessor, state: MemoryState
+) -> None:
+    for fields, operation in [
+        (b',"price":"1.00"', "update"),  # no currency
+        (b',"currency":"EUR"', "update"),  # no price
+        (b"", "update"),  # nothing to change
+        (b',"price":"-1","currency":"EUR"', "update"),
+        (b',"price":"1.00001","currency":"EUR"', "update"),  # 5 places
+        (b',"price":"NaN","currency":"EUR"', "update"),
+        (b',"price":"1e400","currency":"EUR"', "update"),
+        (b',"price":"1.00","currency":"eur"', "update"),
+        (b',"quantity":3,"max_per_user":-1', "set"),
+        (b',"quantity":3,"price":"1.00","currency":"EUR"', "update"),  # update takes no quantity
+    ]:
+        effects = processor.process(catalog(1, fields, operation), state, NOW_MS)
+        [dead] = effects.outputs
+        assert dead.topic == STOCK_COMMANDS + DLQ_SUFFIX, fields
+    other = processor.process(
+        SourceRecord(
+            STOCK_COMMANDS,
+            OWNER,
+            1,
+            NOW_MS,
+            b"new",
+            b'{"product_id":"%s","operation":"update","max_per_user":2}'
+            % _owned_unstocked().encode(),
+        ),
+        state,
+        NOW_MS,
+    )
+    [dead] = other.outputs  # an update of a product with no stock: set its stock first
+    assert dead.topic == STOCK_COMMANDS + DLQ_SUFFIX
+
+
+def _owned_unstocked() -> str:
+    return next(
+        p for p in (f"n{i}" for i in range(1000)) if owner_partition(p, PARTITIONS) == OWNER
+    )

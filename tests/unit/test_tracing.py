@@ -153,6 +153,9 @@ class _Partition:
     def hold(self, key: bytes) -> bytes | None:
         return None
 
+    def held(self, user_id: str, product_id: str) -> int:
+        return 0
+
 
 def test_the_stock_processor_adds_no_headers_when_tracing_is_off() -> None:
     processor, record = _processor()

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import faust
@@ -79,7 +80,7 @@ class PaymentClient:
             metrics=metrics,
         )
 
-    async def charge(self, order_id: str, amount: int) -> PaymentOutcome:
+    async def charge(self, order_id: str, amount: Decimal) -> PaymentOutcome:
         """Charge an order; a provider out of reach gives not paid, PAYMENT_UNAVAILABLE."""
         try:
             paid = await self._call(lambda: self._provider.charge(order_id, amount))

@@ -26,7 +26,9 @@ from typing import Any, Protocol
 from orderstream import tracing
 from orderstream.domain import (
     LineRequest,
+    Released,
     SettleOutcome,
+    StockAdded,
     StockEvent,
     StockLevel,
     StockSet,
@@ -100,6 +102,9 @@ class Effects:
 
     holds: list[tuple[bytes, Hold]] = field(default_factory=list)
     stock: list[tuple[str, StockEvent]] = field(default_factory=list)
+    # (user, product, quantity): what a user holds of a product grows (reserved) or
+    # shrinks (released); a sale leaves it as it is (the user still bought it).
+    held: list[tuple[str, str, int]] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
 
 
@@ -112,6 +117,10 @@ class PartitionView(Protocol):
 
     def hold(self, key: bytes) -> bytes | None:
         """Return the encoded hold under ``key``, if any."""
+        ...
+
+    def held(self, user_id: str, product_id: str) -> int:
+        """Return what a user holds (reserved) or bought of a product."""
         ...
 
 
@@ -227,10 +236,13 @@ class StockProcessor:
             hold = Hold.model_validate_json(recorded)
             self._metrics.duplicates.inc()
         else:
-            hold, event = self._decide(state.level(request.product_id), request, record, now_ms)
+            held = state.held(request.user_id, request.product_id)
+            level = state.level(request.product_id)
+            hold, event = self._decide(level, held, request, record, now_ms)
             effects.holds.append((key, hold))
             if event is not None:
                 effects.stock.append((request.product_id, event))
+                effects.held.append((request.user_id, request.product_id, request.quantity))
         if hold.line_count == 1:
             # Decided in one hop: the decision is the order's first event.
             announced = hold.decision_event().model_dump_json().encode()
@@ -241,12 +253,19 @@ class StockProcessor:
             effects.outputs.append(Output(self._line_outcomes, hold.order_id.encode(), decided))
 
     def _decide(
-        self, level: StockLevel | None, request: OrderRequest, record: SourceRecord, now_ms: int
+        self,
+        level: StockLevel | None,
+        held: int,
+        request: OrderRequest,
+        record: SourceRecord,
+        now_ms: int,
     ) -> tuple[Hold, StockEvent | None]:
         line = LineRequest(
             product_id=request.product_id, quantity=request.quantity, line_count=request.line_count
         )
-        decision, event = reserve_line(level, line, self._settings.max_line_quantity)
+        decision, event = reserve_line(
+            level, line, self._settings.max_line_quantity, held, self._settings.max_per_user
+        )
         labels = (decision.status.value.lower(), decision.reason.value if decision.reason else "")
         counter = self._decisions.get(labels)
         if counter is None:
@@ -254,7 +273,9 @@ class StockProcessor:
         counter.inc()
         self._metrics.decision_latency.observe(max(0, now_ms - record.timestamp_ms) / 1000)
         version = event.version if event is not None else None
-        return Hold.of(request, decision, record.timestamp_ms, now_ms, version), event
+        return Hold.of(
+            request, decision, record.timestamp_ms, now_ms, stock_version=version, level=level
+        ), event
 
     def _on_command(
         self, record: SourceRecord, state: PartitionView, now_ms: int, effects: Effects
@@ -267,9 +288,10 @@ class StockProcessor:
             return
         level = state.level(command.product_id)
         quantity = command.quantity
-        assert quantity is not None  # StockCommand requires it of set and add
         try:
-            event = stock_command(level, command.operation, quantity, record.offset)
+            event = stock_command(
+                level, command.operation, quantity, record.offset, command.catalog()
+            )
         except ValueError as exc:
             raise InvalidMessageError(str(exc)) from None
         outcome = "already_applied" if event is None else "applied"
@@ -278,15 +300,15 @@ class StockProcessor:
             return
         effects.stock.append((command.product_id, event))
         log.info(
-            "stock %s %s %d on %s/%d@%d: available %d -> %s",
+            "stock %s %s on %s/%d@%d: available %d -> %s%s",
             command.operation.value,
             command.product_id,
-            quantity,
             record.topic,
             record.partition,
             record.offset,
             level.available if level is not None else 0,
-            event.quantity if isinstance(event, StockSet) else f"+{event.quantity}",
+            _change_of(event),
+            _catalog_of(command),
             extra=record_context(
                 record.topic,
                 record.partition,
@@ -345,6 +367,8 @@ class StockProcessor:
             return
         effects.stock.append((command.product_id, event))
         effects.holds.append((key, hold.settled_by(event, now_ms)))
+        if isinstance(event, Released):
+            effects.held.append((hold.user_id, hold.product_id, -hold.quantity))
 
     def _forwarded(self, record: SourceRecord, product_id: str, effects: Effects) -> bool:
         """Forward a record that arrived on a partition not owning its product."""
@@ -380,3 +404,22 @@ class StockProcessor:
         )
         self._metrics.forwarded.labels(record.topic).inc()
         return True
+
+
+def _change_of(event: StockEvent) -> str:
+    """Return what a stock command did to the available stock, for its log line."""
+    if isinstance(event, StockSet):
+        return str(event.quantity)
+    if isinstance(event, StockAdded):
+        return f"+{event.quantity}"
+    return "unchanged"
+
+
+def _catalog_of(command: StockCommand) -> str:
+    """Return the catalog a stock command set, for its log line ('' when none)."""
+    parts = []
+    if command.price is not None:
+        parts.append(f"price {command.price} {command.currency}")
+    if command.max_per_user is not None:
+        parts.append(f"max {command.max_per_user} per user" if command.max_per_user else "no limit")
+    return f" ({', '.join(parts)})" if parts else ""

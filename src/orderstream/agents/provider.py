@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Protocol
 
 from orderstream.errors import OrderstreamError
@@ -24,7 +25,7 @@ class PaymentProvider(Protocol):
     answers what the first charge decided. A refund repeated changes nothing more.
     """
 
-    async def charge(self, order_id: str, amount: int) -> bool:
+    async def charge(self, order_id: str, amount: Decimal) -> bool:
         """Charge ``amount`` for ``order_id``; return whether it was paid.
 
         Raise ProviderError when the provider cannot answer now.
@@ -40,7 +41,7 @@ class PaymentProvider(Protocol):
 class MockCharge:
     """What the mock remembers of one order: its charge's outcome, and if refunded."""
 
-    amount: int
+    amount: Decimal
     paid: bool
     refunded: bool = False
 
@@ -70,7 +71,7 @@ class MockPaymentProvider:
         self.charges: dict[str, MockCharge] = {}
         self.calls = 0
 
-    async def charge(self, order_id: str, amount: int) -> bool:
+    async def charge(self, order_id: str, amount: Decimal) -> bool:
         self.calls += 1
         self._maybe_fail()
         charge = self.charges.get(order_id)

@@ -269,6 +269,8 @@ class StockAgent(Service):
                         store.apply(product_id, event, append)
                     for key, hold in effects.holds:
                         store.put_hold(key, hold, append)
+                    for user_id, product_id, quantity in effects.held:
+                        store.change_held(user_id, product_id, quantity)
                 except ValueError as exc:
                     # An event the stock cannot take (a bug, never input): park the
                     # record rather than stop the partition or oversell.

@@ -17,14 +17,32 @@ from __future__ import annotations
 import logging
 import shutil
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import rocksdict
 
-from orderstream.domain import StockAdded, StockEvent, StockLevel, StockSet, evolve, fold_newer
-from orderstream.tables import HOLD_KEY, STOCK_KEY, Hold, hold_product
+from orderstream.domain import (
+    CatalogUpdated,
+    Released,
+    Reserved,
+    StockAdded,
+    StockEvent,
+    StockLevel,
+    StockSet,
+    evolve,
+    fold_newer,
+)
+from orderstream.tables import (
+    HELD_KEY,
+    HOLD_KEY,
+    STOCK_KEY,
+    HeldCount,
+    Hold,
+    held_key,
+    hold_product,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +90,10 @@ class PartitionStore:
         self._db.set_write_options(write_options)
         self.stock: dict[str, StockLevel] = {}
         self._dirty: set[str] = set()  # products changed since the last snapshot
+        # Per (user, product) key: what the user holds or bought, and as of which stock
+        # version it was last written to the changelog (see _append_stock).
+        self._held: dict[bytes, HeldCount] = {}
+        self._dirty_held: dict[str, set[bytes]] = {}  # product -> its counts changed since
         # During a restore: per product, the holds read since its last snapshot.
         self._since_snapshot: dict[bytes, dict[bytes, bytes]] = {}
         self._report = RestoreReport()
@@ -88,6 +110,11 @@ class PartitionStore:
         stored = self._db.get(key)
         return stored[_TIME.size :] if isinstance(stored, bytes) else None
 
+    def held(self, user_id: str, product_id: str) -> int:
+        """Return what ``user_id`` holds (reserved) or bought of ``product_id``."""
+        count = self._held.get(held_key(user_id, product_id))
+        return count.held if count is not None else 0
+
     # --- writing ----------------------------------------------------------------------
 
     def put_hold(self, key: bytes, hold: Hold, append: Append) -> None:
@@ -100,21 +127,57 @@ class PartitionStore:
 
     def apply(self, product_id: str, event: StockEvent, append: Append) -> None:
         """Apply a stock event; a stock command's result goes to the changelog at once."""
-        level = evolve(self.stock.get(product_id), event)
+        previous = self.stock.get(product_id)
+        level = evolve(previous, event)
+        command = isinstance(event, StockSet | StockAdded | CatalogUpdated)
+        if command:
+            # The counts as of the stock before the command, which changes none of them.
+            self._append_held(product_id, previous.version if previous else 0, append)
         self.stock[product_id] = level
         self._dirty.add(product_id)  # snapshotted at the end of the batch, for the sink too
-        if isinstance(event, StockSet | StockAdded):
-            # Now as well: the reservations this restock allows must come after it in
-            # the changelog.
+        if command:
+            # Now as well: the reservations this restock allows (at this price) must
+            # come after it in the changelog.
             append(STOCK_KEY + product_id.encode(), level.model_dump_json().encode())
+
+    def change_held(self, user_id: str, product_id: str, delta: int) -> None:
+        """Add ``delta`` to what a user holds of a product (a reservation +, a release -).
+
+        Written to the changelog with the product's next stock snapshot. Never below
+        zero: a release always follows its reservation, so a negative count is a bug,
+        logged rather than allowed to refuse a later request.
+        """
+        key = held_key(user_id, product_id)
+        current = self._held.get(key)
+        held = (current.held if current is not None else 0) + delta
+        if held < 0:
+            log.error("user %s would hold %d of %s; counted as 0", user_id, held, product_id)
+            held = 0
+        version = current.version if current is not None else 0
+        self._held[key] = HeldCount(held=held, version=version)
+        self._dirty_held.setdefault(product_id, set()).add(key)
 
     def snapshot_changed(self, append: Append) -> list[tuple[str, StockLevel]]:
         """Snapshot every product changed since the last call; return them for the sink."""
         changed = [(product_id, self.stock[product_id]) for product_id in self._dirty]
         for product_id, level in changed:
+            self._append_held(product_id, level.version, append)
             append(STOCK_KEY + product_id.encode(), level.model_dump_json().encode())
         self._dirty.clear()
         return changed
+
+    def _append_held(self, product_id: str, version: int, append: Append) -> None:
+        """Append the changed counts of a product's users, as of its stock ``version``.
+
+        Called before every stock snapshot of the product, so that a snapshot is always
+        preceded by the counts of every reservation and release it contains, and a
+        restore need fold into a count only the holds written after the product's last
+        snapshot that are newer than the count (see finish_restore).
+        """
+        for key in self._dirty_held.pop(product_id, ()):
+            count = HeldCount(held=self._held[key].held, version=version)
+            self._held[key] = count
+            append(HELD_KEY + key, count.model_dump_json().encode())
 
     def expire(self, before_ms: int, scan: int, append: Append) -> int:
         """Scan up to ``scan`` holds on from the last call; drop the final ones decided
@@ -162,6 +225,8 @@ class PartitionStore:
             self._db[rest] = _TIME.pack(timestamp_ms) + value
             if _NO_STOCK_EVENT not in value:
                 self._since_snapshot.setdefault(hold_product(rest), {})[rest] = value
+        elif kind == HELD_KEY and value is not None:
+            self._held[rest] = HeldCount.model_validate_json(value)
         elif kind == STOCK_KEY and value is not None:
             # Later in the log means later in time: the last snapshot wins, and it
             # contains every hold written before it.
@@ -191,8 +256,29 @@ class PartitionStore:
                 continue
             self.stock[product_id], applied = fold_newer(level, events)
             report.replayed += applied
+            self._fold_held(holds.values())
         self._since_snapshot.clear()
         return report
+
+    def _fold_held(self, holds: Iterable[bytes]) -> None:
+        """Add to each user's count the reservations and releases newer than it."""
+        for value in holds:
+            hold = Hold.model_validate_json(value)
+            key = held_key(hold.user_id, hold.product_id)
+            count = self._held.get(key)
+            since = count.version if count is not None else 0
+            held = count.held if count is not None else 0
+            for event in hold.stock_events():
+                if event.version <= since:
+                    continue
+                if isinstance(event, Reserved):
+                    held += event.quantity
+                elif isinstance(event, Released):
+                    held -= event.quantity
+            if count is None or held != count.held:
+                # Dirty: written before the product's next snapshot, with its version.
+                self._held[key] = HeldCount(held=max(held, 0), version=since)
+                self._dirty_held.setdefault(hold.product_id, set()).add(key)
 
     def close(self) -> None:
         """Close the RocksDB cache and delete it."""
