@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from decimal import Decimal
 
 import pytest
 
@@ -17,6 +18,7 @@ from orderstream.domain import (
     OrderState,
     OrderStatus,
     OrderTransitionEvent,
+    Override,
     PaymentResult,
     RejectReason,
     Transition,
@@ -373,6 +375,7 @@ HISTORIES = {
     (OrderStatus.RESERVED, OrderStatus.PAID, OrderStatus.CONFIRMED),
     (OrderStatus.RESERVED, OrderStatus.CANCELLED),
     (OrderStatus.RESERVED, OrderStatus.EXPIRED),
+    (OrderStatus.RESERVED, OrderStatus.CONFIRMED),  # an operator's override
 }
 RANK = {OrderStatus.RESERVED: 1, OrderStatus.PAID: 2} | {
     status: 3 for status in OrderStatus if status.is_terminal
@@ -398,7 +401,20 @@ def random_order_inputs(rng: random.Random, order_id: str) -> tuple[list[OrderIn
             if reserved
             else rng.choice([RejectReason.OUT_OF_STOCK, RejectReason.LIMIT_EXCEEDED])
         )
-        outcome = LineOutcome(order_id, "u", product, rng.randint(1, 5), count, reserved, reason)
+        currency = "USD" if rng.random() < 0.03 else "EUR"  # now and then: mixed currencies
+        price = Decimal(rng.randint(0, 9999)) / 100
+        outcome = LineOutcome(
+            order_id,
+            "u",
+            product,
+            rng.randint(1, 5),
+            count,
+            reserved,
+            reason,
+            None,
+            price,
+            currency,
+        )
         inputs += [outcome] * rng.randint(1, 2)
     for _ in range(rng.choice([0, 1, 1, 1, 2])):
         paid = rng.random() < 0.7
@@ -410,6 +426,8 @@ def random_order_inputs(rng: random.Random, order_id: str) -> tuple[list[OrderIn
         inputs += [PaymentResult(order_id, paid, reason)] * rng.randint(1, 2)
     inputs += [Cancel(order_id)] * rng.choice([0, 0, 1, 2])
     inputs += [Expire(order_id)] * rng.choice([0, 0, 1, 2])
+    status = rng.choice([OrderStatus.CONFIRMED, OrderStatus.CANCELLED])
+    inputs += [Override(order_id, status, "operator")] * rng.choice([0, 0, 0, 1, 2])
     # Whichever line comes first fixes the order's line_count: with this many lines, it is decided.
     return inputs, len(products) >= largest_count
 
@@ -464,6 +482,9 @@ def test_random_interleavings_keep_every_invariant() -> None:
             # refund by order id is what makes a repeated one harmless.
             if before is not None:
                 refunds[command.order_id] += 1
+        if transition.request_payment:
+            assert after is not None
+            assert after.total() is not None  # every line priced, in one currency
         if isinstance(command, PaymentResult) and command.paid:
             # A charge is always accounted for: sold, refunded, or already one of those.
             confirmed = OrderStatus.CONFIRMED in [event.status for event in transition.events]
@@ -514,4 +535,93 @@ def test_random_interleavings_keep_every_invariant() -> None:
         "PaymentResult ignored",
         "Cancel ignored",
         "Expire ignored",
+        "Override",
+        "Override ignored",
     } <= set(seen)
+    reasons = {state.reason for state in states.values()}
+    assert {RejectReason.MIXED_CURRENCIES, RejectReason.ADMIN_OVERRIDE} <= reasons
+
+
+# Prices, metadata and overrides.
+
+
+def priced(product_id: str, price: str, quantity: int = 1, currency: str = "EUR") -> LineOutcome:
+    return LineOutcome(
+        "o1", "u1", product_id, quantity, 2, True, None, None, Decimal(price), currency
+    )
+
+
+def test_the_total_is_the_sum_of_quantity_times_the_price_each_line_was_decided_at() -> None:
+    state = run(priced("p1", "19.99", 2), priced("p2", "0.01", 3))
+    assert state.status is OrderStatus.RESERVED
+    assert state.total() == (Decimal("40.01"), "EUR")
+
+
+def test_lines_priced_in_different_currencies_reject_the_order_and_release_them() -> None:
+    first = step(None, priced("p1", "1.00")).state
+    transition = step(first, priced("p2", "1.00", currency="USD"))
+    assert transition.state is not None
+    assert (transition.state.status, transition.state.reason) == (
+        OrderStatus.REJECTED,
+        RejectReason.MIXED_CURRENCIES,
+    )
+    assert transition.state.detail == "its lines are priced in EUR, USD"
+    assert set(transition.release) == {LineQuantity("p1", 1), LineQuantity("p2", 1)}
+    assert not transition.request_payment
+
+
+def test_an_unpriced_line_leaves_the_order_without_a_total() -> None:
+    state = run(priced("p1", "1.00"), line("p2", line_count=2))
+    assert state.status is OrderStatus.RESERVED
+    assert state.total() is None
+
+
+def test_the_first_metadata_an_order_sees_is_kept() -> None:
+    notes = {"notes": "leave at the door"}
+    with_notes = LineOutcome("o1", "u1", "p1", 1, 2, True, metadata=notes)
+    other = LineOutcome("o1", "u1", "p2", 1, 2, True, metadata={"notes": "other"})
+    assert run(with_notes, other).metadata == notes
+    # A first line without any leaves the order's metadata to the next.
+    assert run(line("p2", line_count=2), with_notes).metadata == notes
+
+
+def test_an_override_confirms_a_reserved_order_commits_its_lines_and_names_the_operator() -> None:
+    state = reserved_order()
+    transition = step(
+        state, Override("o1", OrderStatus.CONFIRMED, "alice", "paid by bank transfer")
+    )
+    assert transition.state is not None
+    assert (transition.state.status, transition.state.reason) == (
+        OrderStatus.CONFIRMED,
+        RejectReason.ADMIN_OVERRIDE,
+    )
+    [event] = transition.events
+    assert (event.seq, event.status, event.actor, event.detail) == (
+        2,
+        OrderStatus.CONFIRMED,
+        "alice",
+        "paid by bank transfer",
+    )
+    assert transition.commit == all_lines(2)
+    assert transition.release == ()
+    # A charge that still succeeds afterwards is given back.
+    assert step(transition.state, PaymentResult("o1", True)).refund
+
+
+def test_an_override_cancels_a_reserved_order_and_releases_its_lines() -> None:
+    transition = step(reserved_order(), Override("o1", OrderStatus.CANCELLED, "bob"))
+    [event] = transition.events
+    assert (event.status, event.reason, event.actor) == (
+        OrderStatus.CANCELLED,
+        RejectReason.ADMIN_OVERRIDE,
+        "bob",
+    )
+    assert transition.release == all_lines(2)
+
+
+@pytest.mark.parametrize("status", [OrderStatus.CONFIRMED, OrderStatus.CANCELLED])
+def test_an_override_of_an_order_not_reserved_changes_nothing(status: OrderStatus) -> None:
+    cancelled = step(reserved_order(), Cancel("o1")).state
+    transition = step(cancelled, Override("o1", status, "carol"))
+    assert nothing_changed(transition, cancelled)
+    assert nothing_changed(step(None, Override("o1", status, "carol")), None)

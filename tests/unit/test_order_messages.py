@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from orderstream.agents.order_messages import (
     announced_here,
     line_outcome,
@@ -138,3 +140,47 @@ def test_a_single_line_order_keeps_its_first_event_at_the_stock_agent() -> None:
     rejected = first.model_copy(update={"status": OrderStatus.REJECTED})
     assert single_line_reserved(rejected) is None
     assert single_line_reserved(first.model_copy(update={"seq": 2})) is None
+
+
+def test_an_order_event_carries_prices_the_total_the_metadata_and_the_operator() -> None:
+    address = {"name": "A. Shopper", "line1": "1 Main St", "city": "Berlin", "country": "DE"}
+    lines = [
+        LineDecision.model_validate(
+            {
+                **decision(product_id, OrderStatus.RESERVED, quantity=quantity).model_dump(),
+                "line_count": 2,
+                "unit_price": price,
+                "currency": "EUR",
+                "shipping_address": address if product_id == "p1" else None,
+                "notes": "ring twice\nthen wait" if product_id == "p1" else None,
+            }
+        )
+        for product_id, quantity, price in [("p1", 2, "19.99"), ("p2", 1, "5.00")]
+    ]
+    state = None
+    for one in lines:
+        state = next_state(state, line_outcome(one), T0, 1_000).state
+    assert state is not None
+    assert state.status is OrderStatus.RESERVED
+    reserved = OrderTransitionEvent("o1", 1, OrderStatus.RESERVED)
+    event = order_event(state, reserved, T0 - 10, T0)
+    assert (event.total, event.currency, event.unit_price) == (
+        Decimal("44.98"),
+        "EUR",
+        Decimal("19.99"),
+    )
+    assert [(i.product_id, i.unit_price, i.currency) for i in event.items or ()] == [
+        ("p1", Decimal("19.99"), "EUR"),
+        ("p2", Decimal("5.00"), "EUR"),
+    ]
+    assert event.shipping_address is not None
+    assert event.shipping_address.city == "Berlin"
+    assert event.notes == "ring twice\nthen wait"
+    # Through JSON, as the sink reads it: exact decimals, never floats.
+    again = OrderEvent.model_validate_json(event.model_dump_json())
+    assert again == event
+    assert '"total":"44.98"' in event.model_dump_json()
+    overridden = OrderTransitionEvent(
+        "o1", 2, OrderStatus.CONFIRMED, RejectReason.ADMIN_OVERRIDE, "ok", "alice"
+    )
+    assert order_event(state, overridden, T0 - 10, T0).actor == "alice"

@@ -4,9 +4,25 @@ transition as the order event that announces it. Pure, so it is unit-tested with
 
 from __future__ import annotations
 
+from typing import Any
+
 from orderstream.domain import OrderStatus
 from orderstream.domain.orders import LineOutcome, OrderState, OrderTransitionEvent
-from orderstream.topics import DETAIL_MAX_LENGTH, LineDecision, OrderEvent, OrderItem
+from orderstream.topics import (
+    DETAIL_MAX_LENGTH,
+    LineDecision,
+    OrderEvent,
+    OrderItem,
+    OrderMetadata,
+)
+
+_METADATA_FIELDS = set(OrderMetadata.model_fields)
+
+
+def metadata_of(message: OrderMetadata) -> dict[str, Any] | None:
+    """Return the order metadata a message carries, as JSON-able fields; None for none."""
+    fields = message.model_dump(mode="json", include=_METADATA_FIELDS, exclude_none=True)
+    return fields or None
 
 
 def line_outcome(decision: LineDecision) -> LineOutcome:
@@ -21,6 +37,9 @@ def line_outcome(decision: LineDecision) -> LineOutcome:
         reserved=reserved,
         reason=None if reserved else decision.reason,
         detail=decision.detail,
+        unit_price=decision.unit_price,
+        currency=decision.currency,
+        metadata=metadata_of(decision),
     )
 
 
@@ -39,6 +58,9 @@ def single_line_reserved(event: OrderEvent) -> LineOutcome | None:
         quantity=event.quantity,
         line_count=1,
         reserved=True,
+        unit_price=event.unit_price,
+        currency=event.currency,
+        metadata=metadata_of(event),
     )
 
 
@@ -52,7 +74,12 @@ def order_items(state: OrderState) -> list[OrderItem]:
     """Return every line of the order, in the order's line order, with its line status."""
     return [
         OrderItem(
-            product_id=product_id, quantity=line.quantity, status=line.status, reason=line.reason
+            product_id=product_id,
+            quantity=line.quantity,
+            status=line.status,
+            reason=line.reason,
+            unit_price=line.unit_price,
+            currency=line.currency,
         )
         for product_id, line in state.lines.items()
     ]
@@ -69,6 +96,7 @@ def order_event(
     """
     items = order_items(state)
     first = items[0]  # an order has a line before its first transition
+    total, currency = state.total() or (None, None)
     return OrderEvent(
         order_id=state.order_id,
         seq=event.seq,
@@ -82,4 +110,9 @@ def order_event(
         requested_at_ms=requested_at_ms,
         decided_at_ms=decided_at_ms,
         items=items,
+        unit_price=first.unit_price,
+        currency=currency if currency is not None else first.currency,
+        total=total,
+        actor=event.actor,
+        **(state.metadata or {}),
     )

@@ -38,6 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -59,6 +60,7 @@ from orderstream.domain.orders import (
     Expire,
     OrderInput,
     OrderState,
+    Override,
     PaymentResult,
     Transition,
     is_expired,
@@ -162,7 +164,7 @@ class OrderAgentContext:
 
 @dataclass(frozen=True)
 class _Input:
-    kind: str  # a metric label: line, payment, cancel, expire
+    kind: str  # a metric label: line, payment, cancel, expire, override
     command: OrderInput
     now_ms: int
     requested_at_ms: int | None = None  # known from a line outcome only
@@ -286,6 +288,12 @@ def _decode(message: Any, names: SourceNames) -> _Input | None:
         command = decode(OrderCommand, message.value)
         if command.command is OrderCommandKind.CANCEL:
             return _Input("cancel", Cancel(command.order_id, detail=command.detail), now_ms)
+        if command.command is OrderCommandKind.OVERRIDE:
+            # OrderCommand validated both: an override names its status and its actor.
+            assert command.status is not None
+            assert command.actor is not None
+            override = Override(command.order_id, command.status, command.actor, command.detail)
+            return _Input("override", override, now_ms)
         return _Input("expire", Expire(command.order_id), now_ms)
     outcome = decode(PaymentOutcome, message.value)
     result = PaymentResult(outcome.order_id, outcome.paid, outcome.reason, outcome.detail)
@@ -404,11 +412,14 @@ def _effects(
         )
     if transition.request_payment:
         assert state is not None
-        amount = sum(line.quantity for line in state.lines.values())  # the price, for now
+        # The total at the prices the lines were decided at (0 for an unpriced order).
+        amount, currency = state.total() or (Decimal(0), None)
         add(
             ctx.payment_requests,
             order_id,
-            PaymentRequest(order_id=order_id, user_id=state.user_id, amount=amount),
+            PaymentRequest(
+                order_id=order_id, user_id=state.user_id, amount=amount, currency=currency
+            ),
         )
     if transition.refund:
         add(

@@ -15,7 +15,8 @@ confirmed in the same transition.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, assert_never
+from decimal import Decimal
+from typing import Any, NamedTuple, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +39,9 @@ class LineState(BaseModel):
     status: LineStatus
     reason: RejectReason | None = None
     detail: str | None = None
+    # The unit price the stock agent decided the line at (None: the product had none).
+    unit_price: Decimal | None = None
+    currency: str | None = None
 
 
 class OrderState(BaseModel):
@@ -63,6 +67,26 @@ class OrderState(BaseModel):
     # A successful payment was reported: committed into CONFIRMED, or refunded. A second
     # report of it is a duplicate, never a second refund.
     paid: bool = False
+    # The order's metadata (addresses, notes) as its first line carrying some brought
+    # it: opaque here, repeated on the order's events.
+    metadata: dict[str, Any] | None = None
+
+    def total(self) -> tuple[Decimal, str] | None:
+        """Return the order's total and currency: quantity x unit price over its lines.
+
+        None while a line has no price. Lines in different currencies have no total (the
+        order is rejected MIXED_CURRENCIES when it assembles).
+        """
+        total = Decimal(0)
+        currencies = set()
+        for line in self.lines.values():
+            if line.unit_price is None or line.currency is None:
+                return None
+            total += line.unit_price * line.quantity
+            currencies.add(line.currency)
+        if len(currencies) != 1:
+            return None
+        return total, currencies.pop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +101,9 @@ class LineOutcome:
     reserved: bool
     reason: RejectReason | None = None
     detail: str | None = None
+    unit_price: Decimal | None = None
+    currency: str | None = None
+    metadata: dict[str, Any] | None = None  # the order's, when the line carries some
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +132,20 @@ class Expire:
     order_id: str
 
 
-OrderInput = LineOutcome | PaymentResult | Cancel | Expire
+@dataclass(frozen=True, slots=True)
+class Override:
+    """An operator ends a reserved order: CONFIRMED (paid elsewhere) or CANCELLED.
+
+    ``actor`` names the operator and ``detail`` says why: both go on the order's event.
+    """
+
+    order_id: str
+    status: OrderStatus
+    actor: str
+    detail: str | None = None
+
+
+OrderInput = LineOutcome | PaymentResult | Cancel | Expire | Override
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +157,7 @@ class OrderTransitionEvent:
     status: OrderStatus
     reason: RejectReason | None = None
     detail: str | None = None
+    actor: str | None = None  # the operator of an override
 
 
 class LineQuantity(NamedTuple):
@@ -158,6 +199,8 @@ def next_state(
             return _on_cancel(state, command)
         case Expire():
             return _on_expire(state, now_ms, ttl_ms)
+        case Override():
+            return _on_override(state, command)
         case _:
             assert_never(command)
 
@@ -181,9 +224,13 @@ def _on_line(state: OrderState | None, line: LineOutcome, now_ms: int) -> Transi
         status=LineStatus.RESERVED if line.reserved else LineStatus.REJECTED,
         reason=None if line.reserved else line.reason,
         detail=line.detail,
+        unit_price=line.unit_price,
+        currency=line.currency,
     )
     if state.status is not None:
         return _extra_line(state, line.product_id, recorded)
+    if state.metadata is None and line.metadata:
+        state = state.model_copy(update={"metadata": line.metadata})
     lines = {**state.lines, line.product_id: recorded}
     if line.line_count != state.line_count:
         # Lines that disagree on what the order is cannot all be trusted: rather than
@@ -192,10 +239,9 @@ def _on_line(state: OrderState | None, line: LineOutcome, now_ms: int) -> Transi
         return _settle(state, lines, OrderStatus.REJECTED, RejectReason.INVALID, detail)
     if len(lines) < state.line_count:
         return Transition(state.model_copy(update={"lines": lines}))
-    for product_id, known in lines.items():
-        if known.status is LineStatus.REJECTED:
-            said = known.detail if state.line_count == 1 else _named(product_id, known.detail)
-            return _settle(state, lines, OrderStatus.REJECTED, known.reason, said)
+    refused = _refused(state, lines)
+    if refused is not None:
+        return refused
     seq = state.seq + 1
     reserved = state.model_copy(
         update={
@@ -208,6 +254,20 @@ def _on_line(state: OrderState | None, line: LineOutcome, now_ms: int) -> Transi
     )
     event = OrderTransitionEvent(state.order_id, seq, OrderStatus.RESERVED)
     return Transition(reserved, events=(event,), request_payment=True)
+
+
+def _refused(state: OrderState, lines: dict[str, LineState]) -> Transition | None:
+    """Return the rejection of an order whose lines have all arrived, None if it stands."""
+    for product_id, known in lines.items():
+        if known.status is LineStatus.REJECTED:
+            said = known.detail if state.line_count == 1 else _named(product_id, known.detail)
+            return _settle(state, lines, OrderStatus.REJECTED, known.reason, said)
+    currencies = sorted({known.currency for known in lines.values() if known.currency})
+    if len(currencies) > 1:
+        # No total to charge: rather than pick a currency, turn the order down whole.
+        detail = f"its lines are priced in {', '.join(currencies)}"
+        return _settle(state, lines, OrderStatus.REJECTED, RejectReason.MIXED_CURRENCIES, detail)
+    return None
 
 
 def _extra_line(state: OrderState, product_id: str, line: LineState) -> Transition:
@@ -226,6 +286,34 @@ def _on_cancel(state: OrderState | None, cancel: Cancel) -> Transition:
     if state is None or state.status is not OrderStatus.RESERVED:
         return Transition(state, ignored=_why_not_reserved(state))
     return _settle(state, state.lines, OrderStatus.CANCELLED, cancel.reason, cancel.detail)
+
+
+def _on_override(state: OrderState | None, override: Override) -> Transition:
+    """End a reserved order as an operator says: confirmed (commit) or cancelled (release)."""
+    if state is None or state.status is not OrderStatus.RESERVED:
+        return Transition(state, ignored=_why_not_reserved(state))
+    reason = RejectReason.ADMIN_OVERRIDE
+    if override.status is OrderStatus.CONFIRMED:
+        lines, commit = _move_reserved(state.lines, LineStatus.COMMITTED)
+        seq = state.seq + 1
+        confirmed = state.model_copy(
+            update={"lines": lines, "status": OrderStatus.CONFIRMED, "reason": reason,
+                    "detail": override.detail, "seq": seq}
+        )  # fmt: skip
+        event = OrderTransitionEvent(
+            state.order_id, seq, OrderStatus.CONFIRMED, reason, override.detail, override.actor
+        )
+        # Not marked paid: a charge that still succeeds is refunded (the operator said
+        # the order was settled another way).
+        return Transition(confirmed, events=(event,), commit=commit)
+    if override.status is OrderStatus.CANCELLED:
+        transition = _settle(state, state.lines, OrderStatus.CANCELLED, reason, override.detail)
+        [event] = transition.events
+        actor_event = OrderTransitionEvent(
+            event.order_id, event.seq, event.status, event.reason, event.detail, override.actor
+        )
+        return Transition(transition.state, events=(actor_event,), release=transition.release)
+    raise ValueError(f"an override ends an order CONFIRMED or CANCELLED, not {override.status}")
 
 
 def _on_expire(state: OrderState | None, now_ms: int, ttl_ms: int) -> Transition:
