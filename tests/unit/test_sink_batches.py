@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from orderstream.domain import OrderStatus, RejectReason
 from orderstream.sink.base import LocatedEvent
-from orderstream.sink.postgres import _latest_per_order, _latest_per_product
+from orderstream.sink.rows import fold_orders, latest_per_product
 from orderstream.topics import OrderEvent, StockChange
 
 
@@ -41,22 +41,22 @@ def change(product_id: str, version: int, available: int) -> StockChange:
 
 def test_highest_seq_wins_whatever_the_order() -> None:
     later = event("o1", 2, OrderStatus.CONFIRMED, offset=5)
-    folded = _latest_per_order(
+    folded, _ = fold_orders(
         [event("o1", 1, OrderStatus.RESERVED, 4), later, event("o2", 1, OrderStatus.REJECTED, 6)]
     )
-    assert [e.event.order_id for e in folded] == ["o1", "o2"]
+    assert [located.event.order_id for located in folded] == ["o1", "o2"]
     assert folded[0] is later
     # A replayed older event after the newer one does not win either.
-    assert _latest_per_order([later, event("o1", 1, OrderStatus.RESERVED, 9)])[0] is later
+    assert fold_orders([later, event("o1", 1, OrderStatus.RESERVED, 9)])[0][0] is later
 
 
 def test_duplicates_keep_the_first_seen() -> None:
     first = event("o1", 1, OrderStatus.RESERVED, offset=1)
-    assert _latest_per_order([first, event("o1", 1, OrderStatus.RESERVED, 2)]) == [first]
+    assert fold_orders([first, event("o1", 1, OrderStatus.RESERVED, 2)])[0] == [first]
 
 
 def test_highest_stock_version_wins() -> None:
-    folded = _latest_per_product(
+    folded = latest_per_product(
         [change("p", 3, 7), change("p", 5, 5), change("p", 4, 6), change("q", 1, 9)]
     )
     assert {(c.product_id, c.version) for c in folded} == {("p", 5), ("q", 1)}

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from orderstream.domain import LineStatus, OrderStatus, RejectReason
 from orderstream.sink.base import LocatedEvent, SinkBatch
-from orderstream.sink.postgres import _rows
+from orderstream.sink.rows import batch_rows
 from orderstream.topics import OrderEvent, OrderItem
 
 ITEMS = [
@@ -71,12 +71,12 @@ def test_listed_items_are_staged_one_row_each_from_the_latest_event() -> None:
             located(single, 3),
         ]
     )
-    orders, items, events, stock = _rows(batch)
+    orders, items, events, stock = batch_rows(batch)
     # The order that lists its items stages no product on its row; the single line does.
     assert [(row[0], row[8], row[9]) for row in orders] == [("o1", None, None), ("o2", "p1", 2)]
     assert items == [
-        ("o1", "p1", 2, "REJECTED", 2, "RELEASED", None),
-        ("o1", "p2", 1, "REJECTED", 2, "REJECTED", "OUT_OF_STOCK"),
+        ("o1", "p1", 2, "REJECTED", 2, "RELEASED", None, None, None),
+        ("o1", "p2", 1, "REJECTED", 2, "REJECTED", "OUT_OF_STOCK", None, None),
     ]
     # The history keeps every event, with the first item's product.
     assert [(row[0], row[1], row[4]) for row in events] == [
