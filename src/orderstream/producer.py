@@ -17,6 +17,7 @@ from orderstream.topics import (
     MAX_LINE_COUNT,
     ORDER_REQUESTS,
     STOCK_COMMANDS,
+    OrderMetadata,
     OrderRequest,
     StockCommand,
 )
@@ -71,17 +72,23 @@ async def publish_stock_commands(
 
 
 def order_lines(
-    order_id: str, user_id: str, items: Sequence[tuple[str, int]]
+    order_id: str,
+    user_id: str,
+    items: Sequence[tuple[str, int]],
+    metadata: OrderMetadata | None = None,
 ) -> list[OrderRequest]:
     """Return an order's ``(product_id, quantity)`` items as its ``order-requests`` lines.
 
-    Raise ValueError (or pydantic's ValidationError, one) for an order no agent could
-    assemble: no item, more than MAX_LINE_COUNT, a product twice, an invalid field.
+    Every line carries the order's ``metadata`` (addresses, notes): whichever line the
+    order agent sees first brings it. Raise ValueError (or pydantic's ValidationError, one)
+    for an order no agent could assemble: no item, more than MAX_LINE_COUNT, a product
+    twice, an invalid field.
     """
     if not 1 <= len(items) <= MAX_LINE_COUNT:
         raise ValueError(f"an order has 1 to {MAX_LINE_COUNT} lines, not {len(items)}")
     if len({product_id for product_id, _ in items}) != len(items):
         raise ValueError("an order names each product once")
+    extra = metadata.model_dump(exclude_none=True) if metadata is not None else {}
     return [
         OrderRequest(
             order_id=order_id,
@@ -89,6 +96,7 @@ def order_lines(
             product_id=product_id,
             quantity=quantity,
             line_count=len(items),
+            **extra,
         )
         for product_id, quantity in items
     ]

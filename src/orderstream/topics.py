@@ -93,10 +93,10 @@ class Address(Message):
 
     name: AddressText
     line1: AddressText
-    line2: AddressText | None = None
+    line2: AddressText | None = _absent_when_none()
     city: AddressText
-    postal_code: AddressText | None = None
-    region: AddressText | None = None
+    postal_code: AddressText | None = _absent_when_none()
+    region: AddressText | None = _absent_when_none()
     country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]  # ISO 3166-1 alpha-2
 
 
