@@ -54,8 +54,9 @@ async def publish_stock_commands(
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
         )
-        await producer.start()
     try:
+        if own:
+            await producer.start()
         sent = [
             await producer.send(
                 settings.topic(STOCK_COMMANDS),

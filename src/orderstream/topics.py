@@ -342,13 +342,19 @@ def decode(model: type[M], raw: bytes | None) -> M:
         raise InvalidMessageError(describe_invalid(exc)) from None
 
 
+# The patterns that refuse control characters: a mismatch says so in words. Any other
+# pattern (a currency, a country) keeps pydantic's message, which shows the pattern.
+_CONTROL_PATTERNS = {ID_PATTERN, NOTES_PATTERN}
+
+
 def describe_invalid(exc: ValidationError) -> str:
     """Summarize a validation error in one line: field and problem, for the dead letter."""
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in error["loc"]) or "message"
         message = error["msg"]
-        if error["type"] == "string_pattern_mismatch":
+        pattern = (error.get("ctx") or {}).get("pattern")
+        if error["type"] == "string_pattern_mismatch" and pattern in _CONTROL_PATTERNS:
             message = "contains a control character (NUL, tab, newline, ...), not allowed"
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
