@@ -121,7 +121,7 @@ def add_db_commands(db_ops: SubParsers[argparse.ArgumentParser]) -> None:
 
 def whole_number(name: str, text: str, minimum: int) -> int:
     """Return ``text`` as an int of at least ``minimum``, or raise InputError."""
-    from orderstream.topics import MAX_QUANTITY   - commands import when run
+    from orderstream.topics import MAX_QUANTITY
 
     if not _WHOLE_NUMBER.match(text):
         raise InputError(f"{name}: {_shown(text)} is not a whole number of {minimum} or more")
@@ -145,8 +145,8 @@ def parse_price(text: str) -> Decimal:
 
 def build_stock_command(settings: Settings, args: argparse.Namespace) -> StockCommand:
     """Return the StockCommand that ``stock set|add|update`` arguments ask for."""
-    from orderstream.domain import StockOperation  
-    from orderstream.topics import StockCommand  
+    from orderstream.domain import StockOperation
+    from orderstream.topics import StockCommand
 
     operation = StockOperation(args.operation)
     quantity = None
@@ -193,8 +193,8 @@ def describe_command(command: StockCommand) -> str:
 
 def stock_command(settings: Settings, args: argparse.Namespace) -> int:
     """Publish one stock set, add or update."""
-    from orderstream.producer import publish_stock_commands  
-    from orderstream.topics import STOCK_COMMANDS  
+    from orderstream.producer import publish_stock_commands
+    from orderstream.topics import STOCK_COMMANDS
 
     command = build_stock_command(settings, args)
     [(partition, offset)] = _run_kafka(settings, publish_stock_commands(settings, [command]))
@@ -208,8 +208,8 @@ def stock_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def seed_command(settings: Settings, args: argparse.Namespace) -> int:
     """Publish the sample catalog, telling the progress as it goes."""
-    from orderstream.seed import publish_catalog, sample_catalog  
-    from orderstream.topics import STOCK_COMMANDS  
+    from orderstream.seed import publish_catalog, sample_catalog
+    from orderstream.topics import STOCK_COMMANDS
 
     products = whole_number("products", args.products, 1)
     if products > MAX_SEED_PRODUCTS:
@@ -246,7 +246,7 @@ def _progress_printer(total: int) -> Callable[[int], None]:
 
 def reset_command(settings: Settings, args: argparse.Namespace) -> int:
     """Empty the pipeline's tables, with --yes only."""
-    from orderstream.sink.reset import RESET_TABLES, reset_tables  
+    from orderstream.sink.reset import RESET_TABLES, reset_tables
 
     schema = settings.database_schema
     if not args.yes:
@@ -265,7 +265,7 @@ def reset_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run_kafka(settings: Settings, publishing: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine that publishes; a Kafka that does not answer is told in one line."""
-    from aiokafka.errors import KafkaError  
+    from aiokafka.errors import KafkaError
 
     try:
         return asyncio.run(publishing)
