@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import jsonschema_rs
@@ -173,8 +174,23 @@ ORDER_ROW = {
     "status": "REJECTED",
     "reason": "OUT_OF_STOCK",
     "detail": None,
+    "total": None,
+    "currency": None,
+    "shipping_address": None,
+    "billing_address": None,
+    "notes": None,
     "created_at": NAIVE,
     "updated_at": PARIS,
+}
+# An order as get_order reads it when it has prices, metadata and an override: numeric
+# columns come back as Decimals padded to their scale, jsonb parsed.
+PRICED_ORDER_ROW = ORDER_ROW | {
+    "status": "CONFIRMED",
+    "reason": "ADMIN_OVERRIDE",
+    "total": Decimal("39.9800"),
+    "currency": "EUR",
+    "shipping_address": {"name": "Ada", "line1": "1 Rue X", "city": "Paris", "country": "FR"},
+    "notes": "ring twice\nthen wait",
 }
 
 # What each handler builds from PostgreSQL's rows (or its own values), as it builds it.
@@ -182,9 +198,48 @@ SERVED: dict[str, BaseModel] = {
     "order": Order.model_validate(
         {
             **ORDER_ROW,
-            "items": [{"product_id": "p", "quantity": 2, "status": "REJECTED"}],
+            "items": [
+                {
+                    "product_id": "p",
+                    "quantity": 2,
+                    "status": "REJECTED",
+                    "unit_price": None,
+                    "currency": None,
+                }
+            ],
             "history": [
-                {"seq": 1, "status": "REJECTED", "reason": "OUT_OF_STOCK", "occurred_at": PARIS}
+                {
+                    "seq": 1,
+                    "status": "REJECTED",
+                    "reason": "OUT_OF_STOCK",
+                    "detail": None,
+                    "actor": None,
+                    "occurred_at": PARIS,
+                }
+            ],
+        }
+    ),
+    "priced order": Order.model_validate(
+        {
+            **PRICED_ORDER_ROW,
+            "items": [
+                {
+                    "product_id": "p",
+                    "quantity": 2,
+                    "status": "CONFIRMED",
+                    "unit_price": Decimal("19.9900"),
+                    "currency": "EUR",
+                }
+            ],
+            "history": [
+                {
+                    "seq": 2,
+                    "status": "CONFIRMED",
+                    "reason": "ADMIN_OVERRIDE",
+                    "detail": "paid by transfer",
+                    "actor": "ops-ann",
+                    "occurred_at": PARIS,
+                }
             ],
         }
     ),
@@ -243,6 +298,27 @@ def test_bodies_leave_out_what_they_do_not_have_and_stamp_time_in_utc_ms() -> No
     )
     assert order["reason"] == RejectReason.OUT_OF_STOCK
     assert order["status"] == OrderStatus.REJECTED
+    unknown = ("total", "currency", "shipping_address", "billing_address", "notes")
+    assert {name: order[name] for name in unknown} == dict.fromkeys(unknown)
+
+
+def test_money_is_an_exact_string_and_metadata_is_served_as_stored() -> None:
+    order = json.loads(SERVED["priced order"].model_dump_json())
+    assert (order["total"], order["currency"]) == ("39.98", "EUR")
+    assert order["items"][0] == {
+        "product_id": "p",
+        "quantity": 2,
+        "status": "CONFIRMED",
+        "unit_price": "19.99",
+        "currency": "EUR",
+    }
+    # As the shop sent it: the address's optional fields it left out stay out.
+    assert order["shipping_address"] == PRICED_ORDER_ROW["shipping_address"]
+    assert (order["billing_address"], order["notes"]) == (None, "ring twice\nthen wait")
+    assert (order["history"][0]["actor"], order["history"][0]["detail"]) == (
+        "ops-ann",
+        "paid by transfer",
+    )
 
 
 def test_a_row_the_document_does_not_describe_is_refused() -> None:

@@ -61,8 +61,11 @@ async def get_order(request: web.Request) -> web.Response:
     """Return an order, its items and its history; 404 when unknown."""
     order_id = path_id(request, "order_id")
     async with request.app[POOL].connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        # jsonb comes back parsed, numeric as Decimal: the model checks both, and answers
+        # money as exact strings.
         await cur.execute(
-            "SELECT order_id, user_id, status, reason, detail, created_at, updated_at"
+            "SELECT order_id, user_id, status, reason, detail, total, currency,"
+            " shipping_address, billing_address, notes, created_at, updated_at"
             " FROM orders WHERE order_id = %s",
             (order_id,),
         )
@@ -70,14 +73,14 @@ async def get_order(request: web.Request) -> web.Response:
         if order is None:
             raise error(web.HTTPNotFound, "order not found", order_id=order_id)
         await cur.execute(
-            "SELECT product_id, quantity, status FROM order_items WHERE order_id = %s"
-            " ORDER BY product_id",
+            "SELECT product_id, quantity, status, unit_price, currency FROM order_items"
+            " WHERE order_id = %s ORDER BY product_id",
             (order_id,),
         )
         items = await cur.fetchall()
         await cur.execute(
-            "SELECT seq, status, reason, occurred_at FROM order_events WHERE order_id = %s"
-            " ORDER BY seq",
+            "SELECT seq, status, reason, detail, actor, occurred_at FROM order_events"
+            " WHERE order_id = %s ORDER BY seq",
             (order_id,),
         )
         history = await cur.fetchall()

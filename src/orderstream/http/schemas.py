@@ -7,13 +7,14 @@ from them (http/openapi.py) says what is served, field by field.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
 
-from orderstream.domain import OrderStatus, RejectReason
-from orderstream.topics import MAX_LINE_COUNT, Id
+from orderstream.domain import Currency, OrderStatus, RejectReason
+from orderstream.topics import MAX_LINE_COUNT, Address, Id
 
 # A user's orders, a page at a time.
 PAGE_DEFAULT = 20
@@ -48,6 +49,25 @@ Timestamp = Annotated[
 ]
 # Stock figures are PostgreSQL `bigint`s, never negative.
 Count = Annotated[int, Field(ge=0)]
+
+
+def decimal_text(value: Decimal) -> str:
+    """Return ``12.5`` for 12.5000: the exact value, no exponent, no trailing zeros.
+
+    PostgreSQL's numeric(14, 4) pads to four places and a Kafka message keeps what the
+    shop wrote; one spelling makes the same price read the same from either.
+    """
+    return format(value.normalize(), "f")
+
+
+# Money out: an exact decimal as a JSON string, never a float.
+DecimalText = Annotated[
+    Decimal,
+    PlainSerializer(decimal_text, return_type=str),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "examples": ["12.5", "1999"]}
+    ),
+]
 
 
 def _drop_default(schema: dict[str, Any]) -> None:
@@ -89,11 +109,15 @@ class ErrorBody(Body):
 
 
 class OrderItem(Body):
-    """One line of an order."""
+    """One line of an order, at the unit price it was decided at."""
 
     product_id: str
     quantity: int = Field(ge=1)
     status: OrderStatus
+    unit_price: DecimalText | None = Field(
+        description="Unit price when the line was decided, in currency; null: no price."
+    )
+    currency: Currency | None = Field(examples=["EUR"])
 
 
 class OrderHistoryEntry(Body):
@@ -102,17 +126,28 @@ class OrderHistoryEntry(Body):
     seq: int = Field(ge=1)
     status: OrderStatus
     reason: RejectReason | None
+    detail: str | None
+    actor: str | None = Field(description="The operator who overrode the order, if one did.")
     occurred_at: Timestamp
 
 
 class Order(Body):
-    """An order as PostgreSQL last saw it: its status, its items, its history."""
+    """An order as PostgreSQL last saw it: its status, total, metadata, items, history."""
 
     order_id: str
     user_id: str
     status: OrderStatus
     reason: RejectReason | None
     detail: str | None
+    total: DecimalText | None = Field(
+        description="Sum of quantity x unit price over the lines, in currency; null while a"
+        " line has no price (or the lines have different currencies).",
+        examples=["39.98"],
+    )
+    currency: Currency | None = Field(examples=["EUR"])
+    shipping_address: Address | None
+    billing_address: Address | None
+    notes: str | None
     created_at: Timestamp
     updated_at: Timestamp
     items: list[OrderItem]
