@@ -29,11 +29,13 @@ from orderstream.http.schemas import (
     OrderPublished,
     ProductStock,
     Readiness,
+    SoldOut,
     UserOrdersPage,
 )
+from orderstream.http.stock_view import StockFigure, StockFigures
 from orderstream.http.validation import encode_cursor
 from orderstream.settings import Settings
-from orderstream.topics import ID_MAX_LENGTH, ID_PATTERN, MAX_LINE_COUNT, OrderRequest
+from orderstream.topics import ID_MAX_LENGTH, ID_PATTERN, MAX_LINE_COUNT, OrderRequest, StockChange
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -41,7 +43,8 @@ METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 def _app() -> Any:
     # A pool that is never opened: these tests ask nothing of PostgreSQL or Kafka.
     pool = AsyncConnectionPool("", open=False)
-    return create_app(Settings(), CollectorRegistry(), pool=pool)
+    # Figures of its own, that nothing feeds: no live view follows Kafka.
+    return create_app(Settings(), CollectorRegistry(), pool=pool, stock_figures=StockFigures())
 
 
 def _validator(name: str) -> Any:
@@ -79,7 +82,7 @@ def test_every_operation_documents_its_statuses() -> None:
         for method, answers in item.items()
     }
     assert statuses == {
-        "POST /orders": ["202", "400", "413", "422", "500", "503"],
+        "POST /orders": ["202", "400", "409", "413", "422", "500", "503"],
         "GET /orders/{order_id}": ["200", "400", "404", "500", "503"],
         "POST /orders/{order_id}/cancel": ["202", "400", "404", "409", "500", "503"],
         "GET /users/{user_id}/orders": ["200", "400", "500", "503"],
@@ -130,7 +133,10 @@ def test_parameters_carry_the_handlers_bounds() -> None:
     }
     schemas = document()["components"]["schemas"]
     order_request = OrderRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    nested = order_request.pop("$defs")
     assert schemas["OrderRequest"] == order_request
+    # The models it nests (the addresses) sit beside it under components, as they are.
+    assert {name: schemas[name] for name in nested} == nested
     # The same fields, but order_id may come from the Idempotency-Key header instead.
     assert schemas["OrderRequestBody"]["properties"] == order_request["properties"]
     assert schemas["OrderRequestBody"]["required"] == ["user_id", "product_id", "quantity"]
@@ -247,7 +253,7 @@ SERVED: dict[str, BaseModel] = {
         {"user_id": "u", "orders": [ORDER_ROW], "next": encode_cursor(PARIS, "o-1")}
     ),
     "last page": UserOrdersPage(user_id="u", orders=[], next=None),
-    "product": ProductStock.model_validate(
+    "product from the database": ProductStock.model_validate(
         {
             "product_id": "p",
             "available": 1,
@@ -255,9 +261,28 @@ SERVED: dict[str, BaseModel] = {
             "sold": 3,
             "total_in": 6,
             "version": 9,
+            "price": Decimal("12.5000"),  # numeric(14, 4) pads
+            "currency": "EUR",
+            "max_per_user": None,
             "updated_at": NAIVE,
+            "age_ms": 12,
+            "source": "database",
         }
     ),
+    "product live": StockFigure(
+        StockChange(
+            product_id="p",
+            available=0,
+            reserved=1,
+            sold=5,
+            total_in=6,
+            version=12,
+            changed_at_ms=1_795_000_000_000,
+            max_per_user=2,
+        ),
+        received_at_ms=1_795_000_000_040,
+    ).product_stock(now_ms=1_795_000_000_100),
+    "sold out": SoldOut(error="product sold out", reason="SOLD_OUT", product_id="p"),
     "accepted": OrderAccepted(order_id="o-1", status_url="/orders/o-1"),
     "published": OrderPublished(order_id="o-1", status_url="/orders/o-1", lines=3),
     "health": Health(status="ok"),

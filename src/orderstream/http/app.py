@@ -15,6 +15,7 @@ from orderstream.http.errors import json_errors
 from orderstream.http.kafka_link import KafkaLink
 from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES, SETTINGS
 from orderstream.http.roles import RoleRegistry
+from orderstream.http.stock_view import STOCK_FIGURES, StockFigures, StockView
 from orderstream.http.validation import MAX_BODY_BYTES
 from orderstream.settings import Settings
 
@@ -26,10 +27,13 @@ def create_app(
     registry: CollectorRegistry,
     pool: AsyncConnectionPool | None = None,
     roles: RoleRegistry | None = None,
+    stock_figures: StockFigures | None = None,
 ) -> web.Application:
     """Return the status service; it opens its own pool unless one is given.
 
     ``roles``: the states of the process's roles, for /readyz to show beside its checks.
+    ``stock_figures``: figures fed by the caller (a test) instead of the live view that
+    the service otherwise keeps of the stock-changes topic.
     """
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
@@ -41,6 +45,10 @@ def create_app(
     else:
         app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_kafka_ctx)
+    if stock_figures is not None:
+        app[STOCK_FIGURES] = stock_figures
+    else:
+        app.cleanup_ctx.append(_stock_view_ctx)
     routes.add_routes(app)
     return app
 
@@ -63,3 +71,14 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     app[KAFKA] = link
     yield
     await link.close()
+
+
+async def _stock_view_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Started in the background: the service answers (from PostgreSQL) while the view
+    # replays the topic, and while Kafka does not answer at all.
+    figures = StockFigures()
+    view = StockView(app[SETTINGS], figures)
+    app[STOCK_FIGURES] = figures
+    view.start()
+    yield
+    await view.stop()

@@ -18,9 +18,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orderstream import tracing
-from orderstream.http.encoding import error, model_response
+from orderstream.http.encoding import JSON, error, model_response
 from orderstream.http.keys import KAFKA, SETTINGS
-from orderstream.http.schemas import OrderPublished
+from orderstream.http.schemas import OrderPublished, SoldOut
+from orderstream.http.stock_view import STOCK_FIGURES
 from orderstream.http.validation import header_id
 from orderstream.producer import OrderLinesPublisher, order_lines
 from orderstream.topics import MAX_LINE_COUNT, MAX_QUANTITY, ORDER_REQUESTS, Id, OrderRequest
@@ -102,6 +103,7 @@ async def _publish_order(request: web.Request) -> web.Response:
             web.HTTPUnprocessableEntity, "Idempotency-Key and order_id differ", order_id=key
         )
     lines = _lines_of(body) if "items" in body else [_validated(OrderRequest, body)]
+    _refuse_sold_out(request, lines)
     settings = request.app[SETTINGS]
     try:
         if len(lines) == 1:
@@ -124,6 +126,18 @@ async def _publish_order(request: web.Request) -> web.Response:
         order_id=order_id, status_url=f"/orders/{quote(order_id, safe='')}", lines=len(lines)
     )
     return model_response(answer, status=202)
+
+
+def _refuse_sold_out(request: web.Request, lines: list[OrderRequest]) -> None:
+    """Answer 409 at once when the live stock view says a product of the order has none left.
+
+    A hint, never a decision: before the view has caught up, or for a product it does
+    not know, the order is published and the stock agent decides it, as always.
+    """
+    product_id = request.app[STOCK_FIGURES].sold_out([line.product_id for line in lines])
+    if product_id is not None:
+        body = SoldOut(error="product sold out", reason="SOLD_OUT", product_id=product_id)
+        raise web.HTTPConflict(text=body.model_dump_json(), content_type=JSON)
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from orderstream.http.schemas import (
     OrderPublished,
     ProductStock,
     Readiness,
+    SoldOut,
     UserOrdersPage,
 )
 from orderstream.http.validation import CURSOR_PATTERN, MAX_BODY_BYTES
@@ -53,6 +54,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
             Health,
             Readiness,
             ErrorBody,
+            SoldOut,
         )
     ),
 ]
@@ -197,13 +199,23 @@ def _paths(doc: _Document) -> dict[str, Any]:
                     202: doc.answer(
                         "Published, every line; ask status_url what became of the order.",
                         OrderPublished,
-                    )
+                    ),
+                    409: doc.answer(
+                        "Refused at the door, nothing published: the live stock view says"
+                        " product_id has none left. Try again after a restock.",
+                        SoldOut,
+                    ),
                 },
                 (400, 413, 422, 503),
                 description=(
                     "One line, or `items` (several lines, published in one Kafka transaction:"
                     " all or none). Retrying with the same order_id is safe: each order line"
-                    " is decided once."
+                    " is decided once. Once the service's live view of the stock-changes"
+                    " topic has caught up, an order with a product it knows has none left is"
+                    " refused at once (409 SOLD_OUT); that figure is a hint, the stock agent"
+                    " decides every order that is published. A 409 to a retry says only that"
+                    " this request published nothing: an earlier one with the same order_id"
+                    " may have been accepted, GET /orders/{order_id} says."
                 ),
                 parameters=[
                     {
@@ -287,9 +299,15 @@ def _paths(doc: _Document) -> dict[str, Any]:
         "/products/{product_id}": {
             "get": doc.operation(
                 "getProduct",
-                "A product's stock as PostgreSQL last saw it.",
-                {200: doc.answer("The product's stock.", ProductStock)},
+                "A product's stock and catalog: live, or as PostgreSQL last saw it.",
+                {200: doc.answer("The product's stock; source says from where.", ProductStock)},
                 db_read,
+                description=(
+                    "From the service's live view of the stock-changes topic (source `live`,"
+                    " within a second of the stock agent) once it has caught up and knows the"
+                    " product; from PostgreSQL otherwise (source `database`). age_ms says how"
+                    " old the figure is."
+                ),
                 parameters=[_path_id("product_id", "The product's id.")],
             )
         },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +28,7 @@ from orderstream.http.schemas import (
     ReadinessChecks,
     UserOrdersPage,
 )
+from orderstream.http.stock_view import STOCK_FIGURES
 from orderstream.http.validation import (
     cursor_param,
     encode_cursor,
@@ -112,18 +114,26 @@ async def get_user_orders(request: web.Request) -> web.Response:
 
 
 async def get_product(request: web.Request) -> web.Response:
-    """Return a product's stock as PostgreSQL last saw it; 404 when unknown."""
+    """Return a product's stock from the live view, else from PostgreSQL; 404 when unknown."""
     product_id = path_id(request, "product_id")
+    figures = request.app[STOCK_FIGURES]
+    # Before the view has caught up it may hold an old figure: PostgreSQL's is newer then.
+    figure = figures.get(product_id) if figures.caught_up else None
+    if figure is not None:
+        return model_response(figure.product_stock(int(time.time() * 1000)))
     async with request.app[POOL].connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT product_id, available, reserved, sold, total_in, version, updated_at"
-            " FROM product_stock WHERE product_id = %s",
+            "SELECT product_id, available, reserved, sold, total_in, version, price, currency,"
+            " max_per_user, updated_at FROM product_stock WHERE product_id = %s",
             (product_id,),
         )
         row = await cur.fetchone()
     if row is None:
         raise error(web.HTTPNotFound, "product not found", product_id=product_id)
-    return model_response(ProductStock.model_validate(row))
+    # Aged by this process's clock, as a live figure is.
+    age_ms = int(time.time() * 1000 - row["updated_at"].timestamp() * 1000)
+    stock = {**row, "age_ms": max(0, age_ms), "source": "database"}
+    return model_response(ProductStock.model_validate(stock))
 
 
 async def healthz(request: web.Request) -> web.Response:

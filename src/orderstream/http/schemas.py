@@ -175,7 +175,12 @@ class UserOrdersPage(Body):
 
 
 class ProductStock(Body):
-    """A product's stock as PostgreSQL last saw it; total_in = available + reserved + sold."""
+    """A product's stock and catalog after its last change; total_in = available + reserved + sold.
+
+    ``source`` says where the figure comes from: ``live``, the status service's view of
+    the stock-changes topic (within a second of the stock agent), or ``database``, what
+    PostgreSQL last saw (before the view has caught up, or for a product it does not know).
+    """
 
     product_id: str
     available: Count
@@ -183,7 +188,28 @@ class ProductStock(Body):
     sold: Count
     total_in: Count
     version: Count
-    updated_at: Timestamp
+    price: DecimalText | None = Field(
+        description="Unit price of the lines decided from now on, in currency; null: no price."
+    )
+    currency: str | None = Field(examples=["EUR"])
+    max_per_user: int | None = Field(
+        ge=1, description="The product's own per-user limit; null: the service's default."
+    )
+    updated_at: Timestamp = Field(description="When the stock agent made the change.")
+    age_ms: Count = Field(description="How old the figure is: now - updated_at, in ms.")
+    source: Literal["live", "database"]
+
+
+class SoldOut(Body):
+    """An order refused at the door: the live stock view says a product of it has none left.
+
+    A hint, not a decision: nothing was published, and the same order may pass once the
+    product is restocked.
+    """
+
+    error: str = Field(examples=["sold out"])
+    reason: Literal["SOLD_OUT"]
+    product_id: str
 
 
 class OrderAccepted(Body):
