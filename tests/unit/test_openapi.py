@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ValidationError
 
-from orderstream.domain import OrderStatus, RejectReason
+from orderstream.domain import OrderStatus, RejectReason, StockOperation
 from orderstream.http import create_app
+from orderstream.http.admin import AdminOrdersPage, StockCommandPublished
 from orderstream.http.encoding import error_body
 from orderstream.http.openapi import document
 from orderstream.http.schemas import (
@@ -56,7 +57,7 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     schema = schemathesis.openapi.from_dict(document())
     schema.validate()  # against the OpenAPI 3.1 meta-schema
     operations = [result.ok().label for result in schema.get_all_operations()]  # Err: no .ok()
-    assert len(operations) == len(set(operations)) == 9
+    assert len(operations) == len(set(operations)) == 12
 
 
 def test_every_route_is_documented_and_nothing_else() -> None:
@@ -91,6 +92,13 @@ def test_every_operation_documents_its_statuses() -> None:
         "GET /readyz": ["200", "500", "503"],
         "GET /metrics": ["200", "500"],
         "GET /openapi.json": ["200", "500"],
+        "PUT /admin/products/{product_id}": [
+            *("202", "400", "401", "403", "413", "422", "500", "503")
+        ],
+        "GET /admin/orders": ["200", "400", "401", "403", "500", "503"],
+        "POST /admin/orders/{order_id}/status": [
+            *("202", "400", "401", "403", "404", "409", "413", "422", "500", "503")
+        ],
     }
     errors = document()["components"]["responses"]
     assert errors["MethodNotAllowed"]["headers"]["Allow"]["schema"] == {"type": "string"}
@@ -105,9 +113,10 @@ def test_parameters_carry_the_handlers_bounds() -> None:
         for item in paths.values()
         for operation in item.values()
         for parameter in operation.get("parameters", [])
-        if parameter["name"] in {"order_id", "user_id", "product_id", "Idempotency-Key"}
+        if parameter["name"]
+        in {"order_id", "user_id", "product_id", "Idempotency-Key", "product", "user"}
     ]
-    assert len(ids) == 5
+    assert len(ids) == 9
     for parameter in ids:
         assert parameter["schema"] == {
             "type": "string",
@@ -285,6 +294,12 @@ SERVED: dict[str, BaseModel] = {
     "sold out": SoldOut(error="product sold out", reason="SOLD_OUT", product_id="p"),
     "accepted": OrderAccepted(order_id="o-1", status_url="/orders/o-1"),
     "published": OrderPublished(order_id="o-1", status_url="/orders/o-1", lines=3),
+    "admin page": AdminOrdersPage.model_validate(
+        {"orders": [ORDER_ROW], "next": encode_cursor(PARIS, "o-1")}
+    ),
+    "stock command": StockCommandPublished(
+        product_id="p", operation=StockOperation.UPDATE, partition=3, offset=0
+    ),
     "health": Health(status="ok"),
     "ready alone": Readiness.model_validate(
         {"ready": True, "checks": {"postgres": "ok", "kafka": "ok"}}
@@ -364,3 +379,27 @@ async def test_the_service_serves_the_document() -> None:
         missing = await client.get("/nowhere")
         assert missing.status == 404
         _validator(ErrorBody.__name__).validate(await missing.json())
+
+
+def test_the_admin_routes_need_the_bearer_token() -> None:
+    doc = document()
+    assert doc["components"]["securitySchemes"]["adminToken"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The admin token, ORDERSTREAM_ADMIN_TOKEN of the service.",
+    }
+    guarded = {
+        f"{method.upper()} {path}"
+        for path, item in doc["paths"].items()
+        for method, operation in item.items()
+        if operation.get("security") == [{"adminToken": []}]
+    }
+    assert guarded == {
+        f"{method.upper()} {path}"
+        for path, item in doc["paths"].items()
+        if path.startswith("/admin/")
+        for method in item
+    }
+    assert len(guarded) == 3
+    challenge = doc["components"]["responses"]["Unauthorized"]["headers"]["WWW-Authenticate"]
+    assert challenge["schema"] == {"type": "string"}

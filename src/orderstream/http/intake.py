@@ -15,11 +15,13 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orderstream import tracing
 from orderstream.http.encoding import JSON, error, model_response
-from orderstream.http.keys import KAFKA, SETTINGS
+from orderstream.http.idempotency import IdempotencyKeys, order_digest
+from orderstream.http.keys import KAFKA, POOL, SETTINGS
 from orderstream.http.schemas import OrderPublished, SoldOut
 from orderstream.http.stock_view import STOCK_FIGURES
 from orderstream.http.validation import header_id
@@ -29,6 +31,7 @@ from orderstream.topics import MAX_LINE_COUNT, MAX_QUANTITY, ORDER_REQUESTS, Id,
 log = logging.getLogger(__name__)
 
 LINES_PUBLISHER = web.AppKey("lines_publisher", OrderLinesPublisher)
+IDEMPOTENCY_KEYS = web.AppKey("idempotency_keys", IdempotencyKeys)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,6 +72,7 @@ def add_routes(app: web.Application) -> None:
     """Register POST /orders and the transactional producer its orders of several lines use."""
     app.router.add_post("/orders", post_order)
     app.cleanup_ctx.append(_publisher_ctx)
+    app[IDEMPOTENCY_KEYS] = IdempotencyKeys(app[SETTINGS].dedup_window_s)
 
 
 async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -103,7 +107,29 @@ async def _publish_order(request: web.Request) -> web.Response:
             web.HTTPUnprocessableEntity, "Idempotency-Key and order_id differ", order_id=key
         )
     lines = _lines_of(body) if "items" in body else [_validated(OrderRequest, body)]
-    _refuse_sold_out(request, lines)
+    if key is None:
+        _refuse_sold_out(request, lines)
+        await _publish(request, lines)
+    else:
+        # Only a request with the header pays PostgreSQL's round trip: the key is
+        # claimed with the order's digest, and committed once the order is published.
+        claims = request.app[IDEMPOTENCY_KEYS]
+        async with claims.claim(request.app[POOL], key, order_digest(lines)) as first:
+            if first:
+                # Refused after the claim (which a 409 drops): a retry of an order that
+                # was accepted before its product sold out gets that 202 again.
+                _refuse_sold_out(request, lines)
+                await _publish(request, lines)
+    # Retrying with the same order_id is safe: the stock agent decides an order line once.
+    # The answer depends on the validated order alone: a retry gets the first one's.
+    order_id = lines[0].order_id
+    answer = OrderPublished(
+        order_id=order_id, status_url=f"/orders/{quote(order_id, safe='')}", lines=len(lines)
+    )
+    return model_response(answer, status=202)
+
+
+async def _publish(request: web.Request, lines: list[OrderRequest]) -> None:
     settings = request.app[SETTINGS]
     try:
         if len(lines) == 1:
@@ -117,15 +143,9 @@ async def _publish_order(request: web.Request) -> web.Response:
             )
         else:
             await request.app[LINES_PUBLISHER].publish(lines)
-    except ConnectionError as exc:
-        log.warning("order %s not published: %s", lines[0].order_id, exc)
+    except (ConnectionError, KafkaError) as exc:
+        log.warning("order %s not published: %r", lines[0].order_id, exc)
         raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
-    # Retrying with the same order_id is safe: the stock agent decides an order line once.
-    order_id = lines[0].order_id
-    answer = OrderPublished(
-        order_id=order_id, status_url=f"/orders/{quote(order_id, safe='')}", lines=len(lines)
-    )
-    return model_response(answer, status=202)
 
 
 def _refuse_sold_out(request: web.Request, lines: list[OrderRequest]) -> None:

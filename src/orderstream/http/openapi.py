@@ -20,6 +20,13 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from orderstream import __version__
 from orderstream.http.encoding import JSON
 from orderstream.http.intake import SINGLE_LINE_FIELDS, OrderLines
+from orderstream.http.openapi_admin import (
+    ADMIN_ERRORS,
+    ADMIN_MODELS,
+    CHALLENGE_HEADER,
+    SECURITY_SCHEMES,
+    admin_paths,
+)
 from orderstream.http.schemas import (
     PAGE_DEFAULT,
     PAGE_MAX,
@@ -57,11 +64,13 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
             SoldOut,
         )
     ),
+    *ADMIN_MODELS,
 ]
 
 # Error answers by status: a name under components/responses and what it means.
 _ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The request is malformed: the reason says what is wrong."),
+    **ADMIN_ERRORS,  # 401, 403: the admin routes' token
     404: (
         "NotFound",
         "Nothing is known by this id (yet: an order accepted with 202 shows here once the"
@@ -75,7 +84,8 @@ _ERRORS: dict[int, tuple[str, str]] = {
     413: ("PayloadTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes."),
     422: (
         "UnprocessableEntity",
-        "The body is JSON but not a valid order request; `details` says which fields.",
+        "The body is JSON but not valid: `details` says which fields. POST /orders also"
+        " answers 422 to an Idempotency-Key that was used with another order.",
     ),
     500: ("InternalError", "A bug: the log has the traceback, the answer never does."),
     503: ("ServiceUnavailable", "PostgreSQL or Kafka does not answer: retry later."),
@@ -213,9 +223,10 @@ def _paths(doc: _Document) -> dict[str, Any]:
                     " is decided once. Once the service's live view of the stock-changes"
                     " topic has caught up, an order with a product it knows has none left is"
                     " refused at once (409 SOLD_OUT); that figure is a hint, the stock agent"
-                    " decides every order that is published. A 409 to a retry says only that"
-                    " this request published nothing: an earlier one with the same order_id"
-                    " may have been accepted, GET /orders/{order_id} says."
+                    " decides every order that is published. A retry with the Idempotency-Key"
+                    " of an order accepted before gets its 202 again; a 409 to a retry"
+                    " without it says only that this request published nothing (GET"
+                    " /orders/{order_id} says what became of the first)."
                 ),
                 parameters=[
                     {
@@ -225,7 +236,11 @@ def _paths(doc: _Document) -> dict[str, Any]:
                         "description": (
                             "The order's id (400 if no order id could be it). When the body"
                             " has no order_id, this is it; when it has one, they must be"
-                            " equal (422 otherwise)."
+                            " equal (422 otherwise). The key is kept with a digest of the"
+                            " validated order (its lines and metadata, not the body's bytes)"
+                            " for ORDERSTREAM_DEDUP_WINDOW_S: the same key with the same"
+                            " order is answered 202 again and published once, even when the"
+                            " requests are concurrent; with another order, 422."
                         ),
                         "schema": _schema(Id),
                     }
@@ -363,6 +378,8 @@ def _responses(doc: _Document) -> dict[str, Any]:
             "description": description,
             "content": _json_content(doc.ref(ErrorBody)),
         }
+        if status == 401:
+            response["headers"] = CHALLENGE_HEADER
         if status == 405:
             response["headers"] = {
                 "Allow": {
@@ -384,8 +401,12 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": _DESCRIPTION,
         },
-        "paths": _paths(doc),
-        "components": {"schemas": doc.schemas, "responses": _responses(doc)},
+        "paths": _paths(doc) | admin_paths(doc, _path_id),
+        "components": {
+            "schemas": doc.schemas,
+            "responses": _responses(doc),
+            "securitySchemes": SECURITY_SCHEMES,
+        },
     }
 
 

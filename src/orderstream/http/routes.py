@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
 
 from orderstream.domain import OrderStatus
-from orderstream.http import intake, openapi
+from orderstream.http import admin, intake, openapi
 from orderstream.http.encoding import error, model_response
 from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES, SETTINGS
 from orderstream.http.schemas import (
@@ -57,6 +57,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi.serve)
+    admin.add_routes(app)  # /admin/..., behind the admin token
 
 
 async def get_order(request: web.Request) -> web.Response:
