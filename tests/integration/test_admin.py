@@ -20,9 +20,10 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from orderstream.http import create_app
-from orderstream.topics import ORDER_COMMANDS, STOCK_CHANGES, STOCK_COMMANDS
+from orderstream.topics import ORDER_COMMANDS, PAYMENT_REQUESTS, STOCK_CHANGES, STOCK_COMMANDS
 from tests.integration.invariants import assert_invariants
 from tests.integration.pipeline import Pipeline, request_json
+from tests.integration.test_lifecycle import LIFECYCLE_ENV, _assert_settled, _wait_settled
 
 pytestmark = pytest.mark.integration
 
@@ -338,3 +339,58 @@ async def test_an_operator_overrides_a_reserved_order_only(pipeline: Pipeline) -
     ]
     # Without the order agent (the stock path's test), the order stays where it was.
     await assert_invariants(pipeline, {"sku-o": 1}, {"o-reserved", "o-rejected"})
+
+
+async def test_an_override_reaches_the_order_agent_and_the_orders_history(
+    pipeline: Pipeline,
+) -> None:
+    base = await serve(pipeline)
+    # Payments that take a minute: the orders stay RESERVED until the operator acts.
+    slow = {"ORDERSTREAM_PAYMENT_DELAY_MIN_S": "60", "ORDERSTREAM_PAYMENT_DELAY_MAX_S": "60"}
+    pipeline.start("orders", **(LIFECYCLE_ENV | slow), ORDERSTREAM_PAYMENT_TIMEOUT_S="120")
+    await pipeline.set_stock("sku-ov", 5)
+    await pipeline.wait_for_stock("sku-ov", 5)
+    await pipeline.publish(
+        [
+            (b"sku-ov", request_json("o-paid", "u-1", "sku-ov", quantity=2)),
+            (b"sku-ov", request_json("o-called", "u-2", "sku-ov", quantity=1)),
+        ]
+    )
+    await pipeline.wait_for_orders(2)
+
+    async def charged() -> bool:
+        # The order agent knows both orders once it has asked for their payment: an
+        # override reaching it before would find no RESERVED order, and be ignored.
+        requests = await pipeline.read_topic(PAYMENT_REQUESTS)
+        return {json.loads(record.value)["order_id"] for record in requests} == set(overrides)
+
+    overrides = {
+        "o-paid": {"status": "CONFIRMED", "reason": "paid by bank transfer", "by": "op-ann"},
+        "o-called": {"status": "CANCELLED", "reason": "the customer called", "by": "op-bob"},
+    }
+    await pipeline.wait_for("the payments to be asked for", charged, timeout=60, watch="orders")
+    async with aiohttp.ClientSession() as http:
+        for order_id, override in overrides.items():
+            url = f"{base}/admin/orders/{order_id}/status"
+            status, answer = await call(http, "POST", url, override)
+            assert status == 202, answer
+        await _wait_settled(pipeline, 2)
+        for order_id, override in overrides.items():
+            status, order = await call(http, "GET", f"{base}/orders/{order_id}", headers=None)
+            assert status == 200, order
+            assert (order["status"], order["reason"]) == (override["status"], "ADMIN_OVERRIDE")
+            last = order["history"][-1]
+            assert (last["status"], last["reason"], last["detail"], last["actor"]) == (
+                override["status"],
+                "ADMIN_OVERRIDE",
+                override["reason"],
+                override["by"],
+            )
+            # Terminal now: its stock is settled, no override moves it again.
+            url = f"{base}/admin/orders/{order_id}/status"
+            status, answer = await call(http, "POST", url, override)
+            assert status == 409, answer
+    allowed = {("CONFIRMED", "ADMIN_OVERRIDE"), ("CANCELLED", "ADMIN_OVERRIDE")}
+    await _assert_settled(pipeline, {"sku-ov": 5}, set(overrides), allowed)
+    [level] = await pipeline.query("SELECT available, sold FROM product_stock")
+    assert level == {"available": 3, "sold": 2}
