@@ -118,6 +118,13 @@ async def test_sold_out_at_the_door_and_open_again_after_a_restock(pipeline: Pip
         sold_out_at, refusal = await shop.poll_orders_until(409)
         sold_out_s = sold_out_at - last_unit_sold
         assert refusal == {"error": "product sold out", "reason": "SOLD_OUT", "product_id": PRODUCT}
+        # A retry of the last unit's order with its key gets its 202, not a refusal; the
+        # same retry without the key published nothing (and need not: it was accepted).
+        assert await shop.order(STOCK, keyed=True) == (
+            202,
+            {"order_id": f"o-{STOCK}", "status_url": f"/orders/o-{STOCK}", "lines": 1},
+        )
+        assert (await shop.order(STOCK))[0] == 409
 
         status, live = await shop.product()
         assert status == 200
