@@ -127,10 +127,14 @@ def _served(schema: Any, base_url: str, session: requests.Session) -> dict[str, 
             break
         query = {"limit": 1, "after": page["next"]}
     answers["pages"] = pages
-    body = {"user_id": USER, "product_id": PRODUCT, "quantity": 1}
+    # PRODUCT is sold out by now: the door says so, as documented.
+    sold_out = {"order_id": "o-doc-late", "user_id": USER, "product_id": PRODUCT, "quantity": 1}
+    answers["sold out"] = call("/orders", "POST", body=sold_out)
+    # Products the live view does not know: published, whatever the stock agent says.
+    body = {"user_id": USER, "product_id": "sku-doc-2", "quantity": 1}
     key = {"Idempotency-Key": "o-doc-http"}
     answers["accepted"] = ok("/orders", "POST", headers=key, body=body)
-    items = [{"product_id": PRODUCT, "quantity": 1}, {"product_id": "sku-doc-2", "quantity": 2}]
+    items = [{"product_id": "sku-doc-2", "quantity": 1}, {"product_id": "sku-doc-3", "quantity": 2}]
     lines = {"order_id": "o-doc-lines", "user_id": USER, "items": items}
     answers["accepted lines"] = ok("/orders", "POST", body=lines)
     return answers
@@ -168,6 +172,10 @@ async def test_every_route_conforms_to_its_document_under_fuzzing(pipeline: Pipe
     assert {"stock-agent", "sink", "status-service"} <= set(answers["readyz"]["roles"])
     listed = [order["order_id"] for page in answers["pages"] for order in page["orders"]]
     assert listed == SEEDED[::-1]  # newest first, each once
+    assert answers["sold out"] == (
+        409,
+        {"error": "product sold out", "reason": "SOLD_OUT", "product_id": PRODUCT},
+    )
     assert answers["accepted"] == {
         "order_id": "o-doc-http",
         "status_url": "/orders/o-doc-http",
