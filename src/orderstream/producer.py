@@ -89,7 +89,9 @@ def order_lines(
         raise ValueError(f"an order has 1 to {MAX_LINE_COUNT} lines, not {len(items)}")
     if len({product_id for product_id, _ in items}) != len(items):
         raise ValueError("an order names each product once")
-    extra = metadata.model_dump(exclude_none=True) if metadata is not None else {}
+    # Only the metadata's own fields: ``metadata`` may be a whole order (intake.OrderLines).
+    fields = set(OrderMetadata.model_fields)
+    extra = metadata.model_dump(include=fields, exclude_none=True) if metadata else {}
     return [
         OrderRequest(
             order_id=order_id,

@@ -301,3 +301,99 @@ async def test_one_user_holds_at_most_the_limit_and_a_cancel_makes_room(
     assert sorted(o for o, s in final.items() if s == "CONFIRMED") == sorted(
         [reserved[1], "l-51", "other-1"]
     )
+
+
+ADDRESS = {
+    "name": "Ada Lovelace",
+    "line1": "12 Rue de la Paix",
+    "postal_code": "75002",
+    "city": "Paris",
+    "country": "FR",
+}
+
+
+async def test_order_metadata_is_validated_stored_and_returned(pipeline: Pipeline) -> None:
+    pipeline.start(**QUICK_PAYMENTS)
+    await _catalog(pipeline, {"sku-0": Decimal("3.50"), "sku-1": Decimal("10")}, 100)
+    for product in ("sku-0", "sku-1"):
+        await pipeline.wait_for_stock(product, 100)
+    base = f"http://127.0.0.1:{pipeline.settings.http_port}"
+    notes = "Ring twice.\nLeave it with the concierge if nobody answers."
+    bodies = {
+        "meta-1": {"user_id": "ada", "product_id": "sku-0", "quantity": 2, "notes": notes},
+        "meta-2": {
+            "user_id": "ada",
+            "items": [
+                {"product_id": "sku-0", "quantity": 1},
+                {"product_id": "sku-1", "quantity": 1},
+            ],
+            "shipping_address": ADDRESS,
+            "billing_address": ADDRESS | {"line2": "3rd floor", "city": "Lyon"},
+            "notes": notes,
+        },
+    }
+    hostile = [
+        {"shipping_address": ADDRESS | {"name": "Ada\u0000"}},  # NUL
+        {"shipping_address": ADDRESS | {"country": "France"}},
+        {"shipping_address": ADDRESS | {"city": "x" * 201}},
+        {"shipping_address": {"name": "Ada"}},  # no line1, city, country
+        {"notes": "x" * 1001},
+        {"notes": "bell \u0007"},
+        {"billing_address": "12 Rue de la Paix"},
+    ]
+    async with aiohttp.ClientSession() as http:
+        for order_id, body in bodies.items():
+            headers = {"Idempotency-Key": order_id}
+            async with http.post(f"{base}/orders", json=body, headers=headers) as response:
+                assert response.status == 202, await response.text()
+        for n, extra in enumerate(hostile):
+            body = {"order_id": f"bad-{n}", "user_id": "ada", "product_id": "sku-0", "quantity": 1}
+            async with http.post(f"{base}/orders", json=body | extra) as response:
+                assert response.status == 422, (extra, await response.text())
+                assert (await response.json())["error"] == "invalid order request"
+        # A megabyte of notes is refused before it is parsed.
+        big = {"order_id": "bad-big", "user_id": "ada", "product_id": "sku-0", "quantity": 1}
+        async with http.post(f"{base}/orders", json=big | {"notes": "x" * 2**20}) as response:
+            assert response.status == 413, await response.text()
+        # From Kafka too: a line carrying the metadata, and one whose address is invalid.
+        producer = await pipeline.producer()
+        try:
+            topic = pipeline.topic("order-requests")
+            good = json.loads(request_json("meta-3", "ada", "sku-1")) | {"notes": "by Kafka"}
+            bad = json.loads(request_json("bad-kafka", "ada", "sku-1"))
+            bad["shipping_address"] = ADDRESS | {"country": "fr"}
+            for value in (good, bad):
+                await producer.send_and_wait(topic, key=b"sku-1", value=json.dumps(value).encode())
+        finally:
+            await producer.stop()
+
+        async def settled() -> bool:
+            return (
+                await pipeline.count(
+                    "SELECT count(*) FROM orders WHERE status IN ('CONFIRMED', 'CANCELLED')"
+                )
+                == 3
+            )
+
+        await pipeline.wait_for("the three orders settled", settled, timeout=60)
+        answers = {}
+        for order_id in ("meta-1", "meta-2", "meta-3"):
+            async with http.get(f"{base}/orders/{order_id}") as response:
+                answers[order_id] = await response.json()
+    assert answers["meta-1"]["notes"] == notes
+    assert answers["meta-1"]["shipping_address"] is None
+    assert answers["meta-1"]["total"] == "7"  # 2 x 3.50, exact
+    two = answers["meta-2"]
+    assert two["shipping_address"] == ADDRESS
+    assert two["billing_address"] == ADDRESS | {"line2": "3rd floor", "city": "Lyon"}
+    assert two["notes"] == notes
+    assert two["total"] == "13.5"
+    assert answers["meta-3"]["notes"] == "by Kafka"
+    # Nothing invalid was decided; the Kafka one is on the dead-letter topic, with why.
+    stored = {row["order_id"] for row in await pipeline.query("SELECT order_id FROM orders")}
+    assert stored == {"meta-1", "meta-2", "meta-3"}
+    [dead] = await pipeline.read_topic("order-requests-dlq")
+    reason = dict(dead.headers)["orderstream-dlq-reason"].decode()
+    assert "shipping_address.country" in reason, reason
+    orders = {"meta-1": [("sku-0", 2)], "meta-2": [("sku-0", 1), ("sku-1", 1)]}
+    await _assert_conserved(pipeline, orders | {"meta-3": [("sku-1", 1)]})

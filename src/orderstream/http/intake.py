@@ -26,7 +26,14 @@ from orderstream.http.schemas import OrderPublished, SoldOut
 from orderstream.http.stock_view import STOCK_FIGURES
 from orderstream.http.validation import header_id
 from orderstream.producer import OrderLinesPublisher, order_lines
-from orderstream.topics import MAX_LINE_COUNT, MAX_QUANTITY, ORDER_REQUESTS, Id, OrderRequest
+from orderstream.topics import (
+    MAX_LINE_COUNT,
+    MAX_QUANTITY,
+    ORDER_REQUESTS,
+    Id,
+    OrderMetadata,
+    OrderRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +55,9 @@ class OrderLine(BaseModel):
     quantity: int = Field(ge=1, le=MAX_QUANTITY, strict=True)
 
 
-class OrderLines(BaseModel):
-    """An order of one or more items, each product once; unknown fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
+class OrderLines(OrderMetadata):
+    """An order of one or more items, each product once, with its metadata (addresses,
+    notes) if any; unknown fields are ignored."""
 
     order_id: Id
     user_id: Id
@@ -185,7 +191,7 @@ def _lines_of(body: dict[str, Any]) -> list[OrderRequest]:
         )
     order = _validated(OrderLines, body)
     items = [(item.product_id, item.quantity) for item in order.items]
-    return order_lines(order.order_id, order.user_id, items)
+    return order_lines(order.order_id, order.user_id, items, order)
 
 
 def _validated(model: type[M], body: dict[str, Any]) -> M:
