@@ -382,12 +382,12 @@ async def test_order_metadata_is_validated_stored_and_returned(pipeline: Pipelin
                 answers[order_id] = await response.json()
     assert answers["meta-1"]["notes"] == notes
     assert answers["meta-1"]["shipping_address"] is None
-    assert answers["meta-1"]["total"] == "7"  # 2 x 3.50, exact
+    assert answers["meta-1"]["total"] == "7.00"  # 2 x 3.50, exact
     two = answers["meta-2"]
     assert two["shipping_address"] == ADDRESS
     assert two["billing_address"] == ADDRESS | {"line2": "3rd floor", "city": "Lyon"}
     assert two["notes"] == notes
-    assert two["total"] == "13.5"
+    assert two["total"] == "13.50"
     assert answers["meta-3"]["notes"] == "by Kafka"
     # Nothing invalid was decided; the Kafka one is on the dead-letter topic, with why.
     stored = {row["order_id"] for row in await pipeline.query("SELECT order_id FROM orders")}

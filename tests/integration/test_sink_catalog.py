@@ -303,7 +303,7 @@ async def assert_served(pipe: Pipeline) -> None:
     assert (multi["total"], multi["shipping_address"], multi["notes"]) == ("45.48", None, None)
     assert [(i["product_id"], i["unit_price"]) for i in multi["items"]] == [
         ("sku-a", "19.99"),
-        ("sku-b", "5.5"),
+        ("sku-b", "5.50"),
     ]
 
     override = await get_order(pipe, "override")

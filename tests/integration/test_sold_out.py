@@ -134,7 +134,7 @@ async def test_sold_out_at_the_door_and_open_again_after_a_restock(pipeline: Pip
             "reserved": STOCK,  # the lifecycle is off: the orders stay RESERVED
             "sold": 0,
             "total_in": STOCK,
-            "price": "12.5",
+            "price": "12.50",
             "currency": "EUR",
             "max_per_user": None,
             "source": "live",
@@ -214,7 +214,7 @@ async def _assert_database_fallback(pipe: Pipeline, shop: Shop) -> None:
             response = await client.get(f"/products/{PRODUCT}")
             body = await response.json()
             assert body["source"] == "database", body
-            return bool(body["reserved"] == STOCK and body["price"] == "12.5")
+            return bool(body["reserved"] == STOCK and body["price"] == "12.50")
 
         await pipe.wait_for("the stock in PostgreSQL", from_database)
         body = await (await client.get(f"/products/{PRODUCT}")).json()

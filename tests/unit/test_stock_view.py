@@ -102,7 +102,7 @@ def test_a_figure_answers_with_every_live_field() -> None:
         "sold": 6,
         "total_in": 10,
         "version": 7,
-        "price": "12.5",
+        "price": "12.50",
         "currency": "EUR",
         "max_per_user": 2,
         "updated_at": "2026-11-18T11:06:40.007Z",
@@ -131,7 +131,15 @@ def figure_of(stock: StockChange) -> stock_view.StockFigure:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [("12.5000", "12.5"), ("12.50", "12.5"), ("100", "100"), ("1E+2", "100"), ("0.0000", "0")],
+    [
+        ("12.5000", "12.50"),
+        ("12.50", "12.50"),
+        ("100", "100.00"),
+        ("1E+2", "100.00"),
+        ("0.0000", "0.00"),
+        ("0.005", "0.005"),
+        ("19.9990", "19.999"),
+    ],
 )
 def test_a_price_reads_the_same_from_postgresql_and_from_kafka(value: str, text: str) -> None:
     assert decimal_text(Decimal(value)) == text

@@ -52,12 +52,20 @@ Count = Annotated[int, Field(ge=0)]
 
 
 def decimal_text(value: Decimal) -> str:
-    """Return ``12.5`` for 12.5000: the exact value, no exponent, no trailing zeros.
+    """Return ``12.50`` for 12.5000 and 12.5: the exact value, no exponent, at least two
+    places (as prices are written) and no trailing zero past them.
 
     PostgreSQL's numeric(14, 4) pads to four places and a Kafka message keeps what the
     shop wrote; one spelling makes the same price read the same from either.
     """
-    return format(value.normalize(), "f")
+    normalized = value.normalize()
+    if normalized.as_tuple().exponent > -_MONEY_PLACES:  # type: ignore[operator]
+        normalized = normalized.quantize(_CENTS)
+    return format(normalized, "f")
+
+
+_MONEY_PLACES = 2
+_CENTS = Decimal(1).scaleb(-_MONEY_PLACES)
 
 
 # Money out: an exact decimal as a JSON string, never a float.
@@ -65,7 +73,7 @@ DecimalText = Annotated[
     Decimal,
     PlainSerializer(decimal_text, return_type=str),
     WithJsonSchema(
-        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "examples": ["12.5", "1999"]}
+        {"type": "string", "pattern": r"^[0-9]+\.[0-9]{2,}$", "examples": ["12.50", "1999.00"]}
     ),
 ]
 
