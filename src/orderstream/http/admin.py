@@ -7,12 +7,10 @@ command for the stock agent, a status override an order command for the order ag
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Self, TypeVar
-from urllib.parse import quote
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
@@ -24,7 +22,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -33,21 +30,23 @@ from orderstream.domain import Currency, OrderStatus, Price, StockOperation
 from orderstream.http.auth import admin_only
 from orderstream.http.encoding import error, model_response
 from orderstream.http.keys import KAFKA, POOL, SETTINGS
-from orderstream.http.schemas import PAGE_DEFAULT, PAGE_MAX, Body, OrderAccepted, OrderSummary
+from orderstream.http.order_commands import publish_order_command
+from orderstream.http.schemas import PAGE_DEFAULT, PAGE_MAX, Body, OrderSummary
 from orderstream.http.validation import (
     checked_id,
     cursor_param,
     encode_cursor,
     int_param,
+    json_object,
     path_id,
     query_param,
+    validated,
 )
 from orderstream.producer import publish_stock_commands
 from orderstream.topics import (
     DETAIL_MAX_LENGTH,
     MAX_QUANTITY,
     NOTES_PATTERN,
-    ORDER_COMMANDS,
     Id,
     OrderCommand,
     OrderCommandKind,
@@ -197,7 +196,7 @@ def add_routes(app: web.Application) -> None:
 async def put_product(request: web.Request) -> web.Response:
     """Publish a stock command for a product: 202 with where it went."""
     product_id = path_id(request, "product_id")
-    change = _validated(ProductChange, await _json_object(request), "invalid product change")
+    change = await _validated_body(request, ProductChange, "invalid product change")
     settings = request.app[SETTINGS]
     command = change.command(product_id, settings.currency)
     producer = await _producer(request)
@@ -281,24 +280,10 @@ async def list_orders(request: web.Request) -> web.Response:
 async def override_status(request: web.Request) -> web.Response:
     """Ask the order agent to end a RESERVED order CONFIRMED or CANCELLED: 202.
 
-    404 when PostgreSQL does not know the order, 409 unless it is RESERVED there: a
-    terminal order's stock is settled, it never moves again. PostgreSQL may lag the
-    order agent, which decides: an override racing the payment or the expiry applies
-    only if it reaches the order agent while the order is still RESERVED.
+    404 when PostgreSQL does not know the order, 409 unless it is RESERVED there.
     """
     order_id = path_id(request, "order_id")
-    override = _validated(StatusOverride, await _json_object(request), "invalid status override")
-    async with request.app[POOL].connection() as conn, conn.cursor() as cur:
-        await cur.execute("SELECT status FROM orders WHERE order_id = %s", (order_id,))
-        row = await cur.fetchone()
-    if row is None:
-        raise error(web.HTTPNotFound, "order not found", order_id=order_id)
-    if row[0] != OrderStatus.RESERVED:
-        raise error(
-            web.HTTPConflict,
-            f"order is {row[0]}: only a RESERVED order can be overridden",
-            order_id=order_id,
-        )
+    override = await _validated_body(request, StatusOverride, "invalid status override")
     command = OrderCommand(
         order_id=order_id,
         command=OrderCommandKind.OVERRIDE,
@@ -306,20 +291,9 @@ async def override_status(request: web.Request) -> web.Response:
         detail=override.reason,
         actor=override.by,
     )
-    producer = await _producer(request)
-    try:
-        # Keyed by order id: the order agent that owns the order applies it.
-        await producer.send_and_wait(
-            request.app[SETTINGS].topic(ORDER_COMMANDS),
-            key=order_id.encode(),
-            value=command.model_dump_json().encode(),
-        )
-    except KafkaError as exc:
-        log.warning("override of order %s not published: %r", order_id, exc)
-        raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
+    answer = await publish_order_command(request, command, "overridden")
     log.info("admin: %s asked to set order %s %s", override.by, order_id, override.status.value)
-    status_url = f"/orders/{quote(order_id, safe='')}"
-    return model_response(OrderAccepted(order_id=order_id, status_url=status_url), status=202)
+    return answer
 
 
 async def _producer(request: web.Request) -> AIOKafkaProducer:
@@ -329,32 +303,9 @@ async def _producer(request: web.Request) -> AIOKafkaProducer:
         raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()  # 413 past MAX_BODY_BYTES
-    try:
-        # Decimal for every JSON number with a fraction: 19.99 stays 19.99, never the
-        # float 19.989999999999998 (and strict ints still refuse 5.0 as a quantity).
-        body = json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_not_json)
-    except UnicodeDecodeError:
-        raise error(web.HTTPBadRequest, "body is not UTF-8") from None
-    except (ValueError, RecursionError):
-        raise error(web.HTTPBadRequest, "body is not JSON") from None
-    if not isinstance(body, dict):
-        raise error(web.HTTPBadRequest, "body must be a JSON object")
-    return body
-
-
-def _not_json(constant: str) -> Any:
-    # NaN and Infinity are Python's extensions of JSON, not JSON.
-    raise ValueError(f"{constant} is not JSON")
-
-
-def _validated(model: type[M], body: dict[str, Any], reason: str) -> M:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        raise error(web.HTTPUnprocessableEntity, reason, details=errors) from None
+async def _validated_body(request: web.Request, model: type[M], reason: str) -> M:
+    # Numbers exact: a price of 19.99 is 19.99, never the float next to it.
+    return validated(model, await json_object(request, exact_numbers=True), reason)
 
 
 def _timestamp_param(request: web.Request, name: str) -> datetime | None:

@@ -7,16 +7,15 @@ the stock agent (a read_committed consumer) sees all of its lines or none.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orderstream import tracing
 from orderstream.http.encoding import JSON, error, model_response
@@ -24,7 +23,7 @@ from orderstream.http.idempotency import IdempotencyKeys, order_digest
 from orderstream.http.keys import KAFKA, POOL, SETTINGS
 from orderstream.http.schemas import OrderPublished, SoldOut
 from orderstream.http.stock_view import STOCK_FIGURES
-from orderstream.http.validation import header_id
+from orderstream.http.validation import header_id, json_object, validated
 from orderstream.producer import OrderLinesPublisher, order_lines
 from orderstream.topics import (
     MAX_LINE_COUNT,
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 LINES_PUBLISHER = web.AppKey("lines_publisher", OrderLinesPublisher)
 IDEMPOTENCY_KEYS = web.AppKey("idempotency_keys", IdempotencyKeys)
 
-M = TypeVar("M", bound=BaseModel)
+_INVALID = "invalid order request"
 
 # Fields of a one-line body that a body with items must not have: which would count?
 SINGLE_LINE_FIELDS = ("product_id", "quantity", "line_count")
@@ -106,13 +105,13 @@ async def post_order(request: web.Request) -> web.Response:
 
 
 async def _publish_order(request: web.Request) -> web.Response:
-    body = await _json_object(request)
+    body = await json_object(request)
     key = header_id(request, "Idempotency-Key")
     if key is not None and body.setdefault("order_id", key) != key:
         raise error(
             web.HTTPUnprocessableEntity, "Idempotency-Key and order_id differ", order_id=key
         )
-    lines = _lines_of(body) if "items" in body else [_validated(OrderRequest, body)]
+    lines = _lines_of(body) if "items" in body else [validated(OrderRequest, body, _INVALID)]
     if key is None:
         _refuse_sold_out(request, lines)
         await _publish(request, lines)
@@ -166,22 +165,6 @@ def _refuse_sold_out(request: web.Request, lines: list[OrderRequest]) -> None:
         raise web.HTTPConflict(text=body.model_dump_json(), content_type=JSON)
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()  # 413 past MAX_BODY_BYTES
-    try:
-        # UTF-8 whatever the Content-Type's charset says: JSON is UTF-8 (RFC 8259).
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise error(web.HTTPBadRequest, "body is not UTF-8") from None
-    except (ValueError, RecursionError):
-        # ValueError: not JSON, or an integer of more than 4,300 digits; RecursionError:
-        # arrays nested thousands deep.
-        raise error(web.HTTPBadRequest, "body is not JSON") from None
-    if not isinstance(body, dict):
-        raise error(web.HTTPBadRequest, "body must be a JSON object")
-    return body
-
-
 def _lines_of(body: dict[str, Any]) -> list[OrderRequest]:
     both = [name for name in SINGLE_LINE_FIELDS if name in body]
     if both:
@@ -189,14 +172,6 @@ def _lines_of(body: dict[str, Any]) -> list[OrderRequest]:
             web.HTTPUnprocessableEntity,
             f"an order with items takes its products from them: {', '.join(both)} not allowed",
         )
-    order = _validated(OrderLines, body)
+    order = validated(OrderLines, body, _INVALID)
     items = [(item.product_id, item.quantity) for item in order.items]
     return order_lines(order.order_id, order.user_id, items, order)
-
-
-def _validated(model: type[M], body: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        raise error(web.HTTPUnprocessableEntity, "invalid order request", details=errors) from None

@@ -7,22 +7,20 @@ import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
 
-from orderstream.domain import OrderStatus
 from orderstream.http import admin, intake, openapi
 from orderstream.http.encoding import error, model_response
-from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES, SETTINGS
+from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES
+from orderstream.http.order_commands import publish_order_command
 from orderstream.http.schemas import (
     PAGE_DEFAULT,
     PAGE_MAX,
     Health,
     Order,
-    OrderAccepted,
     ProductStock,
     Readiness,
     ReadinessChecks,
@@ -35,11 +33,7 @@ from orderstream.http.validation import (
     int_param,
     path_id,
 )
-from orderstream.topics import (
-    ORDER_COMMANDS,
-    OrderCommand,
-    OrderCommandKind,
-)
+from orderstream.topics import OrderCommand, OrderCommandKind
 
 log = logging.getLogger(__name__)
 
@@ -186,33 +180,7 @@ async def _ping_kafka(app: web.Application) -> None:
 
 
 async def cancel_order(request: web.Request) -> web.Response:
-    """Ask to cancel a RESERVED order: 202, 404 when unknown, 409 when not RESERVED.
-
-    PostgreSQL may lag the order agent, which decides: a cancel racing the payment is
-    applied only if it reaches the order agent while the order is still RESERVED.
-    """
+    """Ask to cancel a RESERVED order: 202, 404 when unknown, 409 when not RESERVED."""
     order_id = path_id(request, "order_id")
-    async with request.app[POOL].connection() as conn, conn.cursor() as cur:
-        await cur.execute("SELECT status FROM orders WHERE order_id = %s", (order_id,))
-        row = await cur.fetchone()
-    if row is None:
-        raise error(web.HTTPNotFound, "order not found", order_id=order_id)
-    if row[0] != OrderStatus.RESERVED:
-        raise error(
-            web.HTTPConflict,
-            f"order is {row[0]}: only a RESERVED order can be cancelled",
-            order_id=order_id,
-        )
-    try:
-        producer = await request.app[KAFKA].producer()
-    except ConnectionError:
-        raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
     command = OrderCommand(order_id=order_id, command=OrderCommandKind.CANCEL)
-    # Keyed by order id: the order agent that owns the order applies it.
-    await producer.send_and_wait(
-        request.app[SETTINGS].topic(ORDER_COMMANDS),
-        key=order_id.encode(),
-        value=command.model_dump_json().encode(),
-    )
-    status_url = f"/orders/{quote(order_id, safe='')}"
-    return model_response(OrderAccepted(order_id=order_id, status_url=status_url), status=202)
+    return await publish_order_command(request, command, "cancelled")

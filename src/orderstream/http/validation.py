@@ -1,4 +1,5 @@
-"""Input at the door: path ids and query parameters, refused with a 400 and a reason.
+"""Input at the door: path ids, query parameters and JSON bodies, refused with a 400 and
+a reason (a 422 with pydantic's details for a body that is JSON but not valid).
 
 Path ids follow the rule of message ids (`topics.Id`): PostgreSQL refuses a NUL in text,
 and an id that no message can carry names nothing this service knows.
@@ -11,8 +12,11 @@ import binascii
 import json
 import re
 from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from orderstream.http.encoding import error
 from orderstream.topics import ID_MAX_LENGTH, ID_PATTERN
@@ -28,6 +32,8 @@ CURSOR_PATTERN = r"^[A-Za-z0-9_-]*={0,2}$"
 _CURSOR = re.compile(CURSOR_PATTERN)
 # Not int()'s rule: it also takes " 5", "+5", "1_0" and digits of other scripts.
 _INTEGER = re.compile(r"-?[0-9]+")
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def path_id(request: web.Request, name: str) -> str:
@@ -112,3 +118,42 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     if not isinstance(order_id, str) or moment.tzinfo is None:
         raise error(web.HTTPBadRequest, "after is not a cursor this service gave")
     return moment, checked_id(order_id, "after")
+
+
+async def json_object(request: web.Request, *, exact_numbers: bool = False) -> dict[str, Any]:
+    """Return the request's body, a JSON object, or raise 400 saying why it is not one.
+
+    ``exact_numbers``: every JSON number with a fraction is a Decimal (19.99 stays 19.99,
+    never the float 19.989999999999998; strict ints still refuse 5.0), and NaN and
+    Infinity, Python's extensions of JSON, are refused as not JSON.
+    """
+    raw = await request.read()  # 413 past MAX_BODY_BYTES
+    try:
+        # UTF-8 whatever the Content-Type's charset says: JSON is UTF-8 (RFC 8259).
+        text = raw.decode("utf-8")
+        if exact_numbers:
+            body = json.loads(text, parse_float=Decimal, parse_constant=_not_json)
+        else:
+            body = json.loads(text)
+    except UnicodeDecodeError:
+        raise error(web.HTTPBadRequest, "body is not UTF-8") from None
+    except (ValueError, RecursionError):
+        # ValueError: not JSON, or an integer of more than 4,300 digits; RecursionError:
+        # arrays nested thousands deep.
+        raise error(web.HTTPBadRequest, "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise error(web.HTTPBadRequest, "body must be a JSON object")
+    return body
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def validated(model: type[M], body: dict[str, Any], reason: str) -> M:
+    """Return ``body`` validated as ``model``, or raise 422 with ``reason`` and the details."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        raise error(web.HTTPUnprocessableEntity, reason, details=errors) from None
