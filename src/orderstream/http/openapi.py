@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Annotated, Any
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from orderstream import __version__
@@ -27,9 +27,16 @@ from orderstream.http.openapi_admin import (
     SECURITY_SCHEMES,
     admin_paths,
 )
+from orderstream.http.openapi_parts import (
+    REF_TEMPLATE,
+    json_content,
+    page_after,
+    page_limit,
+    path_id,
+    request_body,
+    schema,
+)
 from orderstream.http.schemas import (
-    PAGE_DEFAULT,
-    PAGE_MAX,
     ErrorBody,
     Health,
     Order,
@@ -40,10 +47,8 @@ from orderstream.http.schemas import (
     SoldOut,
     UserOrdersPage,
 )
-from orderstream.http.validation import CURSOR_PATTERN, MAX_BODY_BYTES
+from orderstream.http.validation import MAX_BODY_BYTES
 from orderstream.topics import Id, OrderRequest
-
-REF_TEMPLATE = "#/components/schemas/{model}"
 
 # Every model of the document and the side it is seen from: the request body as the
 # handler validates it, the answers as the handlers serialise them.
@@ -139,15 +144,6 @@ def _order_lines_body(order_lines: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _schema(annotation: Any) -> dict[str, Any]:
-    schema: dict[str, Any] = TypeAdapter(annotation).json_schema(ref_template=REF_TEMPLATE)
-    return schema
-
-
-def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
-    return {JSON: {"schema": schema}}
-
-
 def _error(status: int) -> dict[str, str]:
     return {"$ref": f"#/components/responses/{_ERRORS[status][0]}"}
 
@@ -166,7 +162,7 @@ class _Document:
         return dict(self._refs[model])
 
     def answer(self, description: str, model: type[BaseModel]) -> dict[str, Any]:
-        return {"description": description, "content": _json_content(self.ref(model))}
+        return {"description": description, "content": json_content(self.ref(model))}
 
     def operation(
         self,
@@ -185,16 +181,6 @@ class _Document:
             **more,
             "responses": dict(sorted(responses.items())),
         }
-
-
-def _path_id(name: str, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "description": f"{description} 1-200 characters, no control characters.",
-        "schema": _schema(Id),
-    }
 
 
 def _paths(doc: _Document) -> dict[str, Any]:
@@ -242,21 +228,18 @@ def _paths(doc: _Document) -> dict[str, Any]:
                             " order is answered 202 again and published once, even when the"
                             " requests are concurrent; with another order, 422."
                         ),
-                        "schema": _schema(Id),
+                        "schema": schema(Id),
                     }
                 ],
-                requestBody={
-                    "required": True,
-                    "description": "One order line, or items; unknown fields are ignored.",
-                    "content": _json_content(
-                        {
-                            "oneOf": [
-                                {"$ref": REF_TEMPLATE.format(model=_ORDER_REQUEST_BODY)},
-                                {"$ref": REF_TEMPLATE.format(model=_ORDER_LINES_BODY)},
-                            ]
-                        }
-                    ),
-                },
+                requestBody=request_body(
+                    "One order line, or items; unknown fields are ignored.",
+                    {
+                        "oneOf": [
+                            {"$ref": REF_TEMPLATE.format(model=_ORDER_REQUEST_BODY)},
+                            {"$ref": REF_TEMPLATE.format(model=_ORDER_LINES_BODY)},
+                        ]
+                    },
+                ),
             )
         },
         "/orders/{order_id}": {
@@ -265,7 +248,7 @@ def _paths(doc: _Document) -> dict[str, Any]:
                 "An order, its items and its history.",
                 {200: doc.answer("The order.", Order)},
                 db_read,
-                parameters=[_path_id("order_id", "The order's id.")],
+                parameters=[path_id("order_id", "The order's id.")],
             )
         },
         "/orders/{order_id}/cancel": {
@@ -279,7 +262,7 @@ def _paths(doc: _Document) -> dict[str, Any]:
                     " applied only if it reaches the order agent while the order is still"
                     " RESERVED."
                 ),
-                parameters=[_path_id("order_id", "The order's id.")],
+                parameters=[path_id("order_id", "The order's id.")],
             )
         },
         "/users/{user_id}/orders": {
@@ -289,25 +272,12 @@ def _paths(doc: _Document) -> dict[str, Any]:
                 {200: doc.answer("A page; empty for a user who ordered nothing.", UserOrdersPage)},
                 (400, 503),
                 parameters=[
-                    _path_id("user_id", "The user's id."),
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "description": "Orders per page.",
-                        "schema": _schema(Annotated[int, Field(ge=1, le=PAGE_MAX)])
-                        | {"default": PAGE_DEFAULT},
-                    },
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "required": False,
-                        "description": (
-                            "The `next` cursor of the previous page (any other string: 400);"
-                            " absent or empty for the first page."
-                        ),
-                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
-                    },
+                    path_id("user_id", "The user's id."),
+                    page_limit(),
+                    page_after(
+                        "The `next` cursor of the previous page (any other string: 400);"
+                        " absent or empty for the first page."
+                    ),
                 ],
             )
         },
@@ -323,7 +293,7 @@ def _paths(doc: _Document) -> dict[str, Any]:
                     " product; from PostgreSQL otherwise (source `database`). age_ms says how"
                     " old the figure is."
                 ),
-                parameters=[_path_id("product_id", "The product's id.")],
+                parameters=[path_id("product_id", "The product's id.")],
             )
         },
         "/healthz": {
@@ -362,7 +332,7 @@ def _paths(doc: _Document) -> dict[str, Any]:
                 {
                     200: {
                         "description": "The OpenAPI 3.1 document of this service.",
-                        "content": _json_content({"type": "object"}),
+                        "content": json_content({"type": "object"}),
                     }
                 },
                 (),
@@ -376,7 +346,7 @@ def _responses(doc: _Document) -> dict[str, Any]:
     for status, (name, description) in sorted(_ERRORS.items()):
         response: dict[str, Any] = {
             "description": description,
-            "content": _json_content(doc.ref(ErrorBody)),
+            "content": json_content(doc.ref(ErrorBody)),
         }
         if status == 401:
             response["headers"] = CHALLENGE_HEADER
@@ -401,7 +371,7 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": _DESCRIPTION,
         },
-        "paths": _paths(doc) | admin_paths(doc, _path_id),
+        "paths": _paths(doc) | admin_paths(doc),
         "components": {
             "schemas": doc.schemas,
             "responses": _responses(doc),

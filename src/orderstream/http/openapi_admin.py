@@ -6,10 +6,9 @@ its handlers check; every operation names the bearer token it needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
 from orderstream.domain import OrderStatus
@@ -20,9 +19,15 @@ from orderstream.http.admin import (
     StockCommandPublished,
 )
 from orderstream.http.auth import CHALLENGE
-from orderstream.http.encoding import JSON
-from orderstream.http.schemas import PAGE_DEFAULT, PAGE_MAX, OrderAccepted
-from orderstream.http.validation import CURSOR_PATTERN
+from orderstream.http.openapi_parts import (
+    page_after,
+    page_limit,
+    path_id,
+    query,
+    request_body,
+    schema,
+)
+from orderstream.http.schemas import OrderAccepted
 from orderstream.topics import Id
 
 SECURITY_SCHEME = "adminToken"
@@ -78,35 +83,43 @@ class Operations(Protocol):
     ) -> dict[str, Any]: ...
 
 
-PathId = Callable[[str, str], dict[str, Any]]
+def _admin_operation(
+    doc: Operations,
+    operation_id: str,
+    summary: str,
+    answers: dict[int, dict[str, Any]],
+    errors: tuple[int, ...],
+    *,
+    description: str,
+    parameters: list[dict[str, Any]],
+    body: tuple[type[BaseModel], str] | None = None,
+) -> dict[str, Any]:
+    """Return an operation behind the bearer token: it may answer ADMIN_ERRORS too.
+
+    ``body``: the model of the request body and what to say of it.
+    """
+    more: dict[str, Any] = {"description": description, "parameters": parameters}
+    if body is not None:
+        model, body_description = body
+        more["requestBody"] = request_body(body_description, doc.ref(model))
+    return doc.operation(
+        operation_id,
+        summary,
+        answers,
+        (*errors, *ADMIN_ERRORS),
+        **more,
+        security=[{SECURITY_SCHEME: []}],
+    )
 
 
-def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": schema,
-    }
-
-
-def _body(doc: Operations, model: type[BaseModel], description: str) -> dict[str, Any]:
-    return {
-        "required": True,
-        "description": description,
-        "content": {JSON: {"schema": doc.ref(model)}},
-    }
-
-
-def admin_paths(doc: Operations, path_id: PathId) -> dict[str, Any]:
+def admin_paths(doc: Operations) -> dict[str, Any]:
     """Return the admin routes' paths, each operation behind the bearer token."""
-    guarded: dict[str, Any] = {"security": [{SECURITY_SCHEME: []}]}
-    id_schema = TypeAdapter(Id).json_schema()
+    id_schema = schema(Id)
     timestamp = {"type": "string", "format": "date-time"}
     return {
         "/admin/products/{product_id}": {
-            "put": doc.operation(
+            "put": _admin_operation(
+                doc,
                 "putProduct",
                 "Set or add to a product's stock, change its price or its per-user limit.",
                 {
@@ -116,7 +129,7 @@ def admin_paths(doc: Operations, path_id: PathId) -> dict[str, Any]:
                         StockCommandPublished,
                     )
                 },
-                (400, 401, 403, 413, 422, 503),
+                (400, 413, 422, 503),
                 description=(
                     "One stock command: `set` or `add` (operation set or add, with any catalog"
                     " field), or only catalog fields (operation update). A price given without"
@@ -124,16 +137,16 @@ def admin_paths(doc: Operations, path_id: PathId) -> dict[str, Any]:
                     " both set and add, or an unknown field: 422."
                 ),
                 parameters=[path_id("product_id", "The product's id.")],
-                requestBody=_body(doc, ProductChange, "What to change; at least one field."),
-                **guarded,
+                body=(ProductChange, "What to change; at least one field."),
             )
         },
         "/admin/orders": {
-            "get": doc.operation(
+            "get": _admin_operation(
+                doc,
                 "listOrders",
                 "Every order, newest first, filtered, a page at a time.",
                 {200: doc.answer("A page; empty when nothing matches.", AdminOrdersPage)},
-                (400, 401, 403, 503),
+                (400, 503),
                 description=(
                     "Keyset pagination by (created_at, order_id): following `next` while"
                     " orders arrive never shows an order twice nor skips one that existed"
@@ -141,45 +154,38 @@ def admin_paths(doc: Operations, path_id: PathId) -> dict[str, Any]:
                     " (400), so that a misspelt filter never lists every order."
                 ),
                 parameters=[
-                    _query(
+                    query(
                         "status",
                         "Orders in this status.",
                         {"type": "string", "enum": [status.value for status in OrderStatus]},
                     ),
-                    _query("product", "Orders with an item of this product.", id_schema),
-                    _query("user", "Orders of this user.", id_schema),
-                    _query(
+                    query("product", "Orders with an item of this product.", id_schema),
+                    query("user", "Orders of this user.", id_schema),
+                    query(
                         "since",
                         "Orders created at or after this instant (ISO 8601 with a time zone).",
                         timestamp,
                     ),
-                    _query(
+                    query(
                         "until",
                         "Orders created before this instant (ISO 8601 with a time zone).",
                         timestamp,
                     ),
-                    _query(
-                        "limit",
-                        "Orders per page.",
-                        TypeAdapter(Annotated[int, Field(ge=1, le=PAGE_MAX)]).json_schema()
-                        | {"default": PAGE_DEFAULT},
-                    ),
-                    _query(
-                        "after",
+                    page_limit(),
+                    page_after(
                         "The `next` cursor of the previous page, with the same filters (any"
-                        " other string: 400); absent or empty for the first page.",
-                        {"type": "string", "pattern": CURSOR_PATTERN},
+                        " other string: 400); absent or empty for the first page."
                     ),
                 ],
-                **guarded,
             )
         },
         "/admin/orders/{order_id}/status": {
-            "post": doc.operation(
+            "post": _admin_operation(
+                doc,
                 "overrideOrderStatus",
                 "End a RESERVED order CONFIRMED or CANCELLED by hand; the order agent decides.",
                 {202: doc.answer("Asked; status_url shows what came of it.", OrderAccepted)},
-                (400, 401, 403, 404, 409, 413, 422, 503),
+                (400, 404, 409, 413, 422, 503),
                 description=(
                     "409 unless PostgreSQL shows the order RESERVED: a terminal order's stock"
                     " is settled. The order agent applies the override only if the order is"
@@ -187,8 +193,7 @@ def admin_paths(doc: Operations, path_id: PathId) -> dict[str, Any]:
                     " ADMIN_OVERRIDE, the reason text as its detail and `by` as its actor."
                 ),
                 parameters=[path_id("order_id", "The order's id.")],
-                requestBody=_body(doc, StatusOverride, "The status, why, and who."),
-                **guarded,
+                body=(StatusOverride, "The status, why, and who."),
             )
         },
     }
