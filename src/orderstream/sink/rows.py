@@ -64,10 +64,7 @@ def batch_rows(batch: SinkBatch) -> tuple[list[Row], list[Row], list[Row], list[
     """Return the batch's order, listed item, event and stock rows (a time out of range is
     PostgreSQL's DataError, like any value it refuses)."""
     latest, carried = fold_orders(batch.order_events)
-    if carried:
-        orders = [_merged_order_row(lo.event, carried.get(lo.event.order_id)) for lo in latest]
-    else:  # the hot path: one event per order
-        orders = [_order_row(located.event) for located in latest]
+    orders = [_order_row(lo.event, carried.get(lo.event.order_id)) for lo in latest]
     items = [
         row
         for located in latest
@@ -117,38 +114,28 @@ def _json(address: Address | None) -> str | None:
     return None if address is None else address.model_dump_json(exclude_none=True)
 
 
-def _order_row(e: OrderEvent) -> Row:
-    """Return the order's staged row, with its only line unless it lists its items."""
+def _order_row(e: OrderEvent, c: Carried | None = None) -> Row:
+    """Return the order's staged row, with its only line unless it lists its items; with
+    ``c``, the prices and metadata are what the order's events of the batch carried."""
+    if c is None:  # the hot path: one event per order
+        unit_price, line_currency = e.unit_price, e.currency
+        total, currency = e.total, e.currency
+        shipping, billing, notes = e.shipping_address, e.billing_address, e.notes
+    else:
+        unit_price, line_currency = c.unit_price, c.line_currency
+        total, currency = c.total, c.currency
+        shipping, billing, notes = c.shipping_address, c.billing_address, c.notes
     # An event that lists its items gives order_items a row per item (_item_rows), not
     # one for its product_id.
     product_id, quantity, unit_price, line_currency = (
         (None, None, None, None)
         if e.items
-        else (e.product_id, e.quantity, e.unit_price, e.currency)
+        else (e.product_id, e.quantity, unit_price, line_currency)
     )
     return (
         e.order_id, e.user_id, e.status.value, e.reason.value if e.reason else None, e.detail,
         e.seq, e.requested_at_ms, e.decided_at_ms, product_id, quantity, unit_price,
-        line_currency, e.total, e.currency, _json(e.shipping_address), _json(e.billing_address),
-        e.notes,
-    )  # fmt: skip
-
-
-def _merged_order_row(e: OrderEvent, c: Carried | None) -> Row:
-    """Return the order row of ``e`` with what the order's events of the batch carried."""
-    if c is None:
-        return _order_row(e)
-    # As in _order_row: the only line rides on the order's row, with its price.
-    product_id, quantity, unit_price, line_currency = (
-        (None, None, None, None)
-        if e.items
-        else (e.product_id, e.quantity, c.unit_price, c.line_currency)
-    )
-    return (
-        e.order_id, e.user_id, e.status.value, e.reason.value if e.reason else None, e.detail,
-        e.seq, e.requested_at_ms, e.decided_at_ms, product_id, quantity, unit_price,
-        line_currency, c.total, c.currency, _json(c.shipping_address), _json(c.billing_address),
-        c.notes,
+        line_currency, total, currency, _json(shipping), _json(billing), notes,
     )  # fmt: skip
 
 
