@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from psycopg.rows import dict_row
@@ -184,6 +185,20 @@ class Pipeline:
                     f"timed out after {timeout}s waiting for {what}\n{self.logs()}"
                 )
             await asyncio.sleep(0.25)
+
+    async def wait_for_status_service(self, timeout: float = 60.0) -> str:
+        """Wait until the status service answers /readyz with 200; return its base URL."""
+        base = f"http://127.0.0.1:{self.settings.http_port}"
+
+        async def ready() -> bool:
+            try:
+                async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as response:
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await self.wait_for("the status service to be ready", ready, timeout)
+        return base
 
     async def wait_for_stock(self, product_id: str, total_in: int, timeout: float = 120.0) -> None:
         async def applied() -> bool:

@@ -39,17 +39,7 @@ ROUTES = [
 async def serve(pipe: Pipeline, **env: str) -> str:
     """Start `orderstream run` with the admin token; return the status service's URL."""
     pipe.start(ORDERSTREAM_ADMIN_TOKEN=TOKEN, **env)
-    base = f"http://127.0.0.1:{pipe.settings.http_port}"
-
-    async def ready() -> bool:
-        try:
-            async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as response:
-                return response.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await pipe.wait_for("the status service to be ready", ready, timeout=60)
-    return base
+    return await pipe.wait_for_status_service()
 
 
 async def call(

@@ -127,16 +127,7 @@ async def test_one_hostile_record_among_999_good_ones(pipeline: Pipeline) -> Non
 
 async def test_bad_http_requests_get_json_reasons(pipeline: Pipeline) -> None:
     pipeline.start()
-    base = f"http://127.0.0.1:{pipeline.settings.http_port}"
-
-    async def ready() -> bool:
-        try:
-            async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as response:
-                return response.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await pipeline.wait_for("the status service to be ready", ready, timeout=60)
+    base = await pipeline.wait_for_status_service()
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base}/orders", data=b"{nope") as response:
             assert response.status == 400

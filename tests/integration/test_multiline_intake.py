@@ -56,16 +56,7 @@ async def test_the_intake_publishes_an_orders_lines_in_one_transaction(
     pipeline: Pipeline,
 ) -> None:
     pipeline.start()
-    base = f"http://127.0.0.1:{pipeline.settings.http_port}"
-
-    async def ready() -> bool:
-        try:
-            async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as response:
-                return response.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await pipeline.wait_for("the status service to be ready", ready, timeout=60)
+    base = await pipeline.wait_for_status_service()
     key = {"Idempotency-Key": "o-multi"}
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base}/orders", json=lines_body(ITEMS), headers=key) as response:

@@ -87,15 +87,7 @@ async def test_sold_out_at_the_door_and_open_again_after_a_restock(pipeline: Pip
     pipeline.start()
     async with aiohttp.ClientSession() as http:
         shop = Shop(pipeline, http)
-
-        async def ready() -> bool:
-            try:
-                async with http.get(f"{shop.base}/readyz") as response:
-                    return response.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await pipeline.wait_for("the status service to be ready", ready, timeout=60)
+        await pipeline.wait_for_status_service()
         put_on_sale = StockCommand(
             product_id=PRODUCT,
             operation=StockOperation.SET,

@@ -343,16 +343,7 @@ async def test_orderstream_run_exports_one_trace_per_order(pipeline: Pipeline) -
         )
         await pipeline.set_stock(PRODUCT, 5)
         await pipeline.wait_for_stock(PRODUCT, 5)
-        base = f"http://127.0.0.1:{pipeline.settings.http_port}"
-
-        async def ready() -> bool:
-            try:
-                async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as answer:
-                    return answer.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await pipeline.wait_for("the status service to be ready", ready, timeout=60)
+        base = await pipeline.wait_for_status_service()
         order = {"order_id": "o-traced", "user_id": "u-1", "product_id": PRODUCT, "quantity": 1}
         async with (
             aiohttp.ClientSession() as http,
