@@ -38,6 +38,9 @@ class DictPartition:
     def hold(self, key: bytes) -> bytes | None:
         return self.holds.get(key)
 
+    def held(self, user_id: str, product_id: str) -> int:
+        return 0
+
 
 def run(requests: int) -> float:
     """Decide ``requests`` lines against one hot product; return decisions per second."""

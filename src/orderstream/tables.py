@@ -67,11 +67,6 @@ __all__ = [
 ]
 
 
-def _absent_when_none() -> Any:
-    # A hold is written for every request: fields most orders lack stay out of its JSON.
-    return Field(default=None, exclude_if=lambda value: value is None)
-
-
 class HeldCount(BaseModel):
     """What one user holds (reserved) or bought of one product, as of a stock version.
 
@@ -117,13 +112,13 @@ class Hold(BaseModel):
     final_version: int | None = None
     settled_at_ms: int | None = None
     # The product's unit price when the line was decided: a later price change never
-    # alters a placed order.
-    unit_price: Decimal | None = _absent_when_none()
-    currency: str | None = _absent_when_none()
+    # alters a placed order. (The store writes a hold without its null fields.)
+    unit_price: Decimal | None = None
+    currency: str | None = None
     # The order's metadata as this line carried it, announced with the decision.
-    shipping_address: Address | None = _absent_when_none()
-    billing_address: Address | None = _absent_when_none()
-    notes: str | None = _absent_when_none()
+    shipping_address: Address | None = None
+    billing_address: Address | None = None
+    notes: str | None = None
 
     @model_validator(mode="after")
     def _settled_whole(self) -> Self:

@@ -39,6 +39,7 @@ from orderstream.agents.resilience import CircuitBreaker, RetryPolicy
 from orderstream.domain import StockLevel
 from orderstream.http import intake
 from orderstream.http.keys import KAFKA, SETTINGS
+from orderstream.http.stock_view import STOCK_FIGURES, StockFigures
 from orderstream.metrics import LifecycleMetrics, SinkMetrics, WorkerMetrics
 from orderstream.settings import Settings
 from orderstream.sink.base import SinkBatch
@@ -126,6 +127,9 @@ class DictPartition:
     def hold(self, key: bytes) -> bytes | None:
         return None
 
+    def held(self, user_id: str, product_id: str) -> int:
+        return 0
+
 
 class KeepingSink:
     def __init__(self) -> None:
@@ -177,6 +181,7 @@ async def test_one_trace_from_the_intake_to_the_sink(spans: InMemorySpanExporter
     app = web.Application()
     app[SETTINGS] = settings
     app[KAFKA] = link  # type: ignore[assignment]
+    app[STOCK_FIGURES] = StockFigures()  # a view that knows no product: nothing is refused
     app.router.add_post("/orders", intake.post_order)
     async with TestClient(TestServer(app)) as client:
         answer = await client.post(

@@ -56,6 +56,9 @@ class State:
     def hold(self, key: bytes) -> bytes | None:
         return None
 
+    def held(self, user_id: str, product_id: str) -> int:
+        return 0
+
 
 def processor() -> StockProcessor:
     # Every value explicit: ORDERSTREAM_* variables of the shell must not leak in.

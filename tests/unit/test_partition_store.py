@@ -652,13 +652,31 @@ def test_hold_returns_the_bytes_recorded_or_restored(store: PartitionStore) -> N
     changelog = Changelog()
     recorded = make_hold("o1", "p1", 2, 2, 1_000)
     store.put_hold(hold_key("o1", "p1"), recorded, changelog)
-    encoded = recorded.model_dump_json().encode()
+    encoded = recorded.model_dump_json(exclude_none=True).encode()  # no null fields
     assert store.hold(hold_key("o1", "p1")) == encoded
+    assert Hold.model_validate_json(encoded) == recorded
     assert changelog.records == [(HOLD_KEY + hold_key("o1", "p1"), encoded, 1_000)]
     key, value, _ = hold_record("o2", "p1", 1, None)
     restore(store, (key, value, 1_000))
     assert store.hold(hold_key("o2", "p1")) == value
     assert store.hold(hold_key("o3", "p1")) is None
+
+
+def test_a_restore_keeps_no_rejection_to_fold_whichever_way_it_was_written(
+    store: PartitionStore, tmp_path: Path
+) -> None:
+    """Rejections change no stock: a restore keeps none of them in memory, whether the
+    hold spells its null stock_version out (older records) or leaves it out (newer)."""
+    writer = PartitionStore(tmp_path / "writer")
+    changelog = Changelog()
+    writer.put_hold(hold_key("o1", "p1"), make_hold("o1", "p1", 1, None, 1_000), changelog)
+    writer.close()
+    old_style = hold_record("o2", "p1", 1, None)
+    assert b'"stock_version":null' in old_style[1]
+    assert b'"stock_version"' not in changelog.records[0][1]
+    for key, value, timestamp_ms in (changelog.records[0], old_style):
+        store.restore(key, value, timestamp_ms)
+    assert store._since_snapshot == {}  # what finish_restore would fold: nothing
 
 
 def test_a_new_store_on_the_same_path_starts_empty(tmp_path: Path) -> None:
