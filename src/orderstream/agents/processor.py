@@ -1,41 +1,30 @@
 """The stock agent's one seam: a source record and its partition's state in, effects out.
 
 The processor decides; it never touches Kafka or the store. What it returns (new holds,
-stock events, output records) the store appends to the changelog in order and the
-engine announces once the changelog has them. Every rule about a record lives here
-once: decoding, the dedup window, forwarding a misrouted record to its owner,
-re-sending a duplicate's recorded decision, settling a reserved line (commit, release)
-once, and dead-lettering what can never succeed.
-
-A commit or a release for a line that has no hold here is dropped (counted
-``not_reserved``), never kept for a request still to come: within a partition a
-request is decided before anything can react to its decision, so a line with no hold
-was never reserved here (its request never arrived, was stale, or the command is
-bogus), or its final hold already left the dedup window. Keeping such a command would
-mean recording a hold for every order id anyone names, and refusing a later request
-of that order for a reason no one announced.
+stock events, output records; the types are in agents/stock_seam.py) the store appends
+to the changelog in order and the engine announces once the changelog has them. Every
+rule about a record is applied here once: decoding, the dedup window, forwarding a
+misrouted record to its owner, re-sending a duplicate's recorded decision, and
+dead-lettering what can never succeed. A stock command for a product owned here is
+handed to agents/stock_commands.py, which applies it or settles a reserved line
+(commit, release) once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 from orderstream import tracing
+from orderstream.agents.stock_commands import StockCommands
+from orderstream.agents.stock_seam import Effects, Output, PartitionView, SourceRecord
 from orderstream.domain import (
     LineRequest,
-    Released,
-    SettleOutcome,
-    StockAdded,
     StockEvent,
     StockLevel,
-    StockSet,
     owner_partition,
     reserve_line,
-    settle_line,
-    stock_command,
 )
 from orderstream.errors import InvalidMessageError
 from orderstream.logs import record_context
@@ -54,74 +43,15 @@ from orderstream.topics import (
     decode,
 )
 
+# The seam's types, for callers of the processor.
+__all__ = ["Effects", "Output", "PartitionView", "SourceRecord", "StockProcessor"]
+
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[str, bytes]]
 _OWNER_CACHE = 100_000
 # A dead letter keeps the original bytes up to this size (Kafka's default message limit
 # is 1 MiB); a larger one is cut, with the original sizes in a header.
 _DEAD_LETTER_MAX_BYTES = 512 * 1024
-# A redelivered commit or release is routine; one for a line never reserved here is worth
-# a line in the log; one that contradicts how the line was settled is the sender's bug.
-_SETTLE_LOG_LEVEL = {
-    SettleOutcome.APPLIED: logging.DEBUG,
-    SettleOutcome.ALREADY_APPLIED: logging.DEBUG,
-    SettleOutcome.NOT_RESERVED: logging.INFO,
-    SettleOutcome.CONFLICTING: logging.WARNING,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """What the processor needs of one consumed Kafka record."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes | None]] = ()  # the trace context, if any
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """A record to send once the changelog holds the effects that caused it."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    partition: int | None = None  # None: Kafka's default partitioner, by key
-    headers: Headers | None = None
-    timestamp_ms: int | None = None  # None: the time it is sent
-
-
-@dataclass(slots=True)
-class Effects:
-    """What processing one record produced, in the order it happened."""
-
-    holds: list[tuple[bytes, Hold]] = field(default_factory=list)
-    stock: list[tuple[str, StockEvent]] = field(default_factory=list)
-    # (user, product, quantity): what a user holds of a product grows (reserved) or
-    # shrinks (released); a sale leaves it as it is (the user still bought it).
-    held: list[tuple[str, str, int]] = field(default_factory=list)
-    outputs: list[Output] = field(default_factory=list)
-
-
-class PartitionView(Protocol):
-    """The state of one partition, as the processor may read it."""
-
-    def level(self, product_id: str) -> StockLevel | None:
-        """Return a product's stock level, or None if it never had stock."""
-        ...
-
-    def hold(self, key: bytes) -> bytes | None:
-        """Return the encoded hold under ``key``, if any."""
-        ...
-
-    def held(self, user_id: str, product_id: str) -> int:
-        """Return what a user holds (reserved) or bought of a product."""
-        ...
 
 
 class StockProcessor:
@@ -137,6 +67,7 @@ class StockProcessor:
         self._owners: dict[str, int] = {}  # product id -> owning partition (murmur2 is slow)
         # prometheus' labels() lookup costs more than the increment: keep the children.
         self._decisions: dict[tuple[str, str], Any] = {}
+        self._commands = StockCommands(metrics)
 
     def process(self, record: SourceRecord, state: PartitionView, now_ms: int) -> Effects:
         """Return the effects of ``record``; a record that cannot succeed is dead-lettered."""
@@ -283,92 +214,7 @@ class StockProcessor:
         command = decode(StockCommand, record.value)
         if self._forwarded(record, command.product_id, effects):
             return
-        if command.operation.settles_line:
-            self._settle(record, command, state, now_ms, effects)
-            return
-        level = state.level(command.product_id)
-        quantity = command.quantity
-        try:
-            event = stock_command(
-                level, command.operation, quantity, record.offset, command.catalog()
-            )
-        except ValueError as exc:
-            raise InvalidMessageError(str(exc)) from None
-        outcome = "already_applied" if event is None else "applied"
-        self._metrics.stock_commands.labels(command.operation.value, outcome).inc()
-        if event is None:
-            return
-        effects.stock.append((command.product_id, event))
-        log.info(
-            "stock %s %s on %s/%d@%d: available %d -> %s%s",
-            command.operation.value,
-            command.product_id,
-            record.topic,
-            record.partition,
-            record.offset,
-            level.available if level is not None else 0,
-            _change_of(event),
-            _catalog_of(command),
-            extra=record_context(
-                record.topic,
-                record.partition,
-                record.offset,
-                order_id=command.order_id,
-                product_id=command.product_id,
-            ),
-        )
-
-    def _settle(
-        self,
-        record: SourceRecord,
-        command: StockCommand,
-        state: PartitionView,
-        now_ms: int,
-        effects: Effects,
-    ) -> None:
-        """Commit or release one order's reserved line, with the quantity its hold recorded."""
-        order_id = command.order_id
-        assert order_id is not None  # StockCommand requires it of commit and release
-        key = hold_key(order_id, command.product_id)
-        recorded = state.hold(key)
-        hold = Hold.model_validate_json(recorded) if recorded is not None else None
-        if hold is not None and command.quantity not in (None, hold.quantity):
-            # The sender and this partition disagree on what the order holds: moving
-            # either quantity could be wrong, so neither moves.
-            raise InvalidMessageError(
-                f"{command.operation.value} of quantity {command.quantity} for order "
-                f"{order_id!r}, whose line holds {hold.quantity}"
-            )
-        line, quantity = (hold.line_status, hold.quantity) if hold is not None else (None, 0)
-        outcome, event = settle_line(
-            state.level(command.product_id), command.operation, line, quantity
-        )
-        self._metrics.stock_commands.labels(command.operation.value, outcome.value).inc()
-        log.log(
-            _SETTLE_LOG_LEVEL[outcome],
-            "stock %s of order %s, product %s on %s/%d@%d: %s (the line was %s)",
-            command.operation.value,
-            order_id,
-            command.product_id,
-            record.topic,
-            record.partition,
-            record.offset,
-            outcome.value,
-            line.value if line is not None else "unknown here",
-            extra=record_context(
-                record.topic,
-                record.partition,
-                record.offset,
-                order_id=order_id,
-                product_id=command.product_id,
-            ),
-        )
-        if hold is None or event is None:
-            return
-        effects.stock.append((command.product_id, event))
-        effects.holds.append((key, hold.settled_by(event, now_ms)))
-        if isinstance(event, Released):
-            effects.held.append((hold.user_id, hold.product_id, -hold.quantity))
+        self._commands.apply(record, command, state, now_ms, effects)
 
     def _forwarded(self, record: SourceRecord, product_id: str, effects: Effects) -> bool:
         """Forward a record that arrived on a partition not owning its product."""
@@ -404,22 +250,3 @@ class StockProcessor:
         )
         self._metrics.forwarded.labels(record.topic).inc()
         return True
-
-
-def _change_of(event: StockEvent) -> str:
-    """Return what a stock command did to the available stock, for its log line."""
-    if isinstance(event, StockSet):
-        return str(event.quantity)
-    if isinstance(event, StockAdded):
-        return f"+{event.quantity}"
-    return "unchanged"
-
-
-def _catalog_of(command: StockCommand) -> str:
-    """Return the catalog a stock command set, for its log line ('' when none)."""
-    parts = []
-    if command.price is not None:
-        parts.append(f"price {command.price} {command.currency}")
-    if command.max_per_user is not None:
-        parts.append(f"max {command.max_per_user} per user" if command.max_per_user else "no limit")
-    return f" ({', '.join(parts)})" if parts else ""
