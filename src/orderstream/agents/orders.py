@@ -8,6 +8,7 @@ does what the transition names: order events, stock commits and releases (per li
 the partition of the line's product), the payment request, a refund. A single-line
 order's first event is the stock agent's; every other event is announced here, from
 seq 1 for an order of several lines, and lists the order's items with each line's status.
+What a transition sends is built and sent by agents/order_effects.py.
 
 At least once, without losing or contradicting an effect: the new state is written
 together with its effects (the order's outbox) and flushed to the changelog before any
@@ -38,7 +39,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -48,13 +48,8 @@ from pydantic import BaseModel, ConfigDict
 
 from orderstream import tracing
 from orderstream.agents.faust_io import dead_letter, delivered, send, until_delivered
-from orderstream.agents.order_messages import (
-    announced_here,
-    line_outcome,
-    order_event,
-    single_line_reserved,
-)
-from orderstream.domain import StockOperation
+from orderstream.agents.order_effects import Outgoing, send_outbox, transition_outbox
+from orderstream.agents.order_messages import announced_here, line_outcome, single_line_reserved
 from orderstream.domain.orders import (
     Cancel,
     Expire,
@@ -62,7 +57,6 @@ from orderstream.domain.orders import (
     OrderState,
     Override,
     PaymentResult,
-    Transition,
     is_expired,
     next_state,
 )
@@ -72,14 +66,10 @@ from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
 from orderstream.topics import (
     LineDecision,
-    Message,
     OrderCommand,
     OrderCommandKind,
     OrderEvent,
-    PaymentAction,
     PaymentOutcome,
-    PaymentRequest,
-    StockCommand,
     decode,
 )
 
@@ -94,19 +84,6 @@ _BACKOFF_S = 0.5
 _SENT_MEMORY = 100_000
 # A reservation is found by the timer's scan without parsing every stored order.
 _RESERVED_MARK = b'"status":"RESERVED"'
-
-
-class Outgoing(BaseModel):
-    """One effect of a transition: a record to send."""
-
-    model_config = ConfigDict(frozen=True)
-
-    topic: str  # the full name, with the deployment's prefix
-    key: str
-    value: str  # JSON
-    # The trace context of the transition (traceparent, tracestate), kept with the
-    # outbox so that a record sent again after a crash continues the same trace.
-    trace: dict[str, str] | None = None
 
 
 class StoredOrder(BaseModel):
@@ -315,7 +292,7 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
                 message.topic, message.partition, message.offset, order_id=order_id
             ),
         )
-        await _send(ctx, stored.outbox)
+        await send_outbox(ctx.topics(), stored.outbox)
         ctx.mark_sent(order_id)
     state = stored.state if stored is not None else None
     transition = next_state(state, item.command, item.now_ms, ctx.ttl_ms)
@@ -337,7 +314,7 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
     requested_at_ms = stored.requested_at_ms if stored is not None else item.requested_at_ms
     if requested_at_ms is None:  # never: an order's first transition is its line outcome
         requested_at_ms = item.now_ms
-    outbox = _effects(ctx, transition, order_id, requested_at_ms)
+    outbox = transition_outbox(ctx, transition, order_id, requested_at_ms)
     if transition.state is not None and transition.state is not state:
         ctx.sent.pop(order_id, None)
         ctx.table[key] = (
@@ -347,7 +324,7 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
         )
         # The state and its outbox reach the changelog before any effect leaves.
         await ctx.flush()
-    await _send(ctx, outbox)
+    await send_outbox(ctx.topics(), outbox)
     ctx.mark_sent(order_id)
     ctx.metrics.order_inputs.labels(item.kind, "applied").inc()
     for event in transition.events:
@@ -366,72 +343,6 @@ async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
                 message.topic, message.partition, message.offset, order_id=order_id
             ),
         )
-
-
-async def _send(ctx: OrderAgentContext, outbox: tuple[Outgoing, ...]) -> None:
-    """Send an outbox and wait until the broker acknowledged all of it."""
-    topics = ctx.topics()
-    sends = [
-        await send(topics[out.topic], out.key, out.value.encode(), tracing.as_headers(out.trace))
-        for out in outbox
-    ]
-    await delivered(sends)
-
-
-def _effects(
-    ctx: OrderAgentContext, transition: Transition, order_id: str, requested_at_ms: int
-) -> tuple[Outgoing, ...]:
-    """Return everything ``transition`` names, as records to send."""
-    state = transition.state
-    outbox: list[Outgoing] = []
-
-    trace = tracing.carrier()  # the order agent's span, current while it applies the input
-
-    def add(topic: faust.TopicT, key: str, value: Message) -> None:
-        outbox.append(
-            Outgoing(
-                topic=topic.get_topic_name(), key=key, value=value.model_dump_json(), trace=trace
-            )
-        )
-
-    now_ms = int(time.time() * 1000)
-    for event in transition.events:
-        assert state is not None  # an event always comes with the state it leads to
-        if announced_here(state, event):
-            add(ctx.order_events, order_id, order_event(state, event, requested_at_ms, now_ms))
-    settle = [(StockOperation.RELEASE, line) for line in transition.release]
-    settle += [(StockOperation.COMMIT, line) for line in transition.commit]
-    for operation, (product_id, quantity) in settle:
-        # Keyed by product: the stock agent that owns the product applies it.
-        add(
-            ctx.stock_commands,
-            product_id,
-            StockCommand(
-                product_id=product_id, operation=operation, quantity=quantity, order_id=order_id
-            ),
-        )
-    if transition.request_payment:
-        assert state is not None
-        # The total at the prices the lines were decided at (0 for an unpriced order).
-        amount, currency = state.total() or (Decimal(0), None)
-        add(
-            ctx.payment_requests,
-            order_id,
-            PaymentRequest(
-                order_id=order_id, user_id=state.user_id, amount=amount, currency=currency
-            ),
-        )
-    if transition.refund:
-        add(
-            ctx.payment_requests,
-            order_id,
-            PaymentRequest(
-                order_id=order_id,
-                user_id=state.user_id if state is not None else None,
-                action=PaymentAction.REFUND,
-            ),
-        )
-    return tuple(outbox)
 
 
 def _ignored_label(why: str) -> str:
