@@ -12,7 +12,7 @@ from orderstream.domain.models import (
     StockLevel,
     StockOperation,
 )
-from orderstream.domain.orders import (
+from orderstream.domain.order_types import (
     Cancel,
     Expire,
     LineOutcome,
@@ -24,9 +24,8 @@ from orderstream.domain.orders import (
     Override,
     PaymentResult,
     Transition,
-    is_expired,
-    next_state,
 )
+from orderstream.domain.orders import is_expired, next_state
 from orderstream.domain.partitioning import key_partition, murmur2, owner_partition
 from orderstream.domain.stock import (
     CatalogPatch,
