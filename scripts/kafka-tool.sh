@@ -18,7 +18,8 @@ usage() {
   cat >&2 <<'EOF'
 usage: scripts/kafka-tool.sh NAME ARGS...
 NAME: kafka-topics | kafka-consumer-groups | kafka-console-producer |
-      kafka-console-consumer | kafka-get-offsets | kafka-broker-api-versions
+      kafka-console-consumer | kafka-get-offsets | kafka-broker-api-versions |
+      kafka-configs
 EOF
   exit 2
 }
@@ -36,6 +37,7 @@ case "$name" in
   kafka-console-consumer) main=org.apache.kafka.tools.consumer.ConsoleConsumer ;;
   kafka-get-offsets) main=org.apache.kafka.tools.GetOffsetShell ;;
   kafka-broker-api-versions) main=org.apache.kafka.tools.BrokerApiVersionsCommand ;;
+  kafka-configs) main=kafka.admin.ConfigCommand ;; # still in the Scala core in 4.0
   -h | --help) usage ;;
   *)
     echo "kafka-tool: unknown tool '$name'" >&2

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from orderstream.errors import TopicMismatchError
@@ -50,6 +51,42 @@ async def create_topics(settings: Settings) -> list[str]:
     finally:
         await admin.close()
     return [spec.name for spec in missing]
+
+
+async def config_drift(settings: Settings) -> list[str]:
+    """Return a line per existing topic whose config differs from what it is created with.
+
+    ``topics create`` never alters a topic that exists (Kafka's AlterConfigs would also
+    reset the topic's other overrides): a topic made before its config changed here (a
+    ``stock-changes`` from before it was compacted) is reported, with the command to fix it.
+    """
+    specs = [spec for spec in all_topic_specs(settings) if spec.config]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        resources = [ConfigResource(ConfigResourceType.TOPIC, spec.name) for spec in specs]
+        responses = await admin.describe_configs(resources)
+    finally:
+        await admin.close()
+    found: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            entries = resource["config_entries"]
+            found[resource["resource_name"]] = {
+                entry["config_names"]: entry["config_value"] for entry in entries
+            }
+    drift = []
+    for spec in specs:
+        for name, wanted in spec.config.items():
+            actual = found.get(spec.name, {}).get(name)
+            if actual is not None and actual != wanted:
+                drift.append(
+                    f"{spec.name} has {name}={actual}, expected {wanted}: "
+                    f"scripts/kafka-tool.sh kafka-configs --bootstrap-server "
+                    f"{settings.kafka_bootstrap} --alter --entity-type topics "
+                    f"--entity-name {spec.name} --add-config {name}={wanted}"
+                )
+    return drift
 
 
 async def check_topics(settings: Settings) -> None:

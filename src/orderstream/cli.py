@@ -131,10 +131,12 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _create_topics(settings: Settings, args: argparse.Namespace) -> int:
-    from orderstream.admin import create_topics
+    from orderstream.admin import config_drift, create_topics
 
     created = asyncio.run(create_topics(settings))
     print(f"topics created: {', '.join(created) if created else 'none (all exist, checked)'}")
+    for line in asyncio.run(config_drift(settings)):
+        print(f"note: {line}")
     return 0
 
 
