@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -232,3 +233,48 @@ class LifecycleMetrics:
                 registry=registry,
             ),
         )
+
+
+@dataclass(frozen=True)
+class StatusMetrics:
+    """What the status service counts: its door, and its live view of the stock."""
+
+    sold_out_refusals: Counter
+    view_products: Gauge
+    view_caught_up: Gauge
+
+    @classmethod
+    def register(cls, registry: CollectorRegistry) -> StatusMetrics:
+        return cls(
+            sold_out_refusals=Counter(
+                "orderstream_sold_out_refusals",
+                "Orders answered 409 SOLD_OUT at the door (never published).",
+                registry=registry,
+            ),
+            view_products=Gauge(
+                "orderstream_stock_view_products",
+                "Products the status service's live stock view knows.",
+                registry=registry,
+            ),
+            view_caught_up=Gauge(
+                "orderstream_stock_view_caught_up",
+                "1 once the live stock view has read stock-changes to its end (the door"
+                " refuses sold-out orders only then), else 0.",
+                registry=registry,
+            ),
+        )
+
+
+_STATUS_METRICS: WeakKeyDictionary[CollectorRegistry, StatusMetrics] = WeakKeyDictionary()
+
+
+def status_metrics(registry: CollectorRegistry) -> StatusMetrics:
+    """Return the status service's metrics in ``registry``, registered on first use.
+
+    Once per registry: a supervisor makes the service anew after each failure, and a
+    metric registered twice in one registry is an error.
+    """
+    metrics = _STATUS_METRICS.get(registry)
+    if metrics is None:
+        metrics = _STATUS_METRICS[registry] = StatusMetrics.register(registry)
+    return metrics

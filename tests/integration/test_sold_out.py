@@ -117,6 +117,14 @@ async def test_sold_out_at_the_door_and_open_again_after_a_restock(pipeline: Pip
             {"order_id": f"o-{STOCK}", "status_url": f"/orders/o-{STOCK}", "lines": 1},
         )
         assert (await shop.order(STOCK))[0] == 409
+        # The door's refusals and the view's state are on /metrics, for an operator.
+        async with http.get(f"{shop.base}/metrics") as answer:
+            scraped = await answer.text()
+        refusals = re.search(r"^orderstream_sold_out_refusals_total (\S+)$", scraped, re.M)
+        assert refusals is not None, scraped
+        assert float(refusals.group(1)) >= 2  # the poll's refusal and the keyless retry
+        assert re.search(r"^orderstream_stock_view_caught_up 1\.0$", scraped, re.M), scraped
+        assert re.search(r"^orderstream_stock_view_products 1\.0$", scraped, re.M), scraped
 
         status, live = await shop.product()
         assert status == 200

@@ -13,10 +13,11 @@ from orderstream.db import make_pool
 from orderstream.http import routes
 from orderstream.http.errors import json_errors
 from orderstream.http.kafka_link import KafkaLink
-from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES, SETTINGS
+from orderstream.http.keys import KAFKA, METRICS, POOL, REGISTRY, ROLES, SETTINGS
 from orderstream.http.roles import RoleRegistry
 from orderstream.http.stock_view import STOCK_FIGURES, StockFigures, StockView
 from orderstream.http.validation import MAX_BODY_BYTES
+from orderstream.metrics import status_metrics
 from orderstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def create_app(
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[REGISTRY] = registry
+    app[METRICS] = status_metrics(registry)
     if roles is not None:
         app[ROLES] = roles
     if pool is not None:
@@ -46,7 +48,7 @@ def create_app(
         app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_kafka_ctx)
     if stock_figures is not None:
-        app[STOCK_FIGURES] = stock_figures
+        _use_figures(app, stock_figures)
     else:
         app.cleanup_ctx.append(_stock_view_ctx)
     routes.add_routes(app)
@@ -78,7 +80,15 @@ async def _stock_view_ctx(app: web.Application) -> AsyncIterator[None]:
     # replays the topic, and while Kafka does not answer at all.
     figures = StockFigures()
     view = StockView(app[SETTINGS], figures)
-    app[STOCK_FIGURES] = figures
+    _use_figures(app, figures)
     view.start()
     yield
     await view.stop()
+
+
+def _use_figures(app: web.Application, figures: StockFigures) -> None:
+    """Answer from ``figures``, and show them in the metrics (read when scraped)."""
+    app[STOCK_FIGURES] = figures
+    metrics = app[METRICS]
+    metrics.view_products.set_function(lambda: len(figures))
+    metrics.view_caught_up.set_function(lambda: float(figures.caught_up))

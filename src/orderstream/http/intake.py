@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from orderstream import tracing
 from orderstream.http.encoding import JSON, error, model_response
 from orderstream.http.idempotency import IdempotencyKeys, order_digest
-from orderstream.http.keys import KAFKA, POOL, SETTINGS
+from orderstream.http.keys import KAFKA, METRICS, POOL, SETTINGS
 from orderstream.http.schemas import OrderPublished, SoldOut
 from orderstream.http.stock_view import STOCK_FIGURES
 from orderstream.http.validation import header_id, json_object, validated
@@ -161,6 +161,7 @@ def _refuse_sold_out(request: web.Request, lines: list[OrderRequest]) -> None:
     """
     product_id = request.app[STOCK_FIGURES].sold_out([line.product_id for line in lines])
     if product_id is not None:
+        request.app[METRICS].sold_out_refusals.inc()
         body = SoldOut(error="product sold out", reason="SOLD_OUT", product_id=product_id)
         raise web.HTTPConflict(text=body.model_dump_json(), content_type=JSON)
 

@@ -8,10 +8,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from orderstream.http.kafka_link import KafkaLink
 from orderstream.http.roles import RoleRegistry
+from orderstream.metrics import StatusMetrics
 from orderstream.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+METRICS = web.AppKey("metrics", StatusMetrics)
 POOL = web.AppKey("pool", AsyncConnectionPool)
 KAFKA = web.AppKey("kafka", KafkaLink)
 # Present when the service runs beside other roles (`orderstream run`): /readyz shows them.
