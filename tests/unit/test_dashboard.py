@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from orderstream.metrics import LifecycleMetrics, SinkMetrics, WorkerMetrics
+from orderstream.metrics import LifecycleMetrics, SinkMetrics, StatusMetrics, WorkerMetrics
 from orderstream.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -41,15 +41,18 @@ REQUIRED = {
     "orderstream_payments_total",
     "orderstream_payment_provider_calls_total",
     "orderstream_payment_breaker_open",
+    "orderstream_sold_out_refusals_total",
+    "orderstream_stock_view_caught_up",
 }
 
 
 def registered_names() -> set[str]:
-    """Return every sample name the worker's, the sink's and the lifecycle's metrics can expose."""
+    """Return every sample name the worker, sink, lifecycle and status service can expose."""
     registry = CollectorRegistry()
     WorkerMetrics.register(registry)
     SinkMetrics.register(registry)
     LifecycleMetrics.register(registry)
+    StatusMetrics.register(registry)
     # Labelled metrics expose no sample before their first use: names come from the type.
     return {
         family.name + suffix for family in registry.collect() for suffix in _SUFFIXES[family.type]
