@@ -217,3 +217,40 @@ async def _assert_whole(
     assert set(listed) == several
     assert all(len(orders_seen) == 1 for orders_seen in listed.values())
     return statuses
+
+
+async def test_an_order_missing_lines_for_good_is_turned_down_and_its_stock_released(
+    pipeline: Pipeline,
+) -> None:
+    """A producer that says three lines and sends two: after the TTL the order agent
+    rejects the order and releases the lines that came, instead of holding them forever."""
+    await _start(
+        pipeline,
+        **LIFECYCLE_ENV,
+        ORDERSTREAM_RUN_LIFECYCLE="true",
+        ORDERSTREAM_ORDER_TTL_S="2",
+        ORDERSTREAM_EXPIRY_INTERVAL_S="0.5",
+    )
+
+    def line(product: str) -> bytes:
+        fields = {"order_id": "short", "user_id": "u-short", "product_id": product}
+        return json.dumps(fields | {"quantity": 2, "line_count": 3}).encode()
+
+    await pipeline.publish([(product.encode(), line(product)) for product in PRODUCTS[:2]])
+
+    async def turned_down() -> bool:
+        rows = await pipeline.query("SELECT status, reason, detail FROM orders")
+        return bool(rows) and rows[0]["status"] == "REJECTED"
+
+    await pipeline.wait_for("the short order turned down", turned_down, timeout=60)
+    [order] = await pipeline.query("SELECT status, reason, detail FROM orders")
+    assert (order["status"], order["reason"]) == ("REJECTED", "INVALID"), order
+    assert order["detail"].startswith("only 2 of its 3 lines arrived within"), order
+    await _wait_settled(pipeline, 1, timeout=30)  # its reserved stock is back
+    for level in await pipeline.query("SELECT * FROM product_stock"):
+        assert (level["available"], level["reserved"], level["sold"]) == (STOCK, 0, 0), level
+    items = await pipeline.query("SELECT product_id, line_status FROM order_items")
+    assert {(i["product_id"], i["line_status"]) for i in items} == {
+        (PRODUCTS[0], "RELEASED"),
+        (PRODUCTS[1], "RELEASED"),
+    }

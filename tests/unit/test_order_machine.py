@@ -320,8 +320,31 @@ def test_cancel_or_expire_of_an_order_not_reserved_says_why(
     state: OrderState | None, why: str
 ) -> None:
     for command in (Cancel("o1"), Expire("o1")):
-        transition = step(state, command, now_ms=T0 + 10 * TTL)
+        # Within the TTL: an order still assembling is not due (see the test below).
+        transition = step(state, command, now_ms=T0 + TTL - 1)
         assert transition == Transition(state, ignored=why)
+
+
+def test_an_order_whose_lines_do_not_all_arrive_within_the_ttl_is_rejected_and_released() -> None:
+    """A producer that sent fewer lines than its line_count: the lines that came hold
+    stock, and nothing else would ever release it."""
+    state = run(line("p1", quantity=2, line_count=3), line("p2", line_count=3, reserved=False))
+    assert state.status is None
+    assert not is_expired(state, T0 + TTL - 1, TTL)
+    assert is_expired(state, T0 + TTL, TTL)
+    transition = step(state, Expire("o1"), now_ms=T0 + TTL)
+    assert transition.state is not None
+    assert (transition.state.status, transition.state.reason) == (
+        OrderStatus.REJECTED,
+        RejectReason.INVALID,
+    )
+    assert transition.state.detail == f"only 2 of its 3 lines arrived within {TTL} ms"
+    assert transition.release == (LineQuantity("p1", 2),)  # the rejected line held nothing
+    [event] = transition.events
+    assert (event.seq, event.status) == (1, OrderStatus.REJECTED)
+    # The missing line, should it come after all, is released as it arrives.
+    late = step(transition.state, line("p3", line_count=3))
+    assert late.release == (LineQuantity("p3", 1),)
 
 
 # Rule 4: expiry.
@@ -340,12 +363,16 @@ def test_expire_when_the_ttl_has_passed_releases_every_line() -> None:
     assert due.release == all_lines(2)
 
 
-def test_is_expired_only_for_an_unpaid_reservation_past_its_ttl() -> None:
+def test_is_expired_only_for_an_unpaid_or_incomplete_order_past_its_ttl() -> None:
     reserved = reserved_order(1)
     assert not is_expired(reserved, T0 + TTL - 1, TTL)
     assert is_expired(reserved, T0 + TTL, TTL)
     assert not is_expired(decided(OrderStatus.CONFIRMED), T0 + 10 * TTL, TTL)
-    assert not is_expired(run(line("p1", line_count=2)), T0 + 10 * TTL, TTL)
+    assembling = run(line("p1", line_count=2))
+    assert not is_expired(assembling, T0 + TTL - 1, TTL)
+    assert is_expired(assembling, T0 + TTL, TTL)
+    # A state stored before the first line's time was kept: never expired by guess.
+    assert not is_expired(assembling.model_copy(update={"first_line_at_ms": None}), T0 * 9, TTL)
 
 
 # Rule 5 and the table: forward only, stored as JSON.
@@ -511,9 +538,10 @@ def test_random_interleavings_keep_every_invariant() -> None:
         assert [event.seq for event in history] == list(range(1, len(history) + 1))
         assert tuple(event.status for event in history) in HISTORIES, (order_id, history)
         assert state.status is (history[-1].status if history else None)
-        if order_id in complete:
-            assert state.status is not None
-            assert state.status.is_terminal, state
+        # Complete or not, every order ends: the timer's sweep turns down an order still
+        # missing lines a TTL after its first.
+        assert state.status is not None
+        assert state.status.is_terminal, state
         assert refunds[order_id] <= 1
     for (order_id, product_id), _quantity in held.items():
         released = moved[order_id, product_id, "release"]
@@ -527,7 +555,11 @@ def test_random_interleavings_keep_every_invariant() -> None:
             assert status is OrderStatus.CONFIRMED
     # The interleavings reached every outcome, not just the easy ones.
     reached = {state.status for state in states.values()}
-    assert reached == {None, *(status for status in OrderStatus if status.is_terminal)}
+    assert reached == {status for status in OrderStatus if status.is_terminal}
+    # Orders missing a line for good were turned down too, their reserved lines released.
+    incomplete = set(states) - complete
+    assert incomplete
+    assert any(states[o].detail and "lines arrived within" in states[o].detail for o in incomplete)
     assert sum(refunds.values()) > 0
     assert any(state.extra_lines for state in states.values())
     assert {

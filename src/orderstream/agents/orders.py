@@ -84,6 +84,8 @@ _BACKOFF_S = 0.5
 _SENT_MEMORY = 100_000
 # A reservation is found by the timer's scan without parsing every stored order.
 _RESERVED_MARK = b'"status":"RESERVED"'
+# ... nor every order whose lines are still arriving (it may be missing some for good).
+_ASSEMBLING_MARK = b'"status":null'
 
 
 class StoredOrder(BaseModel):
@@ -357,7 +359,7 @@ async def _send_expiries(ctx: OrderAgentContext) -> None:
     now_ms = int(time.time() * 1000)
     due: list[str] = []
     for _key, raw in ctx.table.items():
-        if _RESERVED_MARK not in raw:
+        if _RESERVED_MARK not in raw and _ASSEMBLING_MARK not in raw:
             continue
         state = StoredOrder.model_validate_json(raw).state
         if is_expired(state, now_ms, ctx.ttl_ms):

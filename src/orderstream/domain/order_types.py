@@ -48,6 +48,10 @@ class OrderState(BaseModel):
     detail: str | None = None
     seq: int = Field(default=0, ge=0)  # how many order events were emitted
     reserved_at_ms: int | None = None  # when it became RESERVED: the expiry clock starts
+    # When its first line outcome arrived: an order whose lines do not all arrive within
+    # the TTL (a producer that sent fewer lines than its line_count) is rejected and its
+    # reserved lines released, instead of holding their stock forever.
+    first_line_at_ms: int | None = None
     payment_requested: bool = False
     # A successful payment was reported: committed into CONFIRMED, or refunded. A second
     # report of it is a duplicate, never a second refund.

@@ -88,17 +88,25 @@ def next_state(
 
 
 def is_expired(state: OrderState, now_ms: int, ttl_ms: int) -> bool:
-    """Return whether ``state`` is a reservation left unpaid for ``ttl_ms`` or longer."""
-    return (
-        state.status is OrderStatus.RESERVED
-        and state.reserved_at_ms is not None
-        and now_ms - state.reserved_at_ms >= ttl_ms
-    )
+    """Return whether ``state`` is a reservation left unpaid for ``ttl_ms`` or longer, or
+    an order still missing lines ``ttl_ms`` after its first one arrived."""
+    if state.status is OrderStatus.RESERVED:
+        since = state.reserved_at_ms
+    elif state.status is None:
+        since = state.first_line_at_ms
+    else:
+        return False
+    return since is not None and now_ms - since >= ttl_ms
 
 
 def _on_line(state: OrderState | None, line: LineOutcome, now_ms: int) -> Transition:
     if state is None:
-        state = OrderState(order_id=line.order_id, user_id=line.user_id, line_count=line.line_count)
+        state = OrderState(
+            order_id=line.order_id,
+            user_id=line.user_id,
+            line_count=line.line_count,
+            first_line_at_ms=now_ms,
+        )
     elif line.product_id in state.lines or line.product_id in state.extra_lines:
         return Transition(state, ignored=DUPLICATE_LINE)
     recorded = LineState(
@@ -199,6 +207,12 @@ def _on_override(state: OrderState | None, override: Override) -> Transition:
 
 
 def _on_expire(state: OrderState | None, now_ms: int, ttl_ms: int) -> Transition:
+    if state is not None and state.status is None and is_expired(state, now_ms, ttl_ms):
+        # Its lines were to come in one transaction: the rest will not come.
+        detail = (
+            f"only {len(state.lines)} of its {state.line_count} lines arrived within {ttl_ms} ms"
+        )
+        return _settle(state, state.lines, OrderStatus.REJECTED, RejectReason.INVALID, detail)
     if state is None or state.status is not OrderStatus.RESERVED:
         return Transition(state, ignored=_why_not_reserved(state))
     if not is_expired(state, now_ms, ttl_ms):
