@@ -13,6 +13,7 @@ from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from orderstream.agents.processor import SourceRecord, StockProcessor
+from orderstream.dead_letters import MAX_BYTES
 from orderstream.domain import StockLevel, owner_partition
 from orderstream.logs import JsonFormatter
 from orderstream.metrics import SinkMetrics, WorkerMetrics
@@ -119,9 +120,11 @@ class Producer:
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.values: list[bytes | None] = []
 
     async def send_and_wait(self, topic: str, **kwargs: Any) -> None:
         self.sent.append(topic)
+        self.values.append(kwargs.get("value"))
 
 
 def consumed(topic: str, partition: int, offset: int, value: bytes) -> ConsumerRecord[bytes, bytes]:
@@ -157,3 +160,23 @@ async def test_the_sink_logs_where_a_dead_letter_sat(json_lines: JsonLines) -> N
         (ORDER_EVENTS, 2, 7),
         (STOCK_CHANGES, 5, 9),
     ]
+
+
+async def test_the_sink_cuts_a_dead_letter_too_large_for_the_broker() -> None:
+    # As the stock agent does: a record near Kafka's 1 MiB limit plus our headers would
+    # not fit, and a dead letter that cannot be written would stop the sink.
+    runner = SinkRunner(
+        Settings(topic_prefix="", kafka_bootstrap="localhost:1"),
+        RefusingSink(),
+        SinkMetrics.register(CollectorRegistry()),
+    )
+    await runner._producer.stop()  # closed unstarted: it is replaced
+    producer = Producer()
+    runner._producer = producer  # type: ignore[assignment]
+    huge = b"{" + b"x" * (900 * 1024)  # not JSON, and too large to send back whole
+    try:
+        await runner._process([consumed(ORDER_EVENTS, 0, 1, huge)])
+    finally:
+        await runner._consumer.stop()
+    assert producer.sent == [ORDER_EVENTS + "-dlq"]
+    assert producer.values == [huge[: MAX_BYTES // 2]]

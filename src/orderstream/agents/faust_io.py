@@ -12,8 +12,7 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
 from orderstream import tracing
-from orderstream.logs import record_context
-from orderstream.topics import dead_letter_headers
+from orderstream.dead_letters import dead_letter_of
 from orderstream.tracing import Headers
 
 log = logging.getLogger(__name__)
@@ -49,19 +48,11 @@ async def delivered(sends: list[Awaitable[Any]]) -> None:
 
 async def dead_letter(dead_letters: Mapping[str, faust.TopicT], message: Any, reason: str) -> None:
     """Park ``message`` (a Faust message) on its topic's dead-letter topic, with the reason."""
-    log.warning(
-        "dead letter from %s/%d@%d: %s",
-        message.topic,
-        message.partition,
-        message.offset,
-        reason,
-        extra=record_context(message.topic, message.partition, message.offset),
+    dead = dead_letter_of(
+        message.topic, message.partition, message.offset, message.key, message.value, reason=reason
     )
-    headers = dead_letter_headers(message.topic, message.partition, message.offset, reason)
-    headers = tracing.inject(headers) or headers  # the trace it failed in, if any
-    sent = await dead_letters[message.topic].send(
-        key=message.key, value=message.value, headers=headers
-    )
+    headers = tracing.inject(dead.headers) or dead.headers  # the trace it failed in, if any
+    sent = await dead_letters[message.topic].send(key=dead.key, value=dead.value, headers=headers)
     await sent
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from orderstream import tracing
 from orderstream.agents.stock_commands import StockCommands
 from orderstream.agents.stock_seam import Effects, Output, PartitionView, SourceRecord
+from orderstream.dead_letters import dead_letter_of
 from orderstream.domain import (
     LineRequest,
     StockEvent,
@@ -33,13 +34,11 @@ from orderstream.settings import Settings
 from orderstream.tables import Hold, hold_key
 from orderstream.topics import (
     DLQ_SUFFIX,
-    DLQ_TRUNCATED_HEADER,
     LINE_OUTCOMES,
     ORDER_EVENTS,
     ORDER_REQUESTS,
     OrderRequest,
     StockCommand,
-    dead_letter_headers,
     decode,
 )
 
@@ -49,9 +48,6 @@ __all__ = ["Effects", "Output", "PartitionView", "SourceRecord", "StockProcessor
 log = logging.getLogger(__name__)
 
 _OWNER_CACHE = 100_000
-# A dead letter keeps the original bytes up to this size (Kafka's default message limit
-# is 1 MiB); a larger one is cut, with the original sizes in a header.
-_DEAD_LETTER_MAX_BYTES = 512 * 1024
 
 
 class StockProcessor:
@@ -117,29 +113,12 @@ class StockProcessor:
 
     def dead_letter(self, record: SourceRecord, reason: str) -> Effects:
         """Return the effects of parking ``record`` on its topic's dead-letter topic."""
-        log.warning(
-            "dead letter from %s/%d@%d: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            reason,
-            extra=record_context(record.topic, record.partition, record.offset),
-        )
         self._metrics.dead_letters.labels(record.topic).inc()
-        headers = dead_letter_headers(record.topic, record.partition, record.offset, reason)
-        key, value = record.key, record.value
-        if len(key or b"") + len(value or b"") > _DEAD_LETTER_MAX_BYTES:
-            # With our headers it might not fit the broker's message size, and a dead
-            # letter that cannot be written would stop the partition. The whole record
-            # stays on its source topic, where the source header points.
-            headers.append(
-                (DLQ_TRUNCATED_HEADER, f"{len(key or b'')}/{len(value or b'')}".encode())
-            )
-            key = key[: _DEAD_LETTER_MAX_BYTES // 2] if key is not None else None
-            value = value[: _DEAD_LETTER_MAX_BYTES // 2] if value is not None else None
-        # The original bytes (None stays a null value).
-        dead = Output(record.topic + DLQ_SUFFIX, key, value, headers=headers)
-        return Effects(outputs=[dead])
+        dead = dead_letter_of(
+            record.topic, record.partition, record.offset, record.key, record.value, reason=reason
+        )
+        output = Output(dead.topic, dead.key, dead.value, headers=dead.headers)
+        return Effects(outputs=[output])
 
     def _on_request(
         self, record: SourceRecord, state: PartitionView, now_ms: int, effects: Effects

@@ -26,8 +26,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from orderstream import tracing
 from orderstream.consumer_lag import consumer_lag
+from orderstream.dead_letters import dead_letter_of
 from orderstream.errors import InvalidMessageError
-from orderstream.logs import record_context
 from orderstream.metrics import SinkMetrics
 from orderstream.settings import Settings
 from orderstream.sink.base import (
@@ -38,12 +38,10 @@ from orderstream.sink.base import (
     write_isolating,
 )
 from orderstream.topics import (
-    DLQ_SUFFIX,
     ORDER_EVENTS,
     STOCK_CHANGES,
     OrderEvent,
     StockChange,
-    dead_letter_headers,
     decode,
 )
 
@@ -287,21 +285,13 @@ class SinkRunner:
         await self._until_done("PostgreSQL", attempt, SinkUnavailableError)
 
     async def _dead_letter(self, record: Record, reason: str, cause: str) -> None:
-        log.warning(
-            "dead letter from %s/%d@%d: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            reason,
-            extra=record_context(record.topic, record.partition, record.offset),
+        dead = dead_letter_of(
+            record.topic, record.partition, record.offset, record.key, record.value, reason=reason
         )
 
         async def send() -> None:
             await self._producer.send_and_wait(
-                record.topic + DLQ_SUFFIX,
-                key=record.key,
-                value=record.value,
-                headers=dead_letter_headers(record.topic, record.partition, record.offset, reason),
+                dead.topic, key=dead.key, value=dead.value, headers=dead.headers
             )
 
         await self._until_done("Kafka", send, KafkaError)
