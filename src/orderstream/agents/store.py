@@ -243,12 +243,13 @@ class PartitionStore:
         """Fold in the stock events of the holds newer than their product's last snapshot."""
         report, self._report = self._report, RestoreReport()
         report.snapshots = len(self.stock)
-        for product, holds in self._since_snapshot.items():
-            events = [
-                event
-                for value in holds.values()
-                for event in Hold.model_validate_json(value).stock_events()
+        for product, values in self._since_snapshot.items():
+            # Parsed once: their events move the stock and their users' counts.
+            holds = [
+                (hold, hold.stock_events())
+                for hold in map(Hold.model_validate_json, values.values())
             ]
+            events = [event for _, hold_events in holds for event in hold_events]
             if not events:
                 continue
             product_id = product.decode()
@@ -260,19 +261,18 @@ class PartitionStore:
                 continue
             self.stock[product_id], applied = fold_newer(level, events)
             report.replayed += applied
-            self._fold_held(holds.values())
+            self._fold_held(holds)
         self._since_snapshot.clear()
         return report
 
-    def _fold_held(self, holds: Iterable[bytes]) -> None:
+    def _fold_held(self, holds: Iterable[tuple[Hold, list[StockEvent]]]) -> None:
         """Add to each user's count the reservations and releases newer than it."""
-        for value in holds:
-            hold = Hold.model_validate_json(value)
+        for hold, events in holds:
             key = held_key(hold.user_id, hold.product_id)
             count = self._held.get(key)
             since = count.version if count is not None else 0
             held = count.held if count is not None else 0
-            for event in hold.stock_events():
+            for event in events:
                 if event.version <= since:
                     continue
                 if isinstance(event, Reserved):
