@@ -90,8 +90,7 @@ def order_lines(
     if len({product_id for product_id, _ in items}) != len(items):
         raise ValueError("an order names each product once")
     # Only the metadata's own fields: ``metadata`` may be a whole order (intake.OrderLines).
-    fields = set(OrderMetadata.model_fields)
-    extra = metadata.model_dump(include=fields, exclude_none=True) if metadata else {}
+    extra = metadata.metadata_fields() if metadata is not None else {}
     return [
         OrderRequest(
             order_id=order_id,

@@ -107,9 +107,13 @@ class OrderMetadata(Message):
     billing_address: Address | None = _absent_when_none()
     notes: Notes | None = _absent_when_none()
 
-    @property
-    def is_empty(self) -> bool:
-        return self.shipping_address is None and self.billing_address is None and not self.notes
+    def metadata_fields(self) -> dict[str, Any]:
+        """Return the metadata this message carries as JSON-able fields, absent ones left out
+        (whatever else a subclass carries: an order line, an event)."""
+        return self.model_dump(mode="json", include=_METADATA_FIELDS, exclude_none=True)
+
+
+_METADATA_FIELDS = set(OrderMetadata.model_fields)
 
 
 class OrderRequest(OrderMetadata):
@@ -124,15 +128,6 @@ class OrderRequest(OrderMetadata):
     product_id: Id
     quantity: int = Field(ge=1, le=MAX_QUANTITY, strict=True)
     line_count: int = Field(default=1, ge=1, le=MAX_LINE_COUNT, strict=True)
-
-    def metadata(self) -> OrderMetadata | None:
-        """Return the order's metadata carried by this line, None when it has none."""
-        metadata = OrderMetadata(
-            shipping_address=self.shipping_address,
-            billing_address=self.billing_address,
-            notes=self.notes,
-        )
-        return None if metadata.is_empty else metadata
 
 
 class StockCommand(Message):

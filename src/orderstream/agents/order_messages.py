@@ -16,13 +16,10 @@ from orderstream.topics import (
     OrderMetadata,
 )
 
-_METADATA_FIELDS = set(OrderMetadata.model_fields)
-
 
 def metadata_of(message: OrderMetadata) -> dict[str, Any] | None:
     """Return the order metadata a message carries, as JSON-able fields; None for none."""
-    fields = message.model_dump(mode="json", include=_METADATA_FIELDS, exclude_none=True)
-    return fields or None
+    return message.metadata_fields() or None
 
 
 def line_outcome(decision: LineDecision) -> LineOutcome:
