@@ -26,18 +26,17 @@ from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.kafka_load import publish_burst, publish_paced
 from bench.result import Latency, Result
 from bench.timing import POLL_INTERVAL_S, RowPoller, log, now, wait_for
 from bench.workload import Workload, combine
-from orderstream.admin import all_topic_specs, create_topics
+from orderstream.admin import create_topics, delete_topics
 from orderstream.db import connection_kwargs
 from orderstream.domain import StockOperation
 from orderstream.producer import publish_stock_commands
 from orderstream.settings import Settings
-from orderstream.sink import migrate
+from orderstream.sink import drop_schema, migrate
 from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS, StockCommand
 
 SYSTEM = "orderstream"
@@ -330,18 +329,5 @@ async def run_orderstream(
 
 async def drop_deployment(settings: Settings) -> None:
     """Delete a deployment's topics (those that exist) and its PostgreSQL schema."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        names = {spec.name for spec in all_topic_specs(settings)}
-        await admin.delete_topics(sorted(names & set(await admin.list_topics())))
-    finally:
-        await admin.close()
-    async with await psycopg.AsyncConnection.connect(
-        settings.database_url.get_secret_value(), autocommit=True
-    ) as conn:
-        await conn.execute(
-            psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                psycopg.sql.Identifier(settings.database_schema)
-            )
-        )
+    await delete_topics(settings)
+    await drop_schema(settings)

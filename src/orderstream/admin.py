@@ -89,6 +89,28 @@ async def config_drift(settings: Settings) -> list[str]:
     return drift
 
 
+async def delete_topics(settings: Settings) -> list[str]:
+    """Delete every topic of the deployment that exists; return their names.
+
+    Its own (``all_topic_specs``) and Faust's, which the lifecycle names after the app
+    id (its tables' changelogs, its internal topics): so also any other topic whose name
+    starts with the app id. For tests and benchmarks, which make a deployment of their
+    own with a unique app id.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        ours = {spec.name for spec in all_topic_specs(settings)}
+        faust = {name for name in existing if name.startswith(settings.app_id)}
+        names = sorted((ours | faust) & existing)
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+    return names
+
+
 async def check_topics(settings: Settings) -> None:
     """Raise TopicMismatchError unless every topic exists with the configured partitions."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
-from orderstream.admin import create_topics
+from orderstream.admin import create_topics, delete_topics
 from orderstream.settings import Settings
-from orderstream.sink import migrate
-from orderstream.topics import topic_specs
+from orderstream.sink import drop_schema, migrate
 from tests.integration.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -94,19 +92,5 @@ async def pipeline(base_settings: Settings, tmp_path: Path) -> AsyncIterator[Pip
 
 async def _drop(settings: Settings) -> None:
     """Delete the test's topics (its own and Faust's changelogs) and schema."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        ours = {spec.name for spec in topic_specs(settings)}
-        faust_topics = {t for t in await admin.list_topics() if t.startswith(settings.app_id)}
-        await admin.delete_topics(sorted(ours | faust_topics))
-    finally:
-        await admin.close()
-    async with await psycopg.AsyncConnection.connect(
-        settings.database_url.get_secret_value(), autocommit=True
-    ) as conn:
-        await conn.execute(
-            psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                psycopg.sql.Identifier(settings.database_schema)
-            )
-        )
+    await delete_topics(settings)
+    await drop_schema(settings)

@@ -74,3 +74,15 @@ async def migrate(settings: Settings) -> list[str]:
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_ADVISORY_LOCK,))
     return applied_now
+
+
+async def drop_schema(settings: Settings) -> None:
+    """Drop the deployment's schema and everything in it (tests and benchmarks: their own)."""
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url.get_secret_value(), autocommit=True
+    ) as conn:
+        await conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(settings.database_schema)
+            )
+        )
