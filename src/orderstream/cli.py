@@ -183,9 +183,20 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         {
             SINK: lambda: SinkService(settings, sink_metrics),
             STATUS_SERVICE: lambda: StatusService(settings, registry, roles),
-            **(_lifecycle(settings, registry) if settings.run_lifecycle else {}),
+            **(_lifecycle_process(settings) if settings.run_lifecycle else {}),
         },
     )
+
+
+def _lifecycle_process(settings: Settings) -> dict[str, RoleFactory]:
+    """Return the order lifecycle as a child process (`orderstream orders`): a core of its
+    own. Its metrics are served on orders_metrics_port, as a lifecycle run apart."""
+    import os
+
+    from orderstream.services import ORDER_LIFECYCLE, ChildProcess
+
+    env = dict(os.environ) | settings.to_env()
+    return {ORDER_LIFECYCLE: lambda: ChildProcess("orders", env)}
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:

@@ -172,11 +172,13 @@ class LifecycleMetrics:
     """What the order and payment agents count."""
 
     order_inputs: Counter
+    order_batch_size: Histogram
     order_transitions: Counter
     order_dead_letters: Counter
     expire_commands: Counter
     payments: Counter
     payment_calls: Counter
+    payments_waiting: Gauge
     payment_seconds: Histogram
     breaker_open: Gauge
 
@@ -188,6 +190,12 @@ class LifecycleMetrics:
                 "Inputs of the order agent, by kind (line, payment, cancel, expire) and"
                 " result: applied, or why it changed nothing.",
                 ["kind", "result"],
+                registry=registry,
+            ),
+            order_batch_size=Histogram(
+                "orderstream_order_batch_inputs",
+                "Inputs the order agent applied per batch (one changelog flush each).",
+                buckets=(1, 5, 20, 50, 100, 200, 500, 1000, 2000, 5000),
                 registry=registry,
             ),
             order_transitions=Counter(
@@ -219,6 +227,12 @@ class LifecycleMetrics:
                 "Calls to the payment provider, by result: ok, error, timeout, or"
                 " circuit_open (not called).",
                 ["result"],
+                registry=registry,
+            ),
+            payments_waiting=Gauge(
+                "orderstream_payments_in_flight",
+                "Payment requests taken from Kafka and not yet answered: in flight at"
+                " the provider, or waiting for a slot or the provider's rate limit.",
                 registry=registry,
             ),
             payment_seconds=Histogram(

@@ -10,7 +10,11 @@ which serves /metrics otherwise, is not in its process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -130,6 +134,61 @@ class MetricsService(Service):
         if self._server is not None:
             self._server.close()
         await self._runner.cleanup()
+
+
+class ChildProcess(Service):
+    """Run ``orderstream COMMAND`` as a child process: a role on a core of its own.
+
+    `orderstream run` runs the order lifecycle this way: a Python process uses one core,
+    and the lifecycle settles a sale as fast as the stock agent decides it only with
+    the second. The child inherits stdout and stderr (one log), is stopped with
+    SIGTERM, and dies with its parent (PR_SET_PDEATHSIG), so a kill -9 of `orderstream
+    run` leaves no orphan in the consumer group. Its exit is this role's failure.
+    """
+
+    def __init__(self, command: str, env: Mapping[str, str]) -> None:
+        super().__init__()
+        self._command = command
+        self._env = dict(env)
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def on_start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "orderstream",
+            self._command,
+            env=self._env,
+            preexec_fn=_die_with_parent,
+        )
+        log.info("orderstream %s running as process %d", self._command, self._process.pid)
+        self.add_future(self._watch(self._process))
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if not self.should_stop:
+            await self.crash(RoleStoppedError(f"orderstream {self._command} exited with {code}"))
+
+    async def on_stop(self) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), ROLE_STOP_TIMEOUT_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            log.warning("orderstream %s did not stop within %.0f s; killed", self._command,
+                        ROLE_STOP_TIMEOUT_S)  # fmt: skip
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this (child) process when its parent dies."""
+    pr_set_pdeathsig = 1
+    # Not Linux: the child may outlive a killed parent.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 @dataclass(frozen=True)

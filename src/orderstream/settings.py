@@ -88,8 +88,19 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     # The order lifecycle (`orderstream orders`: the order and payment agents).
-    # An order RESERVED and not paid within this long is EXPIRED and its stock released.
+    # How long the provider has to pay an order, counted from the first charge attempt:
+    # past it the order is EXPIRED and its stock released. An order waiting for a
+    # payment slot is not expiring (our queue is not the shopper's fault). Also how
+    # long lines of an order may take to arrive, and a cancel may wait for its order.
     order_ttl_s: float = Field(default=600.0, gt=0)
+    # A reservation whose payment was asked for and never answered (a request lost to a
+    # bug) is expired this long after its TTL: a safety net, never reached when the
+    # payment agent runs.
+    payment_answer_grace_s: float = Field(default=3600.0, gt=0)
+    # The order agent applies what one fetch brings, up to this many inputs, with one
+    # changelog flush for all of them; it waits at most the batch wait for more to come.
+    lifecycle_batch_max: int = Field(default=1000, ge=1)
+    lifecycle_batch_wait_ms: int = Field(default=5, ge=1)
     # How often the expiry timer scans its partitions of the orders table: an order
     # expires at most this long after its TTL, and every pass reads the whole table.
     expiry_interval_s: float = Field(default=2.0, gt=0)
@@ -100,8 +111,14 @@ class Settings(BaseSettings):
     payment_delay_max_s: float = Field(default=0.5, ge=0)
     # The share of the mock's calls that fail as an outage would (retried); 0 in a sale.
     payment_error_rate: float = Field(default=0.0, ge=0, le=1)
-    # Payments run concurrently, so that a slow one never holds up the others.
-    payment_concurrency: int = Field(default=8, ge=1, le=256)
+    # Charges in flight at once. A sale settles at about concurrency / provider latency:
+    # 512 keeps a 100-500 ms provider at ~1,700 charges/s, above what the stock agent
+    # decides on one partition; each one in flight is a coroutine, not a thread.
+    payment_concurrency: int = Field(default=512, ge=1, le=10_000)
+    # The provider's own cap on calls per second (a token bucket, bursts of one
+    # second's worth); 0: no cap. Real providers enforce one: when it is the wall, a
+    # sale of N units takes about N / payment_rate_limit_per_s seconds to settle.
+    payment_rate_limit_per_s: float = Field(default=0.0, ge=0)
     # A call to the provider that takes longer than this is a failure, and retried.
     payment_timeout_s: float = Field(default=2.0, gt=0)
     # Attempts per charge or refund, waiting payment_backoff_s, doubling, between them;

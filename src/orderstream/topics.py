@@ -274,13 +274,14 @@ class OrderEvent(OrderMetadata):
 
 
 class LineDecision(OrderMetadata):
-    """The stock agent's decision of one line of an order of several, on ``line-outcomes``."""
+    """The stock agent's decision of one line, on ``line-outcomes``: every line of an order
+    of several, and a single-line order's reservation (its rejection is final at once)."""
 
     order_id: Id
     user_id: Id
     product_id: Id
     quantity: int = Field(ge=1, le=MAX_QUANTITY)
-    line_count: int = Field(ge=2, le=MAX_LINE_COUNT)
+    line_count: int = Field(ge=1, le=MAX_LINE_COUNT)
     status: OrderStatus  # RESERVED or REJECTED
     reason: RejectReason | None = None
     detail: str | None = Field(default=None, max_length=DETAIL_MAX_LENGTH)
@@ -418,3 +419,5 @@ class PaymentOutcome(Message):
     paid: bool
     reason: RejectReason | None = None
     detail: str | None = Field(default=None, max_length=DETAIL_MAX_LENGTH)
+    # Not paid within the order TTL of the first charge attempt: the order EXPIRES.
+    expired: bool = False

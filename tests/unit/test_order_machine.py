@@ -319,10 +319,90 @@ def test_cancel_while_reserved_cancels_and_releases_every_line() -> None:
 def test_cancel_or_expire_of_an_order_not_reserved_says_why(
     state: OrderState | None, why: str
 ) -> None:
-    for command in (Cancel("o1"), Expire("o1")):
+    # An order not reserved yet keeps a cancel for later (see the tests below).
+    commands = (
+        (Expire("o1"),) if state is None or state.status is None else (Cancel("o1"), Expire("o1"))
+    )
+    for command in commands:
         # Within the TTL: an order still assembling is not due (see the test below).
         transition = step(state, command, now_ms=T0 + TTL - 1)
         assert transition == Transition(state, ignored=why)
+
+
+@pytest.mark.parametrize("line_count", [1, 2])
+def test_a_cancel_before_the_order_is_applied_when_its_lines_arrive(line_count: int) -> None:
+    """A shopper who cancels right after ordering: the cancel may overtake the lines."""
+    cancel = Cancel("o1", detail="changed my mind")
+    pending = step(None, cancel, now_ms=T0 - 5)
+    assert pending.state is not None
+    assert pending.events == ()
+    assert pending.ignored is None
+    assert step(pending.state, cancel).ignored == "cancel already pending"
+    state = pending.state
+    for n in range(1, line_count):
+        state = step(state, line(f"p{n}", quantity=n, line_count=line_count)).state
+    last = line(f"p{line_count}", quantity=line_count, line_count=line_count)
+    transition = step(state, last, now_ms=T0 + 7)
+    assert transition.events == (
+        OrderTransitionEvent("o1", 1, OrderStatus.RESERVED),
+        OrderTransitionEvent(
+            "o1", 2, OrderStatus.CANCELLED, RejectReason.CANCELLED_BY_USER, "changed my mind"
+        ),
+    )
+    assert transition.release == all_lines(line_count)
+    assert not transition.request_payment
+    assert transition.state is not None
+    assert transition.state.user_id == "u1"
+    assert transition.state.status is OrderStatus.CANCELLED
+
+
+def test_a_cancel_between_the_lines_of_an_order_is_applied_once_it_assembles() -> None:
+    state = step(run(line("p1", line_count=2)), Cancel("o1")).state
+    transition = step(state, line("p2", quantity=2, line_count=2))
+    assert [event.status for event in transition.events] == [
+        OrderStatus.RESERVED,
+        OrderStatus.CANCELLED,
+    ]
+    assert transition.release == all_lines(2)
+
+
+def test_a_cancel_whose_order_never_comes_is_forgotten_after_the_ttl() -> None:
+    pending = step(None, Cancel("o1"), now_ms=T0).state
+    assert pending is not None
+    assert step(pending, Expire("o1"), now_ms=T0 + TTL - 1).ignored is not None
+    assert step(pending, Expire("o1"), now_ms=T0 + TTL) == Transition(None, forget=True)
+
+
+def test_a_rejected_line_wins_over_a_pending_cancel() -> None:
+    state = step(None, Cancel("o1")).state
+    transition = step(state, line(reserved=False, reason=RejectReason.OUT_OF_STOCK))
+    assert transition.state is not None
+    assert transition.state.status is OrderStatus.REJECTED
+    assert transition.state.reason is RejectReason.OUT_OF_STOCK
+
+
+def test_a_reservation_waiting_for_its_payment_answer_expires_only_past_the_grace() -> None:
+    """Our own payment queue is not the shopper's fault: the payment agent answers every
+    request, so the timer only catches one lost to a bug, long after the TTL."""
+    state = run(line())
+    assert state.payment_requested
+    grace = 10 * TTL
+    assert not is_expired(state, T0 + TTL, TTL, grace)
+    assert next_state(state, Expire("o1"), T0 + TTL, TTL, grace).ignored == "not due yet"
+    assert is_expired(state, T0 + TTL + grace, TTL, grace)
+    expired = next_state(state, Expire("o1"), T0 + TTL + grace, TTL, grace)
+    assert expired.state is not None
+    assert expired.state.status is OrderStatus.EXPIRED
+
+
+def test_a_payment_not_made_within_the_ttl_of_its_first_attempt_expires_the_order() -> None:
+    state = run(line())
+    result = PaymentResult("o1", paid=False, detail="not paid within 30 s", expired=True)
+    transition = step(state, result)
+    assert transition.state is not None
+    assert transition.state.status is OrderStatus.EXPIRED
+    assert transition.release == (LineQuantity("p1", 1),)
+    assert transition.events[0].reason is None
 
 
 def test_an_order_whose_lines_do_not_all_arrive_within_the_ttl_is_rejected_and_released() -> None:
@@ -486,6 +566,12 @@ def test_random_interleavings_keep_every_invariant() -> None:
         seen[type(command).__name__ + (" ignored" if transition.ignored else "")] += 1
         if transition.ignored:
             assert nothing_changed(transition, before)
+        if transition.forget:  # a cancel whose order never came, past the TTL
+            assert before is not None
+            assert before.status is None
+            assert not before.lines
+            del states[command.order_id]
+            return
         if before is not None:
             assert after is not None
             assert after.seq == before.seq + len(transition.events)

@@ -8,7 +8,6 @@ from orderstream.agents.order_messages import (
     announced_here,
     line_outcome,
     order_event,
-    single_line_reserved,
 )
 from orderstream.domain import (
     LineOutcome,
@@ -80,8 +79,6 @@ def test_every_event_of_an_order_of_several_lines_lists_its_lines_in_order() -> 
         OrderItem(product_id="p1", quantity=1, status=LineStatus.RESERVED),
         OrderItem(product_id="p3", quantity=3, status=LineStatus.RESERVED),
     ]
-    # Its own event comes back on order-events: never taken for a single-line outcome.
-    assert single_line_reserved(event) is None
 
     confirmed = next_state(state, PaymentResult("o1", paid=True), T0, 1_000)
     assert confirmed.state is not None
@@ -119,27 +116,25 @@ def test_a_long_detail_is_cut_to_fit_the_event() -> None:
 
 
 def test_a_single_line_order_keeps_its_first_event_at_the_stock_agent() -> None:
-    first = OrderEvent(
+    """Its reservation reaches the order agent as a line outcome of line_count 1; the
+    RESERVED event (seq 1) is the stock agent's, every later one the order agent's."""
+    reserved_line = LineDecision(
         order_id="o9",
-        seq=1,
-        status=OrderStatus.RESERVED,
         user_id="u1",
         product_id="p1",
         quantity=4,
+        line_count=1,
+        status=OrderStatus.RESERVED,
         requested_at_ms=T0,
         decided_at_ms=T0,
     )
-    line = single_line_reserved(first)
+    line = line_outcome(reserved_line)
     assert line == LineOutcome("o9", "u1", "p1", 4, 1, reserved=True)
     state = next_state(None, line, T0, 1_000).state
     assert state is not None
     [reserved] = next_state(None, line, T0, 1_000).events
     assert not announced_here(state, reserved)
     assert announced_here(state, OrderTransitionEvent("o9", 2, OrderStatus.PAID))
-    # What is not a single-line reservation is no line outcome.
-    rejected = first.model_copy(update={"status": OrderStatus.REJECTED})
-    assert single_line_reserved(rejected) is None
-    assert single_line_reserved(first.model_copy(update={"seq": 2})) is None
 
 
 def test_an_order_event_carries_prices_the_total_the_metadata_and_the_operator() -> None:

@@ -171,11 +171,14 @@ def test_a_valid_request_reserves_records_a_hold_and_announces_it(
     assert (hold.status, hold.reason, hold.stock_version) == (OrderStatus.RESERVED, None, 2)
     assert (hold.requested_at_ms, hold.decided_at_ms) == (source.timestamp_ms, NOW_MS)
     assert effects.stock == [(PRODUCT, Reserved(2, version=2))]
-    [output] = effects.outputs
+    [output, outcome] = effects.outputs
     assert (output.key, output.partition, output.headers) == (b"o1", None, None)
     event = announced(output)
     assert (event.order_id, event.seq, event.status) == ("o1", 1, OrderStatus.RESERVED)
     assert event == hold.decision_event()
+    # The reservation is the order agent's input too (a rejection is final at once).
+    assert (outcome.topic, outcome.key) == (LINE_OUTCOMES, b"o1")
+    assert LineDecision.model_validate_json(outcome.value or b"") == hold.line_decision()
 
 
 def test_out_of_stock_records_a_rejection_and_changes_no_stock(
@@ -429,8 +432,9 @@ def test_settling_a_reserved_line_moves_its_stock_once_and_rewrites_its_hold(
     # A duplicate request still re-sends the reservation it was given, nothing more.
     duplicate = processor.process(request(request_value("o1", 2), offset=99), state, NOW_MS)
     assert (duplicate.holds, duplicate.stock) == ([], [])
-    [output] = duplicate.outputs
+    [output, outcome] = duplicate.outputs
     assert announced(output) == reservation.decision_event()
+    assert outcome.topic == LINE_OUTCOMES
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import faust
 from faust.types import TableT
 
 from orderstream.agents import faust_recovery
-from orderstream.agents.faust_io import raw_topic
+from orderstream.agents.faust_io import DirectProducer, raw_topic
 from orderstream.agents.orders import OrderAgentContext, register_order_agent
 from orderstream.agents.payment import PaymentClient, register_payment_agent
 from orderstream.agents.provider import MockPaymentProvider, PaymentProvider
@@ -127,26 +126,25 @@ def build_lifecycle_app(
         value_type=bytes,
         options=_STORE_OPTIONS,
     )
+    direct = app.add_dependency(DirectProducer(settings))  # started and stopped with the app
+    assert isinstance(direct, DirectProducer)
     context = OrderAgentContext(
         settings=settings,
         metrics=metrics,
-        table=table,
+        store=table.data,
+        changelog=table.changelog_topic.get_topic_name(),
+        producer=direct.producer,
         order_events=events,
         line_outcomes=lines,
         order_commands=commands,
         payment_requests=requests,
         stock_commands=raw_topic(app, settings.topic(STOCK_COMMANDS)),
         dead_letters=dead_letters,
-        flush=_flusher(app),
     )
-    # One agent reads the four order-keyed topics: Faust assigns partition p of all
-    # four, and of the changelog, to the same worker.
+    # One agent reads the three order-keyed topics: Faust assigns partition p of all
+    # three, and of the changelog, to the same worker.
     source = raw_topic(
-        app,
-        events.get_topic_name(),
-        lines.get_topic_name(),
-        commands.get_topic_name(),
-        results.get_topic_name(),
+        app, lines.get_topic_name(), commands.get_topic_name(), results.get_topic_name()
     )
     register_order_agent(app, context, source)
     if provider is None:
@@ -167,15 +165,6 @@ def build_lifecycle_app(
         metrics=metrics,
     )
     return app
-
-
-def _flusher(app: faust.App) -> Callable[[], Awaitable[None]]:
-    async def flush() -> None:
-        # Sends what Faust buffered (table changelog records) and waits for every
-        # in-flight record to be acknowledged.
-        await app.producer.flush()
-
-    return flush
 
 
 def new_lifecycle_app(settings: Settings, metrics: LifecycleMetrics) -> faust.App:

@@ -10,15 +10,15 @@ continues the same trace.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Iterable
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 import faust
 from pydantic import BaseModel, ConfigDict
 
 from orderstream import tracing
-from orderstream.agents.faust_io import delivered, send
+from orderstream.agents.faust_io import delivered
 from orderstream.agents.order_messages import announced_here, order_event
 from orderstream.domain import StockOperation
 from orderstream.domain.orders import Transition
@@ -107,10 +107,29 @@ def transition_outbox(
     return tuple(outbox)
 
 
-async def send_outbox(topics: Mapping[str, faust.TopicT], outbox: tuple[Outgoing, ...]) -> None:
+class RecordProducer(Protocol):
+    """What sends the order agent's records: an aiokafka producer (faust_io.DirectProducer)."""
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[Any]: ...
+
+
+async def send_outbox(producer: RecordProducer, outbox: Iterable[Outgoing]) -> None:
     """Send an outbox and wait until the broker acknowledged all of it."""
     sends = [
-        await send(topics[out.topic], out.key, out.value.encode(), tracing.as_headers(out.trace))
+        await producer.send(
+            out.topic,
+            out.value.encode(),
+            key=out.key.encode(),
+            headers=tracing.as_headers(out.trace),
+        )
         for out in outbox
     ]
     await delivered(sends)

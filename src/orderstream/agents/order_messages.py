@@ -40,27 +40,6 @@ def line_outcome(decision: LineDecision) -> LineOutcome:
     )
 
 
-def single_line_reserved(event: OrderEvent) -> LineOutcome | None:
-    """Return the line outcome in a single-line order's seq-1 RESERVED event (the stock
-    agent's decision); None for any other event: the order agent's own, or a rejected
-    single-line order, final at the stock agent."""
-    if event.seq != 1 or event.status is not OrderStatus.RESERVED:
-        return None
-    if event.items is not None and len(event.items) > 1:
-        return None  # an order of several lines: this agent announced it
-    return LineOutcome(
-        order_id=event.order_id,
-        user_id=event.user_id,
-        product_id=event.product_id,
-        quantity=event.quantity,
-        line_count=1,
-        reserved=True,
-        unit_price=event.unit_price,
-        currency=event.currency,
-        metadata=metadata_of(event),
-    )
-
-
 def announced_here(state: OrderState, event: OrderTransitionEvent) -> bool:
     """Return whether the order agent announces ``event``: every transition of an order
     of several lines, all but a single-line order's first (the stock agent's decision)."""

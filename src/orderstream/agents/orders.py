@@ -1,55 +1,56 @@
 """The order agent: each order's state in a table, moved by ``domain.orders.next_state``.
 
-Keyed by order id, it reads four co-partitioned topics: ``order-events`` (a single-line
-order's seq-1 RESERVED event from the stock agent is its line outcome), ``line-outcomes``
-(the stock agent's decision of each line of an order of several), ``order-commands``
-(cancel, expire) and ``payment-results``. For each input it applies the state machine and
-does what the transition names: order events, stock commits and releases (per line, to
-the partition of the line's product), the payment request, a refund. A single-line
-order's first event is the stock agent's; every other event is announced here, from
-seq 1 for an order of several lines, and lists the order's items with each line's status.
-What a transition sends is built and sent by agents/order_effects.py.
+Keyed by order id, it reads three co-partitioned topics: ``line-outcomes`` (the stock
+agent's decision of each line of an order of several, and a single-line order's
+reservation), ``order-commands`` (cancel, expire, override) and ``payment-results``. For
+each input it applies the state machine and does what the transition names: order
+events, stock commits and releases (per line, to the partition of the line's product),
+the payment request, a refund. A single-line order's first event is the stock agent's;
+every other event is announced here. What a transition sends is built in
+agents/order_effects.py.
 
-At least once, without losing or contradicting an effect: the new state is written
-together with its effects (the order's outbox) and flushed to the changelog before any
-effect is sent. A crash before that leaves the state unmoved, and the redelivered input
-does it all again. A crash after it leaves the state moved: the redelivered input is
-ignored by the machine, but the order's first input after a restart (that one, or
-another that came first) sends the outbox again. Every effect is idempotent: events by
-(order, seq) in the sink, commits and releases by (order, product) at the stock agent,
-charges and refunds by order at the provider. Sending effects only for a state that is
-durable is what keeps them consistent: a state lost in a crash never had effects, so a
-replay in another order (a cancel or an expiry arriving first) cannot contradict them.
+A batch at a time: the inputs one fetch brings are applied in order (per order, in the
+order they came), each changed order written once to the table with its outbox (every
+effect of the batch's transitions), the changelog flushed once, then the effects sent,
+then the inputs acknowledged (Faust commits acknowledged offsets). So the guarantee is
+at least once without losing or contradicting an effect: no effect leaves before the
+state that names it is durable. A crash before the flush leaves the states unmoved and
+the inputs uncommitted: they are applied again. A crash after it leaves the states
+moved: a redelivered input is ignored by the machine, but the order's first input after
+a restart sends the stored outbox again. Every effect is idempotent: events by (order,
+seq) in the sink, commits and releases by (order, product) at the stock agent, charges
+and refunds by order at the provider.
 
-None of the four topics is written in Kafka transactions (the stock agent's producer
-is idempotent, not transactional), so Faust's read_uncommitted consumer misses nothing
-and sees nothing aborted. An order of several lines arrives whole or not at all one hop
-earlier: its lines are published in one transaction on ``order-requests``, which the
-stock agent reads read_committed.
+None of the three topics is written in Kafka transactions, so Faust's read_uncommitted
+consumer misses nothing and sees nothing aborted. An order of several lines arrives whole
+or not at all one hop earlier: its lines are published in one transaction on
+``order-requests``, which the stock agent reads read_committed.
 
 The expiry timer only scans and sends: it reads the table's local partitions and sends
-an ``expire`` command for each reservation past the TTL; the agent decides.
+an ``expire`` command for each order past its deadline; the agent decides.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import faust
-from faust.types import TableT
 from pydantic import BaseModel, ConfigDict
 
 from orderstream import tracing
-from orderstream.agents.faust_io import dead_letter, delivered, send, until_delivered
-from orderstream.agents.order_effects import Outgoing, send_outbox, transition_outbox
-from orderstream.agents.order_messages import announced_here, line_outcome, single_line_reserved
+from orderstream.agents.faust_io import as_current, dead_letter, delivered, send, until_delivered
+from orderstream.agents.order_effects import (
+    Outgoing,
+    RecordProducer,
+    send_outbox,
+    transition_outbox,
+)
+from orderstream.agents.order_messages import announced_here, line_outcome
 from orderstream.domain.orders import (
     Cancel,
     Expire,
@@ -57,6 +58,7 @@ from orderstream.domain.orders import (
     OrderState,
     Override,
     PaymentResult,
+    Transition,
     is_expired,
     next_state,
 )
@@ -64,27 +66,16 @@ from orderstream.errors import InvalidMessageError
 from orderstream.logs import record_context
 from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
-from orderstream.topics import (
-    LineDecision,
-    OrderCommand,
-    OrderCommandKind,
-    OrderEvent,
-    PaymentOutcome,
-    decode,
-)
+from orderstream.topics import LineDecision, OrderCommand, OrderCommandKind, PaymentOutcome, decode
 
 log = logging.getLogger(__name__)
 
-# A failure that is neither the message's fault nor the broker's (a bug) is retried
-# 0.5 + 1 + 2 + 4 s, then the message is dead-lettered with the reason. Broker errors
-# are retried until they pass (faust_io.until_delivered).
-_ATTEMPTS = 5
-_BACKOFF_S = 0.5
 # How many orders' outboxes a process remembers having sent.
 _SENT_MEMORY = 100_000
 # A reservation is found by the timer's scan without parsing every stored order.
 _RESERVED_MARK = b'"status":"RESERVED"'
-# ... nor every order whose lines are still arriving (it may be missing some for good).
+# ... nor every order whose lines are still arriving (it may be missing some for good),
+# or a cancel waiting for its order.
 _ASSEMBLING_MARK = b'"status":null'
 
 
@@ -96,7 +87,7 @@ class StoredOrder(BaseModel):
     state: OrderState
     # Kafka timestamp of the order's request: every event of the order carries it.
     requested_at_ms: int
-    # The effects of the transition into ``state``, sent after it was durable; sent
+    # The effects of the transitions into ``state``, sent after it was durable; sent
     # again by a process that has not sent them yet (see the module docstring).
     outbox: tuple[Outgoing, ...] = ()
 
@@ -107,14 +98,17 @@ class OrderAgentContext:
 
     settings: Settings
     metrics: LifecycleMetrics
-    table: TableT[bytes, bytes]  # order id -> StoredOrder JSON
+    # The orders table's local store (Faust's table.data): order id -> StoredOrder JSON.
+    # Written here, a batch at a time, with its changelog records sent by ``producer``.
+    store: MutableMapping[bytes, bytes]
+    changelog: str  # the table's changelog topic: the store's truth, co-partitioned
+    producer: Callable[[], Awaitable[RecordProducer]]  # started on first use
     order_events: faust.TopicT
     line_outcomes: faust.TopicT
     order_commands: faust.TopicT
     payment_requests: faust.TopicT
     stock_commands: faust.TopicT
     dead_letters: Mapping[str, faust.TopicT]  # source topic name -> its dead-letter topic
-    flush: Callable[[], Awaitable[None]]  # wait until everything produced is acknowledged
     # Orders whose outbox this process has sent (bounded: forgetting one costs a resend).
     sent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
@@ -122,17 +116,9 @@ class OrderAgentContext:
     def ttl_ms(self) -> int:
         return int(self.settings.order_ttl_s * 1000)
 
-    def topics(self) -> dict[str, faust.TopicT]:
-        """Return the topics effects go to, by full name."""
-        return {
-            topic.get_topic_name(): topic
-            for topic in (
-                self.order_events,
-                self.order_commands,
-                self.payment_requests,
-                self.stock_commands,
-            )
-        }
+    @property
+    def payment_grace_ms(self) -> int:
+        return int(self.settings.payment_answer_grace_s * 1000)
 
     def mark_sent(self, order_id: str) -> None:
         self.sent[order_id] = None
@@ -149,11 +135,21 @@ class _Input:
     requested_at_ms: int | None = None  # known from a line outcome only
 
 
+@dataclass
+class _Touched:
+    """One order that a batch's inputs reached: its state as the batch leaves it."""
+
+    stored: StoredOrder | None
+    event: faust.EventT[bytes]  # its latest input: of the order's partition, for the table
+    resend: tuple[Outgoing, ...]  # a stored outbox this process has not sent
+    outbox: list[Outgoing] = field(default_factory=list)  # this batch's effects
+    changed: bool = False
+
+
 @dataclass(frozen=True)
 class SourceNames:
     """The full names of the agent's source topics that are not payment results."""
 
-    events: str
     lines: str
     commands: str
 
@@ -161,16 +157,21 @@ class SourceNames:
 def register_order_agent(app: faust.App, ctx: OrderAgentContext, source: faust.TopicT) -> None:
     """Attach the order agent and the expiry timer to ``app``."""
     names = SourceNames(
-        events=ctx.order_events.get_topic_name(),
         lines=ctx.line_outcomes.get_topic_name(),
         commands=ctx.order_commands.get_topic_name(),
     )
+    settings = ctx.settings
 
-    # concurrency=1: one actor per agent, so an order's inputs are applied one at a time.
+    # concurrency=1: one actor, so an order's inputs are applied one at a time, in order.
+    # take_events acknowledges a batch's events only once the loop's body has returned
+    # for it: after the flush and the sends.
     @app.agent(source, name="orders", concurrency=1)
     async def order_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await handle_traced(ctx, event.message, names)
+        batches = stream.take_events(  # type: ignore[attr-defined]
+            settings.lifecycle_batch_max, settings.lifecycle_batch_wait_ms / 1000
+        )
+        async for events in batches:
+            await handle_batch(ctx, events, names)
 
     def forget_sent(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # Another worker may have moved these orders on in the meantime: each order's
@@ -179,90 +180,83 @@ def register_order_agent(app: faust.App, ctx: OrderAgentContext, source: faust.T
 
     app.on_partitions_assigned.connect(forget_sent)
 
-    @app.timer(interval=ctx.settings.expiry_interval_s, name="expire-unpaid")  # type: ignore[untyped-decorator]
+    @app.timer(interval=settings.expiry_interval_s, name="expire-unpaid")  # type: ignore[untyped-decorator]
     async def expire_unpaid() -> None:
         await _send_expiries(ctx)
 
 
-async def handle_traced(ctx: OrderAgentContext, message: Any, names: SourceNames) -> None:
-    """Apply one message in a span continuing the trace in its headers."""
-    with tracing.consumer_span(
-        tracing.ORDER_SPAN, message.headers, message.topic, message.partition, message.offset
-    ):
-        await _handle(ctx, message, names)
-
-
-async def _handle(ctx: OrderAgentContext, message: Any, names: SourceNames) -> None:
-    """Apply one message; bad input is dead-lettered, anything else retried first."""
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            item = _decode(message, names)
-            if item is not None:
-                # A retry after a broker error finds the state moved or not, and sends
-                # what it must (see the module docstring).
-                await until_delivered(
-                    f"{message.topic}/{message.partition}@{message.offset}",
-                    partial(_apply, ctx, item, message),
-                )
-        except InvalidMessageError as exc:
-            if message.topic == names.events:
-                # The sink parks a malformed order event on the dead-letter topic already.
-                log.warning(
-                    "skipping a malformed order event %s/%d@%d: %s",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    exc.reason,
-                    extra=record_context(message.topic, message.partition, message.offset),
-                )
-                return
-            ctx.metrics.order_dead_letters.labels(message.topic).inc()
-            await dead_letter(ctx.dead_letters, message, exc.reason)
-            return
-        except Exception as exc:
-            # Not the message's fault, nor the broker's: most likely a bug.
-            if attempt < _ATTEMPTS:
-                log.warning(
-                    "attempt %d on %s/%d@%d failed (%r); retrying",
-                    attempt,
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    exc,
-                    extra=record_context(message.topic, message.partition, message.offset),
-                )
-                await asyncio.sleep(_BACKOFF_S * 2 ** (attempt - 1))
-                continue
-            # Re-published from the dead-letter topic, the message is applied again.
-            log.exception(
-                "giving up on %s/%d@%d after %d attempts",
-                message.topic,
-                message.partition,
+async def handle_batch(
+    ctx: OrderAgentContext, events: list[faust.EventT[bytes]], names: SourceNames
+) -> None:
+    """Apply a fetched batch of inputs; write, flush, then send what they did."""
+    touched: dict[str, _Touched] = {}
+    for event in events:
+        message = event.message
+        with (
+            tracing.consumer_span(
+                tracing.ORDER_SPAN, message.headers, message.topic, message.partition,
                 message.offset,
-                attempt,
-                extra=record_context(message.topic, message.partition, message.offset),
-            )
-            ctx.metrics.order_dead_letters.labels(message.topic).inc()
-            await dead_letter(ctx.dead_letters, message, f"internal error: {exc!r}")
+            ),
+            as_current(event),
+        ):  # fmt: skip
+            await _apply_one(ctx, touched, event, names)
+    if not touched:
         return
+    ctx.metrics.order_batch_size.observe(len(events))
+    # A broker error on the way is retried until it passes: the states are written, and
+    # flushing and sending them again is harmless (every effect is idempotent).
+    await until_delivered(
+        f"a batch of {len(events)} order inputs", lambda: _write_and_send(ctx, touched)
+    )
 
 
-def _decode(message: Any, names: SourceNames) -> _Input | None:
-    """Return the state machine's input in ``message``; None for what is not one."""
+async def _apply_one(
+    ctx: OrderAgentContext,
+    touched: dict[str, _Touched],
+    event: faust.EventT[bytes],
+    names: SourceNames,
+) -> None:
+    """Apply one input to its order's state in ``touched``; bad input is dead-lettered."""
+    message = event.message
+    try:
+        item = _decode(message, names)
+    except InvalidMessageError as exc:
+        await _dead_letter(ctx, message, exc.reason)
+        return
+    try:
+        _apply(ctx, touched, item, event)
+    except Exception as exc:
+        # Not the message's fault, nor the broker's: a bug in the machine, which gives
+        # the same answer every time. Parked with the reason; re-published from the
+        # dead-letter topic once fixed, it is applied again.
+        log.exception(
+            "order input %s/%d@%d failed; dead-lettered",
+            message.topic,
+            message.partition,
+            message.offset,
+            extra=record_context(message.topic, message.partition, message.offset),
+        )
+        await _dead_letter(ctx, message, f"internal error: {exc!r}")
+
+
+async def _dead_letter(ctx: OrderAgentContext, message: Any, reason: str) -> None:
+    ctx.metrics.order_dead_letters.labels(message.topic).inc()
+    await until_delivered(
+        f"dead-lettering {message.topic}/{message.partition}@{message.offset}",
+        lambda: dead_letter(ctx.dead_letters, message, reason),
+    )
+
+
+def _decode(message: Any, names: SourceNames) -> _Input:
+    """Return the state machine's input in ``message``."""
     now_ms = int(time.time() * 1000)
     if message.topic == names.lines:
         decision = decode(LineDecision, message.value)
-        # The last line's decision time starts the expiry clock: a redelivery gives the
-        # same state.
+        # The line's decision time starts the expiry clock: a redelivery, or a lagging
+        # agent, gives the same state.
         return _Input(
             "line", line_outcome(decision), decision.decided_at_ms, decision.requested_at_ms
         )
-    if message.topic == names.events:
-        event = decode(OrderEvent, message.value)
-        line = single_line_reserved(event)
-        # The reservation's own time starts the expiry clock: a redelivery, or a lagging
-        # agent, gives the same state.
-        return _Input("line", line, event.decided_at_ms, event.requested_at_ms) if line else None
     if message.topic == names.commands:
         command = decode(OrderCommand, message.value)
         if command.command is OrderCommandKind.CANCEL:
@@ -275,76 +269,114 @@ def _decode(message: Any, names: SourceNames) -> _Input | None:
             return _Input("override", override, now_ms)
         return _Input("expire", Expire(command.order_id), now_ms)
     outcome = decode(PaymentOutcome, message.value)
-    result = PaymentResult(outcome.order_id, outcome.paid, outcome.reason, outcome.detail)
+    result = PaymentResult(
+        outcome.order_id, outcome.paid, outcome.reason, outcome.detail, outcome.expired
+    )
     return _Input("payment", result, now_ms)
 
 
-async def _apply(ctx: OrderAgentContext, item: _Input, message: Any) -> None:
+def _apply(
+    ctx: OrderAgentContext, touched: dict[str, _Touched], item: _Input, event: faust.EventT[bytes]
+) -> None:
     order_id = item.command.order_id
-    key = order_id.encode()
-    raw = ctx.table.get(key)
-    stored = StoredOrder.model_validate_json(raw) if raw is not None else None
-    if stored is not None and stored.outbox and order_id not in ctx.sent:
-        # Written before a crash, perhaps never sent: send again (idempotent).
-        log.debug(
-            "order %s: sending its outbox again (%d records)",
-            order_id,
-            len(stored.outbox),
-            extra=record_context(
-                message.topic, message.partition, message.offset, order_id=order_id
-            ),
-        )
-        await send_outbox(ctx.topics(), stored.outbox)
-        ctx.mark_sent(order_id)
+    order = touched.get(order_id)
+    if order is None:
+        raw = ctx.store.get(order_id.encode())  # the current event is of its partition
+        stored = StoredOrder.model_validate_json(raw) if raw is not None else None
+        # Written before a crash, perhaps never sent: sent again with the batch.
+        unsent = () if stored is None or order_id in ctx.sent else stored.outbox
+        order = touched[order_id] = _Touched(stored, event, unsent)
+    order.event = event
+    stored = order.stored
     state = stored.state if stored is not None else None
-    transition = next_state(state, item.command, item.now_ms, ctx.ttl_ms)
+    transition = next_state(state, item.command, item.now_ms, ctx.ttl_ms, ctx.payment_grace_ms)
     if transition.ignored is not None:
         ctx.metrics.order_inputs.labels(item.kind, _ignored_label(transition.ignored)).inc()
-        log.debug(
-            "order %s: %s ignored (%s) at %s/%d@%d",
-            order_id,
-            item.kind,
-            transition.ignored,
-            message.topic,
-            message.partition,
-            message.offset,
-            extra=record_context(
-                message.topic, message.partition, message.offset, order_id=order_id
-            ),
-        )
+        _log_ignored(order_id, item, transition.ignored, event.message)
         return
-    requested_at_ms = stored.requested_at_ms if stored is not None else item.requested_at_ms
-    if requested_at_ms is None:  # never: an order's first transition is its line outcome
-        requested_at_ms = item.now_ms
-    outbox = transition_outbox(ctx, transition, order_id, requested_at_ms)
-    if transition.state is not None and transition.state is not state:
-        ctx.sent.pop(order_id, None)
-        ctx.table[key] = (
-            StoredOrder(state=transition.state, requested_at_ms=requested_at_ms, outbox=outbox)
-            .model_dump_json()
-            .encode()
-        )
-        # The state and its outbox reach the changelog before any effect leaves.
-        await ctx.flush()
-    await send_outbox(ctx.topics(), outbox)
-    ctx.mark_sent(order_id)
+    requested_at_ms = _requested_at(stored, item)
+    order.outbox.extend(transition_outbox(ctx, transition, order_id, requested_at_ms))
+    if transition.forget:
+        order.stored, order.changed = None, stored is not None
+    elif transition.state is not None and transition.state is not state:
+        order.stored = StoredOrder(state=transition.state, requested_at_ms=requested_at_ms)
+        order.changed = True
     ctx.metrics.order_inputs.labels(item.kind, "applied").inc()
+    _count_transitions(ctx, transition, order_id, item, event.message)
+
+
+def _requested_at(stored: StoredOrder | None, item: _Input) -> int:
+    """Return the Kafka timestamp of the order's request, as its events carry it."""
+    if stored is not None and (stored.state.lines or item.requested_at_ms is None):
+        return stored.requested_at_ms
+    # Its first line (a cancel that came first knew no request).
+    return item.requested_at_ms if item.requested_at_ms is not None else item.now_ms
+
+
+async def _write_and_send(ctx: OrderAgentContext, touched: dict[str, _Touched]) -> None:
+    """Write each changed order once, wait for its changelog record, then send the effects.
+
+    The store is Faust's, and recovery rebuilds it from the changelog as Faust does;
+    the records are the ones Faust would write (raw key, raw value, a tombstone for a
+    deleted key), in the partition of the order's inputs.
+    """
+    producer = await ctx.producer()
+    writes = []
+    for order_id, order in touched.items():
+        if not order.changed:
+            continue
+        key = order_id.encode()
+        value = None
+        with as_current(order.event):  # the store's database of the order's partition
+            if order.stored is None:
+                ctx.store.pop(key, None)
+            else:
+                outbox = (*order.resend, *order.outbox)
+                value = order.stored.model_copy(update={"outbox": outbox}).model_dump_json()
+                ctx.store[key] = value.encode()
+        partition = order.event.message.partition
+        encoded = value.encode() if value is not None else None
+        writes.append(await producer.send(ctx.changelog, encoded, key=key, partition=partition))
+    # The states and their outboxes reach the changelog before any effect leaves.
+    await delivered(writes)
+    await send_outbox(producer, (out for o in touched.values() for out in (*o.resend, *o.outbox)))
+    for order_id in touched:
+        ctx.mark_sent(order_id)
+
+
+def _count_transitions(
+    ctx: OrderAgentContext, transition: Transition, order_id: str, item: _Input, message: Any
+) -> None:
     for event in transition.events:
         if transition.state is not None and announced_here(transition.state, event):
             ctx.metrics.order_transitions.labels(event.status.value).inc()
-        log.info(
-            "order %s -> %s (seq %d) on %s at %s/%d@%d",
-            order_id,
-            event.status.value,
-            event.seq,
-            item.kind,
-            message.topic,
-            message.partition,
-            message.offset,
-            extra=record_context(
-                message.topic, message.partition, message.offset, order_id=order_id
-            ),
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "order %s -> %s (seq %d) on %s at %s/%d@%d",
+                order_id,
+                event.status.value,
+                event.seq,
+                item.kind,
+                message.topic,
+                message.partition,
+                message.offset,
+                extra=record_context(
+                    message.topic, message.partition, message.offset, order_id=order_id
+                ),
+            )
+
+
+def _log_ignored(order_id: str, item: _Input, why: str, message: Any) -> None:
+    log.debug(
+        "order %s: %s ignored (%s) at %s/%d@%d",
+        order_id,
+        item.kind,
+        why,
+        message.topic,
+        message.partition,
+        message.offset,
+        extra=record_context(message.topic, message.partition, message.offset, order_id=order_id),
+    )
 
 
 def _ignored_label(why: str) -> str:
@@ -355,14 +387,14 @@ def _ignored_label(why: str) -> str:
 
 
 async def _send_expiries(ctx: OrderAgentContext) -> None:
-    """Send an expire command for every local reservation past the TTL."""
+    """Send an expire command for every local order past its deadline."""
     now_ms = int(time.time() * 1000)
     due: list[str] = []
-    for _key, raw in ctx.table.items():
+    for _key, raw in ctx.store.items():
         if _RESERVED_MARK not in raw and _ASSEMBLING_MARK not in raw:
             continue
         state = StoredOrder.model_validate_json(raw).state
-        if is_expired(state, now_ms, ctx.ttl_ms):
+        if is_expired(state, now_ms, ctx.ttl_ms, ctx.payment_grace_ms):
             due.append(state.order_id)
     if not due:
         return
@@ -372,4 +404,4 @@ async def _send_expiries(ctx: OrderAgentContext) -> None:
         sends.append(await send(ctx.order_commands, order_id, command.model_dump_json().encode()))
     await delivered(sends)
     ctx.metrics.expire_commands.inc(len(due))
-    log.info("sent expire commands for %d unpaid reservations", len(due))
+    log.info("sent expire commands for %d orders past their deadline", len(due))

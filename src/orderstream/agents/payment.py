@@ -1,6 +1,6 @@
 """The payment agent: charges and refunds at the provider, answers on ``payment-results``.
 
-No table, and many requests at once (``payment_concurrency`` actors): a slow payment
+No table, and many requests at once (``payment_concurrency`` in flight): a slow payment
 never stalls a partition. Every call is idempotent by order id at the provider, so a
 redelivered request (at least once) is answered again, never charged again. A call that
 fails or times out is retried with backoff; a circuit breaker stops calling a provider
@@ -22,7 +22,7 @@ import faust
 from orderstream import tracing
 from orderstream.agents.faust_io import dead_letter, delivered, send, until_delivered
 from orderstream.agents.provider import PaymentProvider, ProviderError
-from orderstream.agents.resilience import BreakerState, CircuitBreaker, RetryPolicy
+from orderstream.agents.resilience import BreakerState, CircuitBreaker, RetryPolicy, TokenBucket
 from orderstream.domain import RejectReason
 from orderstream.errors import InvalidMessageError, OrderstreamError
 from orderstream.logs import record_context
@@ -41,6 +41,12 @@ class PaymentUnavailableError(OrderstreamError):
     retriable = True
 
 
+class PaymentExpiredError(OrderstreamError):
+    """The provider did not pay within the order TTL of the first charge attempt."""
+
+    retriable = False
+
+
 class PaymentClient:
     """Call the provider with a timeout, retries with backoff, and a circuit breaker."""
 
@@ -51,6 +57,8 @@ class PaymentClient:
         policy: RetryPolicy,
         breaker: CircuitBreaker,
         timeout_s: float,
+        ttl_s: float | None = None,
+        rate_limit: TokenBucket | None = None,
         metrics: LifecycleMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -59,6 +67,8 @@ class PaymentClient:
         self._policy = policy
         self._breaker = breaker
         self._timeout_s = timeout_s
+        self._ttl_s = ttl_s
+        self._rate_limit = rate_limit
         self._metrics = metrics
         self._clock = clock
         self._sleep = sleep
@@ -77,13 +87,28 @@ class PaymentClient:
                 settings.payment_breaker_failures, settings.payment_breaker_open_s
             ),
             timeout_s=settings.payment_timeout_s,
+            ttl_s=settings.order_ttl_s,
+            rate_limit=(
+                TokenBucket(
+                    settings.payment_rate_limit_per_s,
+                    max(1.0, settings.payment_rate_limit_per_s),  # a second's worth
+                    time.monotonic(),
+                )
+                if settings.payment_rate_limit_per_s
+                else None
+            ),
             metrics=metrics,
         )
 
     async def charge(self, order_id: str, amount: Decimal) -> PaymentOutcome:
-        """Charge an order; a provider out of reach gives not paid, PAYMENT_UNAVAILABLE."""
+        """Charge an order; a provider out of reach gives not paid, PAYMENT_UNAVAILABLE,
+        and one that has not paid within the TTL of the first attempt, expired."""
         try:
-            paid = await self._call(lambda: self._provider.charge(order_id, amount))
+            paid = await self._call(
+                lambda: self._provider.charge(order_id, amount), ttl_s=self._ttl_s
+            )
+        except PaymentExpiredError as exc:
+            return PaymentOutcome(order_id=order_id, paid=False, expired=True, detail=str(exc))
         except PaymentUnavailableError as exc:
             return PaymentOutcome(
                 order_id=order_id,
@@ -104,20 +129,30 @@ class PaymentClient:
         """Refund an order; raise PaymentUnavailableError if the provider stays out of reach."""
         await self._call(lambda: self._provider.refund(order_id))
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, call: Callable[[], Awaitable[T]], ttl_s: float | None = None) -> T:
+        """Call until an answer, within the retry policy and, given ``ttl_s``, before the
+        TTL of the first attempt passes (PaymentExpiredError)."""
         attempt = 0
+        deadline: float | None = None
         while True:
             attempt += 1
-            if not self._breaker.allow(self._clock()):
+            await self._take_turn()
+            now = self._clock()
+            if deadline is None and ttl_s is not None:
+                deadline = now + ttl_s  # the provider's time starts with its first call
+            timeout_s = (
+                self._timeout_s if deadline is None else min(self._timeout_s, deadline - now)
+            )
+            if not self._breaker.allow(now):
                 self._count("circuit_open")
                 problem = "circuit breaker open after repeated provider failures"
             else:
                 try:
-                    async with asyncio.timeout(self._timeout_s):
+                    async with asyncio.timeout(timeout_s):
                         result = await call()
                 except TimeoutError:
                     self._failed("timeout")
-                    problem = f"no answer within {self._timeout_s} s"
+                    problem = f"no answer within {timeout_s:.3g} s"
                 except (ProviderError, OSError) as exc:
                     self._failed("error")
                     problem = f"provider error: {exc}"
@@ -127,9 +162,21 @@ class PaymentClient:
                     self._observe_breaker()
                     return result
             delay = self._policy.delay(attempt)
+            if deadline is not None and (delay or 0.0) + self._clock() >= deadline:
+                raise PaymentExpiredError(
+                    f"not paid within {ttl_s:g} s of the first attempt: {problem} "
+                    f"({attempt} attempts)"
+                )
             if delay is None:
                 raise PaymentUnavailableError(f"{problem} ({attempt} attempts)")
             await self._sleep(delay)
+
+    async def _take_turn(self) -> None:
+        """Wait for the provider's rate limit, if it has one."""
+        if self._rate_limit is not None:
+            wait_s = self._rate_limit.wait_s(self._clock())
+            if wait_s > 0:
+                await self._sleep(wait_s)
 
     def _failed(self, result: str) -> None:
         self._breaker.record_failure(self._clock())
@@ -158,11 +205,40 @@ def register_payment_agent(
 ) -> None:
     """Attach the payment agent to ``app``."""
 
-    # Concurrency: each actor waits on the provider for one request at a time.
-    @app.agent(requests, name="payment", concurrency=settings.payment_concurrency)
+    # One actor takes requests in order and hands each to a task of its own, up to
+    # payment_concurrency at once: a slow charge holds a slot, never the partition.
+    # Each request is acknowledged when its answer is sent, in whatever order they end;
+    # Faust commits up to the first one not yet acknowledged, so a crash redelivers
+    # only what was unanswered (the provider answers a repeated charge the same).
+    @app.agent(requests, name="payment", concurrency=1)
     async def payment_agent(stream: faust.StreamT[bytes]) -> None:
+        slots = asyncio.Semaphore(settings.payment_concurrency)
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(event: faust.EventT[bytes]) -> None:
+            message = event.message
+            try:
+                await handle_traced(message, results, dead_letters, client, metrics)
+            except Exception as exc:
+                # A bug, not the request's fault: parked with the reason, never lost.
+                log.exception("payment request %s/%d@%d failed", *_where(message))
+                reason = f"internal error: {exc!r}"
+                await until_delivered(
+                    "parking a payment request", lambda: dead_letter(dead_letters, message, reason)
+                )
+            try:
+                event.ack()
+            finally:
+                slots.release()
+                metrics.payments_waiting.dec()
+
+        stream.enable_acks = False  # acknowledged by answer(), once answered
         async for event in stream.events():
-            await handle_traced(event.message, results, dead_letters, client, metrics)
+            metrics.payments_waiting.inc()
+            await slots.acquire()
+            task = asyncio.ensure_future(answer(event))
+            running.add(task)  # a reference, until it is done
+            task.add_done_callback(running.discard)
 
 
 async def handle_traced(

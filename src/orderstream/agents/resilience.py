@@ -98,3 +98,27 @@ class CircuitBreaker:
         if self._opened_at is None:
             return 0.0
         return max(0.0, self._opened_at + self._open_s - now)
+
+
+class TokenBucket:
+    """Let calls through at ``rate_per_s`` on average, in bursts of up to ``burst``.
+
+    ``wait_s`` takes a token and says how long the caller must wait before its call:
+    the tokens are handed out in order, so waiting callers are served first come, first
+    served, and the rate holds however many wait at once.
+    """
+
+    def __init__(self, rate_per_s: float, burst: float, now: float) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("rate_per_s must be positive and burst at least 1")
+        self._rate = rate_per_s
+        self._burst = burst
+        self._tokens = burst
+        self._at = now
+
+    def wait_s(self, now: float) -> float:
+        """Take a token at ``now``; return how long to wait until it is due (0: at once)."""
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        self._tokens -= 1  # may go negative: the debt is what later callers wait for
+        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate

@@ -29,6 +29,15 @@ class LineState(BaseModel):
     currency: str | None = None
 
 
+class CancelRequest(BaseModel):
+    """A cancel that reached the order before its lines did: applied when they arrive."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: RejectReason = RejectReason.CANCELLED_BY_USER
+    detail: str | None = None
+
+
 class OrderState(BaseModel):
     """What the order agent remembers of one order: a table value, stored as JSON."""
 
@@ -59,6 +68,10 @@ class OrderState(BaseModel):
     # The order's metadata (addresses, notes) as its first line carrying some brought
     # it: opaque here, repeated on the order's events.
     metadata: dict[str, Any] | None = None
+    # A cancel that came before the order's lines (a shopper who cancels right after
+    # ordering): kept for the TTL, applied as soon as the order is reserved. Until the
+    # first line arrives, user_id is empty and line_count a placeholder.
+    cancel: CancelRequest | None = None
 
     def total(self) -> tuple[Decimal, str] | None:
         """Return the order's total and currency: quantity x unit price over its lines.
@@ -103,6 +116,8 @@ class PaymentResult:
     paid: bool
     reason: RejectReason | None = None
     detail: str | None = None
+    # The provider did not pay within the TTL of the first charge attempt: EXPIRED.
+    expired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,4 +181,7 @@ class Transition:
     commit: tuple[LineQuantity, ...] = ()  # reserved -> sold
     request_payment: bool = False
     refund: bool = False  # a charge arrived for an order that can no longer be sold
+    # The order is dropped from the table (a cancel whose order never came): ``state``
+    # is None.
+    forget: bool = False
     ignored: str | None = None  # why the input changed nothing

@@ -20,6 +20,7 @@ from typing import assert_never
 from orderstream.domain.models import LineStatus, OrderStatus, RejectReason
 from orderstream.domain.order_types import (
     Cancel,
+    CancelRequest,
     Expire,
     LineOutcome,
     LineQuantity,
@@ -34,12 +35,14 @@ from orderstream.domain.order_types import (
 
 # The machine, and the values it works on (from domain/order_types.py) for its callers.
 __all__ = [
+    "CANCEL_PENDING",
     "DUPLICATE_LINE",
     "DUPLICATE_PAYMENT",
     "NOT_DUE_YET",
     "NOT_RESERVED_YET",
     "UNKNOWN_ORDER",
     "Cancel",
+    "CancelRequest",
     "Expire",
     "LineOutcome",
     "LineQuantity",
@@ -60,13 +63,20 @@ DUPLICATE_PAYMENT = "duplicate payment result"
 UNKNOWN_ORDER = "unknown order"
 NOT_RESERVED_YET = "not reserved yet"
 NOT_DUE_YET = "not due yet"
+CANCEL_PENDING = "cancel already pending"
 
 
 def next_state(
-    state: OrderState | None, command: OrderInput, now_ms: int, ttl_ms: int
+    state: OrderState | None,
+    command: OrderInput,
+    now_ms: int,
+    ttl_ms: int,
+    payment_grace_ms: int = 0,
 ) -> Transition:
     """Decide what ``command`` does to an order; ``state`` is None for an order never seen.
 
+    ``payment_grace_ms``: how long past the TTL a reservation whose payment was asked
+    for may wait for its answer before an expiry takes it (see ``is_expired``).
     Raise ValueError when ``command`` is for another order than ``state``: the agent
     passed the wrong table value.
     """
@@ -78,20 +88,29 @@ def next_state(
         case PaymentResult():
             return _on_payment(state, command)
         case Cancel():
-            return _on_cancel(state, command)
+            return _on_cancel(state, command, now_ms)
         case Expire():
-            return _on_expire(state, now_ms, ttl_ms)
+            return _on_expire(state, now_ms, ttl_ms, payment_grace_ms)
         case Override():
             return _on_override(state, command)
         case _:
             assert_never(command)
 
 
-def is_expired(state: OrderState, now_ms: int, ttl_ms: int) -> bool:
-    """Return whether ``state`` is a reservation left unpaid for ``ttl_ms`` or longer, or
-    an order still missing lines ``ttl_ms`` after its first one arrived."""
+def is_expired(state: OrderState, now_ms: int, ttl_ms: int, payment_grace_ms: int = 0) -> bool:
+    """Return whether ``state`` is a reservation left unpaid for ``ttl_ms`` or longer, an
+    order still missing lines ``ttl_ms`` after its first one arrived, or a cancel whose
+    order has not come within ``ttl_ms``.
+
+    A reservation whose payment was asked for waits ``payment_grace_ms`` longer: the
+    payment agent answers every request, and ends it EXPIRED itself when the provider
+    does not pay within the TTL of its first attempt; the time a request waits for a
+    free slot in our own queue is never the shopper's fault.
+    """
     if state.status is OrderStatus.RESERVED:
         since = state.reserved_at_ms
+        if state.payment_requested and not state.paid:
+            ttl_ms += payment_grace_ms
     elif state.status is None:
         since = state.first_line_at_ms
     else:
@@ -107,6 +126,8 @@ def _on_line(state: OrderState | None, line: LineOutcome, now_ms: int) -> Transi
             line_count=line.line_count,
             first_line_at_ms=now_ms,
         )
+    elif state.status is None and not state.lines:
+        state = _owned_by(state, line, now_ms)
     elif line.product_id in state.lines or line.product_id in state.extra_lines:
         return Transition(state, ignored=DUPLICATE_LINE)
     recorded = LineState(
@@ -129,21 +150,31 @@ def _on_line(state: OrderState | None, line: LineOutcome, now_ms: int) -> Transi
         return _settle(state, lines, OrderStatus.REJECTED, RejectReason.INVALID, detail)
     if len(lines) < state.line_count:
         return Transition(state.model_copy(update={"lines": lines}))
-    refused = _refused(state, lines)
-    if refused is not None:
-        return refused
+    return _refused(state, lines) or _reserve(state, lines, now_ms)
+
+
+def _reserve(state: OrderState, lines: dict[str, LineState], now_ms: int) -> Transition:
+    """Reserve an order whose lines all arrived reserved, and ask for its payment."""
     seq = state.seq + 1
-    reserved = state.model_copy(
-        update={
-            "lines": lines,
-            "status": OrderStatus.RESERVED,
-            "seq": seq,
-            "reserved_at_ms": now_ms,
-            "payment_requested": True,
-        }
-    )
     event = OrderTransitionEvent(state.order_id, seq, OrderStatus.RESERVED)
+    update = {"lines": lines, "status": OrderStatus.RESERVED, "seq": seq, "reserved_at_ms": now_ms}
+    if state.cancel is not None:
+        # Cancelled before it was reserved: reserved, then cancelled at once, unpaid.
+        reserved = state.model_copy(update=update)
+        cancelled = _settle(
+            reserved, lines, OrderStatus.CANCELLED, state.cancel.reason, state.cancel.detail
+        )
+        return Transition(
+            cancelled.state, events=(event, *cancelled.events), release=cancelled.release
+        )
+    reserved = state.model_copy(update=update | {"payment_requested": True})
     return Transition(reserved, events=(event,), request_payment=True)
+
+
+def _owned_by(state: OrderState, line: LineOutcome, now_ms: int) -> OrderState:
+    """Return a state that only a cancel made, as the order's first line says it is."""
+    update = {"user_id": line.user_id, "line_count": line.line_count, "first_line_at_ms": now_ms}
+    return state.model_copy(update=update)
 
 
 def _refused(state: OrderState, lines: dict[str, LineState]) -> Transition | None:
@@ -172,8 +203,19 @@ def _extra_line(state: OrderState, product_id: str, line: LineState) -> Transiti
     )
 
 
-def _on_cancel(state: OrderState | None, cancel: Cancel) -> Transition:
-    if state is None or state.status is not OrderStatus.RESERVED:
+def _on_cancel(state: OrderState | None, cancel: Cancel, now_ms: int) -> Transition:
+    request = CancelRequest(reason=cancel.reason, detail=cancel.detail)
+    if state is None:
+        # The cancel overtook the order (or the order never comes): kept for the TTL.
+        pending = OrderState(
+            order_id=cancel.order_id, user_id="", line_count=1, first_line_at_ms=now_ms
+        )
+        return Transition(pending.model_copy(update={"cancel": request}))
+    if state.status is None:
+        if state.cancel is not None:
+            return Transition(state, ignored=CANCEL_PENDING)
+        return Transition(state.model_copy(update={"cancel": request}))
+    if state.status is not OrderStatus.RESERVED:
         return Transition(state, ignored=_why_not_reserved(state))
     return _settle(state, state.lines, OrderStatus.CANCELLED, cancel.reason, cancel.detail)
 
@@ -206,8 +248,12 @@ def _on_override(state: OrderState | None, override: Override) -> Transition:
     raise ValueError(f"an override ends an order CONFIRMED or CANCELLED, not {override.status}")
 
 
-def _on_expire(state: OrderState | None, now_ms: int, ttl_ms: int) -> Transition:
+def _on_expire(
+    state: OrderState | None, now_ms: int, ttl_ms: int, payment_grace_ms: int
+) -> Transition:
     if state is not None and state.status is None and is_expired(state, now_ms, ttl_ms):
+        if not state.lines:
+            return Transition(None, forget=True)  # a cancel whose order never came
         # Its lines were to come in one transaction: the rest will not come.
         detail = (
             f"only {len(state.lines)} of its {state.line_count} lines arrived within {ttl_ms} ms"
@@ -215,7 +261,7 @@ def _on_expire(state: OrderState | None, now_ms: int, ttl_ms: int) -> Transition
         return _settle(state, state.lines, OrderStatus.REJECTED, RejectReason.INVALID, detail)
     if state is None or state.status is not OrderStatus.RESERVED:
         return Transition(state, ignored=_why_not_reserved(state))
-    if not is_expired(state, now_ms, ttl_ms):
+    if not is_expired(state, now_ms, ttl_ms, payment_grace_ms):
         return Transition(state, ignored=NOT_DUE_YET)
     detail = f"not paid within {ttl_ms} ms"
     return _settle(state, state.lines, OrderStatus.EXPIRED, None, detail)
@@ -223,10 +269,7 @@ def _on_expire(state: OrderState | None, now_ms: int, ttl_ms: int) -> Transition
 
 def _on_payment(state: OrderState | None, result: PaymentResult) -> Transition:
     if state is not None and state.status is OrderStatus.RESERVED:
-        if result.paid:
-            return _confirm(state)
-        reason = result.reason or RejectReason.PAYMENT_FAILED
-        return _settle(state, state.lines, OrderStatus.CANCELLED, reason, result.detail)
+        return _confirm(state) if result.paid else _unpaid(state, result)
     if not result.paid:
         return Transition(state, ignored=f"payment failure, {_why_not_reserved(state)}")
     if state is None:
@@ -237,6 +280,14 @@ def _on_payment(state: OrderState | None, result: PaymentResult) -> Transition:
         return Transition(state, ignored=DUPLICATE_PAYMENT)
     # The cancel or the expiry won (or the order was never reserved): the charge goes back.
     return Transition(state.model_copy(update={"paid": True}), refund=True)
+
+
+def _unpaid(state: OrderState, result: PaymentResult) -> Transition:
+    """End a reservation the provider did not pay: EXPIRED past the TTL, else CANCELLED."""
+    if result.expired:
+        return _settle(state, state.lines, OrderStatus.EXPIRED, None, result.detail)
+    reason = result.reason or RejectReason.PAYMENT_FAILED
+    return _settle(state, state.lines, OrderStatus.CANCELLED, reason, result.detail)
 
 
 def _confirm(state: OrderState) -> Transition:
