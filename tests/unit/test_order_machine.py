@@ -242,7 +242,11 @@ def test_a_failed_payment_cancels_and_releases_every_line(
     assert transition.state is not None
     assert transition.events == (OrderTransitionEvent("o1", 2, OrderStatus.CANCELLED, expected),)
     assert transition.release == all_lines(2)
-    assert (transition.commit, transition.refund) == ((), False)
+    # Voided only when the provider may have charged after all (see the test below).
+    assert (transition.commit, transition.refund) == (
+        (),
+        expected is RejectReason.PAYMENT_UNAVAILABLE,
+    )
     assert {known.status for known in transition.state.lines.values()} == {LineStatus.RELEASED}
 
 
@@ -403,6 +407,17 @@ def test_a_payment_not_made_within_the_ttl_of_its_first_attempt_expires_the_orde
     assert transition.state.status is OrderStatus.EXPIRED
     assert transition.release == (LineQuantity("p1", 1),)
     assert transition.events[0].reason is None
+    assert transition.refund  # the charge may have gone through after all: voided
+
+
+def test_an_unavailable_payment_is_voided_as_the_order_is_cancelled() -> None:
+    unavailable = PaymentResult("o1", paid=False, reason=RejectReason.PAYMENT_UNAVAILABLE)
+    transition = step(run(line()), unavailable)
+    assert transition.state is not None
+    assert transition.state.status is OrderStatus.CANCELLED
+    assert transition.refund
+    declined = step(run(line()), PaymentResult("o1", paid=False))
+    assert not declined.refund  # a declined charge took nothing
 
 
 def test_an_order_whose_lines_do_not_all_arrive_within_the_ttl_is_rejected_and_released() -> None:
@@ -589,8 +604,13 @@ def test_random_interleavings_keep_every_invariant() -> None:
             assert [event.status for event in transition.events] == [OrderStatus.RESERVED]
         if transition.refund:
             assert isinstance(command, PaymentResult)
-            assert command.paid
-            assert before is None or before.status is not OrderStatus.RESERVED
+            voided = command.expired or command.reason is RejectReason.PAYMENT_UNAVAILABLE
+            if not command.paid:  # a charge that may have gone through: voided
+                assert voided
+                assert before is not None
+                assert before.status is OrderStatus.RESERVED
+            else:
+                assert before is None or before.status is not OrderStatus.RESERVED
             # An unknown order has no state to remember a refund in: the provider's
             # refund by order id is what makes a repeated one harmless.
             if before is not None:

@@ -283,11 +283,24 @@ def _on_payment(state: OrderState | None, result: PaymentResult) -> Transition:
 
 
 def _unpaid(state: OrderState, result: PaymentResult) -> Transition:
-    """End a reservation the provider did not pay: EXPIRED past the TTL, else CANCELLED."""
+    """End a reservation the provider did not pay: EXPIRED past the TTL, else CANCELLED.
+
+    A charge that timed out or never got an answer may still have gone through at the
+    provider: such an order is voided (a refund, idempotent by order id, a no-op for an
+    order never charged) as it is released, so no shopper pays for what they lose.
+    """
     if result.expired:
-        return _settle(state, state.lines, OrderStatus.EXPIRED, None, result.detail)
-    reason = result.reason or RejectReason.PAYMENT_FAILED
-    return _settle(state, state.lines, OrderStatus.CANCELLED, reason, result.detail)
+        settled = _settle(state, state.lines, OrderStatus.EXPIRED, None, result.detail)
+    else:
+        reason = result.reason or RejectReason.PAYMENT_FAILED
+        settled = _settle(state, state.lines, OrderStatus.CANCELLED, reason, result.detail)
+    if result.expired or result.reason is RejectReason.PAYMENT_UNAVAILABLE:
+        assert settled.state is not None
+        # Marked paid: whatever the provider took goes back with this void, so a late
+        # report of the charge is a duplicate, never a second refund.
+        voided = settled.state.model_copy(update={"paid": True})
+        return Transition(voided, settled.events, release=settled.release, refund=True)
+    return settled
 
 
 def _confirm(state: OrderState) -> Transition:

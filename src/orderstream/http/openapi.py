@@ -254,13 +254,16 @@ def _paths(doc: _Document) -> dict[str, Any]:
         "/orders/{order_id}/cancel": {
             "post": doc.operation(
                 "cancelOrder",
-                "Ask to cancel a RESERVED order; the order agent decides.",
+                "Ask to cancel an order not paid yet; the order agent decides.",
                 {202: doc.answer("Asked; status_url shows what came of it.", OrderAccepted)},
-                (400, 404, 409, 503),
+                (400, 409, 503),
                 description=(
                     "PostgreSQL may lag the order agent: a cancel racing the payment is"
                     " applied only if it reaches the order agent while the order is still"
-                    " RESERVED."
+                    " RESERVED. A cancel for an order not known yet (sent right after the"
+                    " order, or before it) is accepted and kept by the order agent for the"
+                    " order TTL: applied as soon as the order is reserved, forgotten if it"
+                    " never comes. 409 once the order is settled."
                 ),
                 parameters=[path_id("order_id", "The order's id.")],
             )

@@ -180,7 +180,8 @@ async def _ping_kafka(app: web.Application) -> None:
 
 
 async def cancel_order(request: web.Request) -> web.Response:
-    """Ask to cancel a RESERVED order: 202, 404 when unknown, 409 when not RESERVED."""
+    """Ask to cancel an order not paid yet: 202 (applied if it is still RESERVED when
+    the order agent sees it, or when it arrives within the TTL), 409 when settled."""
     order_id = path_id(request, "order_id")
     command = OrderCommand(order_id=order_id, command=OrderCommandKind.CANCEL)
-    return await publish_order_command(request, command, "cancelled")
+    return await publish_order_command(request, command, "cancelled", unknown_ok=True)
