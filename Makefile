@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install stack-up stack-down run test test-unit test-integration lint compose-check bench bench-quick bench-restore faults clean
+.PHONY: help install stack-up stack-down run test test-unit test-integration lint compose-check bench bench-quick bench-settle bench-restore faults clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -49,14 +49,20 @@ lint: install ## ruff check, ruff format --check, mypy --strict on src/
 compose-check: ## validate docker-compose.yml (needs Debian's docker-compose)
 	docker-compose config -q
 
-bench: stack-up ## full benchmark: orderstream vs row lock, Redis Lua, group commit (~15 min)
+bench: stack-up ## full benchmark: orderstream vs row lock, Redis Lua, group commit, settle (~16 min)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.settle --output bench/results/settle.json
+	$(BIN)/python -m bench.settle --instant --output bench/results/settle-instant.json
 
 bench-quick: stack-up ## the same benchmark with small counts (about two minutes)
 	$(BIN)/python -m bench.run --quick
 
 faults: stack-up ## fault matrix: kill -9, failover, broker and PostgreSQL down, storms, replay (~15 min)
 	$(BIN)/python -m bench.faults
+
+bench-settle: stack-up ## a 10,000-unit sale timed to every order's final state (~1 min)
+	$(BIN)/python -m bench.settle
+	$(BIN)/python -m bench.settle --instant
 
 bench-restore: stack-up ## restore and kill -9 failover after sales of 100k and 1M requests (~6 min)
 	$(BIN)/python -m bench.restore
