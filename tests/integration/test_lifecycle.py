@@ -177,13 +177,6 @@ EXPIRY_ENV = {
 }
 
 
-@pytest.mark.xfail(
-    reason="open (issue 15): after a kill -9 with charges in flight, 2-4 of 60 orders have "
-    "been seen to stay RESERVED: neither their payment request nor its answer reaches the "
-    "restarted lifecycle, and the timer no longer expires a reservation whose payment "
-    "is awaited until payment_answer_grace_s",
-    strict=False,
-)
 async def test_unpaid_reservations_expire_across_a_kill_9(pipeline: Pipeline) -> None:
     stock = {"sku-x": 25, "sku-y": 25}
     await _start(pipeline, stock, **EXPIRY_ENV)
@@ -242,10 +235,11 @@ async def test_cancel_races_payment_and_exactly_one_wins(pipeline: Pipeline) -> 
         pipeline,
         stock,
         ORDERSTREAM_PAYMENT_SUCCESS_RATE="1",
-        # About as long as the sink takes to show a reservation: cancels and payments
-        # arrive at the order agent together.
+        # From quicker to slower than a reservation takes to reach PostgreSQL (where
+        # the test sees it and cancels) and the cancel the order agent: cancels and
+        # payments arrive at the order agent together, and each wins some.
         ORDERSTREAM_PAYMENT_DELAY_MIN_S="0",
-        ORDERSTREAM_PAYMENT_DELAY_MAX_S="0.1",
+        ORDERSTREAM_PAYMENT_DELAY_MAX_S="0.4",
     )
     requests = _requests(200, list(stock))
     order_ids = {order_id for order_id, _, _ in requests}

@@ -14,7 +14,7 @@ from pathlib import Path
 import faust
 from faust.types import TableT
 
-from orderstream.agents import faust_recovery
+from orderstream.agents import faust_commits, faust_recovery
 from orderstream.agents.faust_io import DirectProducer, raw_topic
 from orderstream.agents.orders import OrderAgentContext, register_order_agent
 from orderstream.agents.payment import PaymentClient, register_payment_agent
@@ -155,6 +155,7 @@ def build_lifecycle_app(
         )
     client = PaymentClient.from_settings(provider, settings, metrics)
     faust_recovery.install(app)  # before the app starts: see faust_recovery.py
+    faust_commits.install(app)  # the payment agent acknowledges out of order
     register_payment_agent(
         app,
         settings,
