@@ -1,6 +1,6 @@
 """A sale as a shopper lives it: from the request to the order's final state.
 
-    python -m bench.settle [--units 10000] [--requests 50000] [--instant] [--ttl S]
+    python -m bench.settle [--units 10000] [--requests 50000] [--instant] [--ttl S] [--audit]
 
 One product with ``units`` in stock meets ``requests`` single-line orders published as a
 burst from a plain Kafka producer, while ``orderstream run`` runs on its defaults (stock
@@ -11,6 +11,8 @@ agent, order lifecycle, sink, status service). Timed from the first send:
 Then the invariants: every order final once, stock conserved, nothing reserved, ``sold``
 = the quantity of CONFIRMED lines. ``--instant`` makes the mock provider answer at once
 (0-1 ms) so that the lifecycle itself, not the provider's delay, is what is measured.
+``--audit`` runs `orderstream audit` once every order is decided (the lifecycle still
+paying) and once every order is final, and reports what each said.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +53,7 @@ class SettleResult:
     settled_per_s: float  # reserved orders settled / (decided -> final) ... see below
     statuses: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    audits: list[str] = field(default_factory=list)  # when, exit code, last line
 
     @property
     def correct(self) -> bool:
@@ -122,8 +126,30 @@ async def check_settled(deployment: Deployment, workload: Workload) -> list[str]
     return problems
 
 
+async def _audit(deployment: Deployment, when: str) -> str:
+    """Run `orderstream audit` against the deployment; return when, its exit and verdict."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "orderstream", "audit"],
+        env=deployment.env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    failed = [line for line in lines if line.startswith("FAIL")]
+    verdict = "; ".join(failed[:3]) or (lines[-1] if lines else "")
+    log("orderstream/settle", f"audit {when}: exit {done.returncode}: {verdict}")
+    return f"{when}: exit {done.returncode}: {verdict}"
+
+
 async def run_settle(
-    base: Settings, units: int, requests: int, instant: bool, ttl_s: float | None
+    base: Settings,
+    units: int,
+    requests: int,
+    instant: bool,
+    ttl_s: float | None,
+    audit: bool = False,
 ) -> SettleResult:
     label = "orderstream/settle"
     workload = hot(requests, units, seed=3, prefix="settle-")
@@ -149,6 +175,7 @@ async def run_settle(
             deployment, label, "orders in PostgreSQL", "SELECT count(*) FROM orders", requests
         )
         log(label, f"every order decided in PostgreSQL after {decided_at - burst.first_send:.2f} s")
+        audits = [await _audit(deployment, "mid-sale (every order decided)")] if audit else []
         final_at = await _wait(
             deployment,
             label,
@@ -173,6 +200,8 @@ async def run_settle(
                 f"SELECT count(*) FROM orders WHERE status = '{status}'"
             )
         problems = await check_settled(deployment, workload)
+        if audit:
+            audits.append(await _audit(deployment, "after (every order final)"))
     finally:
         await deployment.stop()
     settle_window = max(final_at - burst.first_send, 1e-9)
@@ -190,6 +219,7 @@ async def run_settle(
         settled_per_s=round(rows / settle_window, 1),
         statuses=statuses,
         problems=problems,
+        audits=audits,
     )
 
 
@@ -199,10 +229,15 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--instant", action="store_true", help="mock payment answers at once")
     parser.add_argument("--ttl", type=float, help="ORDERSTREAM_ORDER_TTL_S for the run")
+    parser.add_argument("--audit", action="store_true", help="orderstream audit mid-sale and after")
     parser.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args()
-    result = uvloop.run(run_settle(Settings(), args.units, args.requests, args.instant, args.ttl))
+    result = uvloop.run(
+        run_settle(Settings(), args.units, args.requests, args.instant, args.ttl, args.audit)
+    )
     print(result.line())
+    for audit in result.audits:
+        print(f"audit {audit}")
     for problem in result.problems:
         print(f"INCORRECT: {problem}", file=sys.stderr)
     if args.output:
