@@ -420,4 +420,5 @@ class PaymentOutcome(Message):
     reason: RejectReason | None = None
     detail: str | None = Field(default=None, max_length=DETAIL_MAX_LENGTH)
     # Not paid within the order TTL of the first charge attempt: the order EXPIRES.
-    expired: bool = False
+    # Strict: "yes" or 2 is a malformed answer (dead-lettered), never taken for true.
+    expired: bool = Field(default=False, strict=True)
