@@ -18,6 +18,7 @@ from mode import Service
 
 from orderstream import tracing
 from orderstream.dead_letters import dead_letter_of
+from orderstream.kafka_link import KafkaLink
 from orderstream.settings import Settings
 from orderstream.tracing import Headers
 
@@ -44,36 +45,21 @@ class DirectProducer(Service):
     Faust's ``topic.send`` and its table writes cost ~100 us of CPU per record (its
     producer buffer hands records over one event-loop turn at a time); this costs a
     fifth of that. The order agent writes its table's changelog and sends its effects
-    with it, a batch at a time; started and stopped with the app (a dependency).
+    with it, a batch at a time; started on first use (an agent may run before the app's
+    dependencies start), stopped with the app (a dependency).
     """
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
-        self._settings = settings
-        self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
+        # A batch's records are handed over together: a millisecond's linger is enough.
+        self._link = KafkaLink(settings.kafka_bootstrap, linger_ms=1, max_batch_size=256 * 1024)
 
     async def producer(self) -> AIOKafkaProducer:
-        """Return the producer, started on first use (an agent may run before on_start)."""
-        async with self._lock:
-            if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._settings.kafka_bootstrap,
-                    acks="all",  # durable on every in-sync replica before it counts
-                    # Retries never reorder or double a partition's records: a restore
-                    # reads the changelog in order and trusts that order.
-                    enable_idempotence=True,
-                    linger_ms=1,  # a batch's records are sent together anyway
-                    max_batch_size=256 * 1024,
-                )
-                await producer.start()
-                self._producer = producer
-            return self._producer
+        """Return the started producer; ConnectionError (retried) when Kafka is down."""
+        return await self._link.producer()
 
     async def on_stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        await self._link.close()
 
 
 @contextmanager

@@ -158,14 +158,10 @@ class StockProcessor:
             # Decided in one hop: the decision is the order's first event.
             announced = hold.decision_event().model_dump_json().encode()
             effects.outputs.append(Output(self._order_events, hold.order_id.encode(), announced))
-            if hold.status is OrderStatus.RESERVED:
-                # The order agent's input: it takes the order on to payment. Sent apart
-                # from order-events so that the order agent never reads the rejections
-                # (most of a flash sale's requests) nor its own events back.
-                decided = hold.line_decision().model_dump_json().encode()
-                effects.outputs.append(Output(self._line_outcomes, hold.order_id.encode(), decided))
-        else:
-            # One line of several: the order agent assembles the order's outcome.
+        if hold.line_count > 1 or hold.status is OrderStatus.RESERVED:
+            # The order agent's input: it assembles an order of several lines, and takes
+            # a reserved one on to payment. A single-line rejection is final at once: the
+            # order agent never reads it (most of a flash sale's requests).
             decided = hold.line_decision().model_dump_json().encode()
             effects.outputs.append(Output(self._line_outcomes, hold.order_id.encode(), decided))
 

@@ -12,11 +12,11 @@ from psycopg_pool import AsyncConnectionPool
 from orderstream.db import make_pool
 from orderstream.http import routes
 from orderstream.http.errors import json_errors
-from orderstream.http.kafka_link import KafkaLink
 from orderstream.http.keys import KAFKA, METRICS, POOL, REGISTRY, ROLES, SETTINGS
 from orderstream.http.roles import RoleRegistry
 from orderstream.http.stock_view import STOCK_FIGURES, StockFigures, StockView
 from orderstream.http.validation import MAX_BODY_BYTES
+from orderstream.kafka_link import KafkaLink
 from orderstream.metrics import status_metrics
 from orderstream.settings import Settings
 

@@ -6,8 +6,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
-from orderstream.http.kafka_link import KafkaLink
 from orderstream.http.roles import RoleRegistry
+from orderstream.kafka_link import KafkaLink
 from orderstream.metrics import StatusMetrics
 from orderstream.settings import Settings
 
