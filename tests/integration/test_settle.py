@@ -118,16 +118,20 @@ async def test_two_lifecycle_processes_share_a_sale_and_survive_a_kill_9(
     pipeline.start()  # the stock agent, the sink, the status service; no lifecycle
     env = LIFECYCLE_ENV | {"ORDERSTREAM_PAYMENT_DELAY_MAX_S": "0.5"}
     pipeline.start("orders", name="orders-a", **env)
-    pipeline.start("orders", name="orders-b", **env)
     for product_id, quantity in stock.items():
         await pipeline.set_stock(product_id, quantity)
     for product_id, quantity in stock.items():
         await pipeline.wait_for_stock(product_id, quantity)
 
-    async def both_members() -> bool:
-        return await _lifecycle_members(pipeline) == 2
+    async def members(count: int) -> bool:
+        return await _lifecycle_members(pipeline) == count
 
-    await pipeline.wait_for("two members in the lifecycle's group", both_members, timeout=60)
+    # Scaled out as an operator does: a second process joins a running one. (Two started
+    # within milliseconds of each other have been seen to leave one out of the group
+    # for good: an open issue, see the README's reliability section.)
+    await pipeline.wait_for("the first lifecycle process", lambda: members(1), timeout=60)
+    pipeline.start("orders", name="orders-b", **env)
+    await pipeline.wait_for("two members in the lifecycle's group", lambda: members(2), timeout=60)
     first = _requests(500, list(stock), prefix="m1")
     await _publish(pipeline, first)
 
