@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -122,6 +123,22 @@ class Deployment:
         ) as conn:
             row = await (await conn.execute(sql)).fetchone()
             return int(row[0]) if row and row[0] is not None else 0
+
+    async def lifecycle_ready(self) -> bool:
+        """Whether the lifecycle owns every order partition, its table restored (its
+        readiness gauge, as an operator would wait for it before a drop)."""
+        url = f"http://127.0.0.1:{self.settings.orders_metrics_port}/metrics"
+        try:
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                text = await response.text()
+        except aiohttp.ClientError:
+            return False
+        ready = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("orderstream_lifecycle_partitions_ready ")
+        )
+        return ready >= self.settings.partitions
 
     async def wait_until(self, what: str, check: Any, timeout_s: float = 300.0) -> None:
         deadline = now() + timeout_s

@@ -164,6 +164,8 @@ async def run_settle(
     try:
         deployment.start("run")
         await set_stock(deployment, workload.stock)
+        # A drop starts once the lifecycle has joined its group and restored its table.
+        await deployment.wait_until("the order lifecycle", deployment.lifecycle_ready)
         burst = await publish_burst(
             settings.kafka_bootstrap,
             settings.topic(ORDER_REQUESTS),

@@ -181,6 +181,7 @@ class LifecycleMetrics:
     payments_waiting: Gauge
     payment_seconds: Histogram
     breaker_open: Gauge
+    partitions_ready: Gauge
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> LifecycleMetrics:
@@ -244,6 +245,13 @@ class LifecycleMetrics:
             breaker_open=Gauge(
                 "orderstream_payment_breaker_open",
                 "1 while the payment provider's circuit breaker is open.",
+                registry=registry,
+            ),
+            partitions_ready=Gauge(
+                "orderstream_lifecycle_partitions_ready",
+                "Order partitions this process owns with their table restored (0 while"
+                " it joins or rebalances): the lifecycle is ready when the sum over its"
+                " processes equals ORDERSTREAM_PARTITIONS.",
                 registry=registry,
             ),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import faust
 from faust.types import TableT
@@ -156,6 +157,7 @@ def build_lifecycle_app(
     client = PaymentClient.from_settings(provider, settings, metrics)
     faust_recovery.install(app)  # before the app starts: see faust_recovery.py
     faust_commits.install(app)  # the payment agent acknowledges out of order
+    _report_readiness(app, lines.get_topic_name(), metrics)
     register_payment_agent(
         app,
         settings,
@@ -166,6 +168,21 @@ def build_lifecycle_app(
         metrics=metrics,
     )
     return app
+
+
+def _report_readiness(app: faust.App, topic: str, metrics: LifecycleMetrics) -> None:
+    """Keep ``partitions_ready`` at the order partitions this process serves: set when a
+    rebalance completes (the table restored), 0 as soon as one begins. Operators and the
+    benchmarks read it to know the lifecycle is ready before a drop."""
+    gauge = metrics.partitions_ready
+
+    @app.on_rebalance_complete.connect
+    async def ready(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        gauge.set(sum(1 for tp in app.assignor.assigned_actives() if tp.topic == topic))
+
+    @app.on_partitions_revoked.connect
+    async def rebalancing(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        gauge.set(0)
 
 
 def new_lifecycle_app(settings: Settings, metrics: LifecycleMetrics) -> faust.App:
