@@ -91,8 +91,13 @@ class Settings(BaseSettings):
     # How long the provider has to pay an order, counted from the first charge attempt:
     # past it the order is EXPIRED and its stock released. An order waiting for a
     # payment slot is not expiring (our queue is not the shopper's fault). Also how
-    # long lines of an order may take to arrive, and a cancel may wait for its order.
+    # long a cancel may wait for its order.
     order_ttl_s: float = Field(default=600.0, gt=0)
+    # How long an order of several lines waits for the rest after its first line: they
+    # are published in one transaction, so they come within the stock partitions' lag
+    # of each other; past this the order is REJECTED (INVALID) and its lines released.
+    # Lines that never come (a producer that sent one of two) hold stock this long only.
+    lines_wait_s: float = Field(default=30.0, gt=0)
     # A reservation whose payment was asked for and never answered (a request lost to a
     # bug) is expired this long after its TTL: a safety net, never reached when the
     # payment agent runs.

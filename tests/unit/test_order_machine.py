@@ -470,6 +470,26 @@ def test_is_expired_only_for_an_unpaid_or_incomplete_order_past_its_ttl() -> Non
     assert not is_expired(assembling.model_copy(update={"first_line_at_ms": None}), T0 * 9, TTL)
 
 
+def test_an_order_missing_lines_waits_the_lines_wait_and_a_lone_cancel_the_ttl() -> None:
+    wait = TTL // 10
+    assembling = run(line("p1", line_count=2))
+    assert not is_expired(assembling, T0 + wait - 1, TTL, lines_wait_ms=wait)
+    assert is_expired(assembling, T0 + wait, TTL, lines_wait_ms=wait)
+    early = next_state(assembling, Expire("o1"), T0 + wait - 1, TTL, lines_wait_ms=wait)
+    assert nothing_changed(early, assembling)
+    due = next_state(assembling, Expire("o1"), T0 + wait, TTL, lines_wait_ms=wait)
+    assert [(e.status, e.reason) for e in due.events] == [
+        (OrderStatus.REJECTED, RejectReason.INVALID)
+    ]
+    assert due.events[0].detail == f"only 1 of its 2 lines arrived within {wait} ms"
+    assert [line.product_id for line in due.release] == ["p1"]
+    # A cancel kept for an order not seen yet is no order missing lines: it waits the TTL.
+    waiting_cancel = step(None, Cancel("o1")).state
+    assert waiting_cancel is not None
+    assert not is_expired(waiting_cancel, T0 + wait, TTL, lines_wait_ms=wait)
+    assert is_expired(waiting_cancel, T0 + TTL, TTL, lines_wait_ms=wait)
+
+
 # Rule 5 and the table: forward only, stored as JSON.
 
 

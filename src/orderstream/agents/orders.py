@@ -120,6 +120,10 @@ class OrderAgentContext:
     def payment_grace_ms(self) -> int:
         return int(self.settings.payment_answer_grace_s * 1000)
 
+    @property
+    def lines_wait_ms(self) -> int:
+        return int(self.settings.lines_wait_s * 1000)
+
     def mark_sent(self, order_id: str) -> None:
         self.sent[order_id] = None
         self.sent.move_to_end(order_id)
@@ -289,7 +293,14 @@ def _apply(
     order.event = event
     stored = order.stored
     state = stored.state if stored is not None else None
-    transition = next_state(state, item.command, item.now_ms, ctx.ttl_ms, ctx.payment_grace_ms)
+    transition = next_state(
+        state,
+        item.command,
+        item.now_ms,
+        ctx.ttl_ms,
+        ctx.payment_grace_ms,
+        lines_wait_ms=ctx.lines_wait_ms,
+    )
     if transition.ignored is not None:
         ctx.metrics.order_inputs.labels(item.kind, _ignored_label(transition.ignored)).inc()
         _log_ignored(order_id, item, transition.ignored, event.message)
@@ -394,7 +405,9 @@ async def _send_expiries(ctx: OrderAgentContext) -> None:
         if _RESERVED_MARK not in raw and _ASSEMBLING_MARK not in raw:
             continue
         state = StoredOrder.model_validate_json(raw).state
-        if is_expired(state, now_ms, ctx.ttl_ms, ctx.payment_grace_ms):
+        if is_expired(
+            state, now_ms, ctx.ttl_ms, ctx.payment_grace_ms, lines_wait_ms=ctx.lines_wait_ms
+        ):
             due.append(state.order_id)
     if not due:
         return

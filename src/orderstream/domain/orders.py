@@ -72,11 +72,14 @@ def next_state(
     now_ms: int,
     ttl_ms: int,
     payment_grace_ms: int = 0,
+    *,
+    lines_wait_ms: int | None = None,
 ) -> Transition:
     """Decide what ``command`` does to an order; ``state`` is None for an order never seen.
 
     ``payment_grace_ms``: how long past the TTL a reservation whose payment was asked
-    for may wait for its answer before an expiry takes it (see ``is_expired``).
+    for may wait for its answer before an expiry takes it; ``lines_wait_ms`` (default:
+    the TTL): how long an order of several lines waits for the rest (see ``is_expired``).
     Raise ValueError when ``command`` is for another order than ``state``: the agent
     passed the wrong table value.
     """
@@ -90,17 +93,24 @@ def next_state(
         case Cancel():
             return _on_cancel(state, command, now_ms)
         case Expire():
-            return _on_expire(state, now_ms, ttl_ms, payment_grace_ms)
+            return _on_expire(state, now_ms, ttl_ms, payment_grace_ms, lines_wait_ms=lines_wait_ms)
         case Override():
             return _on_override(state, command)
         case _:
             assert_never(command)
 
 
-def is_expired(state: OrderState, now_ms: int, ttl_ms: int, payment_grace_ms: int = 0) -> bool:
+def is_expired(
+    state: OrderState,
+    now_ms: int,
+    ttl_ms: int,
+    payment_grace_ms: int = 0,
+    *,
+    lines_wait_ms: int | None = None,
+) -> bool:
     """Return whether ``state`` is a reservation left unpaid for ``ttl_ms`` or longer, an
-    order still missing lines ``ttl_ms`` after its first one arrived, or a cancel whose
-    order has not come within ``ttl_ms``.
+    order still missing lines ``lines_wait_ms`` (default: ``ttl_ms``) after its first
+    one arrived, or a cancel whose order has not come within ``ttl_ms``.
 
     A reservation whose payment was asked for waits ``payment_grace_ms`` longer: the
     payment agent answers every request, and ends it EXPIRED itself when the provider
@@ -113,6 +123,8 @@ def is_expired(state: OrderState, now_ms: int, ttl_ms: int, payment_grace_ms: in
             ttl_ms += payment_grace_ms
     elif state.status is None:
         since = state.first_line_at_ms
+        if state.lines and lines_wait_ms is not None:
+            ttl_ms = lines_wait_ms
     else:
         return False
     return since is not None and now_ms - since >= ttl_ms
@@ -249,14 +261,24 @@ def _on_override(state: OrderState | None, override: Override) -> Transition:
 
 
 def _on_expire(
-    state: OrderState | None, now_ms: int, ttl_ms: int, payment_grace_ms: int
+    state: OrderState | None,
+    now_ms: int,
+    ttl_ms: int,
+    payment_grace_ms: int,
+    *,
+    lines_wait_ms: int | None,
 ) -> Transition:
-    if state is not None and state.status is None and is_expired(state, now_ms, ttl_ms):
+    if (
+        state is not None
+        and state.status is None
+        and is_expired(state, now_ms, ttl_ms, lines_wait_ms=lines_wait_ms)
+    ):
         if not state.lines:
             return Transition(None, forget=True)  # a cancel whose order never came
         # Its lines were to come in one transaction: the rest will not come.
+        waited_ms = ttl_ms if lines_wait_ms is None else lines_wait_ms
         detail = (
-            f"only {len(state.lines)} of its {state.line_count} lines arrived within {ttl_ms} ms"
+            f"only {len(state.lines)} of its {state.line_count} lines arrived within {waited_ms} ms"
         )
         return _settle(state, state.lines, OrderStatus.REJECTED, RejectReason.INVALID, detail)
     if state is None or state.status is not OrderStatus.RESERVED:

@@ -111,7 +111,7 @@ async def _publish_order(request: web.Request) -> web.Response:
         raise error(
             web.HTTPUnprocessableEntity, "Idempotency-Key and order_id differ", order_id=key
         )
-    lines = _lines_of(body) if "items" in body else [validated(OrderRequest, body, _INVALID)]
+    lines = _lines_of(body) if "items" in body else [_single_line(body)]
     if key is None:
         _refuse_sold_out(request, lines)
         await _publish(request, lines)
@@ -164,6 +164,20 @@ def _refuse_sold_out(request: web.Request, lines: list[OrderRequest]) -> None:
         request.app[METRICS].sold_out_refusals.inc()
         body = SoldOut(error="product sold out", reason="SOLD_OUT", product_id=product_id)
         raise web.HTTPConflict(text=body.model_dump_json(), content_type=JSON)
+
+
+def _single_line(body: dict[str, Any]) -> OrderRequest:
+    line = validated(OrderRequest, body, _INVALID)
+    if line.line_count != 1:
+        # Its other lines would never come: the line would hold stock for nothing until
+        # the order agent gave up waiting. An order of several lines is sent as items.
+        raise error(
+            web.HTTPUnprocessableEntity,
+            f"a one-line order has line_count 1, not {line.line_count}:"
+            " send an order of several lines as items",
+            order_id=line.order_id,
+        )
+    return line
 
 
 def _lines_of(body: dict[str, Any]) -> list[OrderRequest]:

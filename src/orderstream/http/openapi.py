@@ -122,7 +122,8 @@ def _order_request_body(order_request: dict[str, Any]) -> dict[str, Any]:
         "description": (
             "One order line: an OrderRequest (the order-requests message) whose order_id"
             " may be left out when the Idempotency-Key header gives it; without the header"
-            " it is required. A body with `items` is an OrderLinesBody instead."
+            " it is required; its line_count, if given, is 1 (422 otherwise). A body"
+            " with `items` is an OrderLinesBody instead."
         ),
         "required": _without_order_id(order_request["required"]),
         "not": {"required": ["items"]},
