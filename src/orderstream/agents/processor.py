@@ -49,6 +49,12 @@ __all__ = ["Effects", "Output", "PartitionView", "SourceRecord", "StockProcessor
 log = logging.getLogger(__name__)
 
 _OWNER_CACHE = 100_000
+# The most a forwarded record may weigh (key, value and headers, uncompressed): the
+# producer sends at most 1 MiB a request and a topic takes 1 MiB a record by default. A
+# record that came compressed can be bigger once unpacked (its unknown fields are
+# ignored, but a forward re-sends it whole); sent on, the broker would refuse it and the
+# agent could never get past it. It is dead-lettered instead.
+FORWARD_MAX_BYTES = 1_000_000
 
 
 class StockProcessor:
@@ -209,6 +215,13 @@ class StockProcessor:
             )
         if owner == record.partition:
             return False
+        size = len(record.key or b"") + len(record.value or b"")
+        size += sum(len(name) + len(value or b"") for name, value in record.headers)
+        if size > FORWARD_MAX_BYTES:
+            raise InvalidMessageError(
+                f"TOO_LARGE: {size:,} bytes on partition {record.partition}, owned by"
+                f" {owner}: more than the {FORWARD_MAX_BYTES:,} a forward may carry"
+            )
         log.info(
             "product %s is owned by partition %d; forwarding %s/%d@%d",
             product_id,

@@ -102,6 +102,12 @@ class StockAgent(Service):
         self._batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=_QUEUE_BATCHES)
         self._unacked: list[tuple[list[asyncio.Future[Any]], dict[TopicPartition, int]]] = []
         self._acked: dict[TopicPartition, int] = {}
+        # The previous batch's changelog sends: a batch's records go out only once these
+        # are acknowledged, so that a failed write is never followed by a later one.
+        self._changelog_in_flight: list[asyncio.Future[Any]] = []
+        # The first write that failed: nothing after it is sent, announced or committed;
+        # the agent crashes and its restart resumes from the last commit.
+        self._failure: BaseException | None = None
         self._next_expiry = 0.0
         self._lag = metrics.consumer_lag.labels(settings.app_id)
         self._next_lag = 0.0
@@ -180,7 +186,7 @@ class StockAgent(Service):
 
     @Service.task
     async def _decide_loop(self) -> None:
-        while not self.should_stop:
+        while not self.should_stop and self._failure is None:
             fetched = await self._consumer.getmany(
                 timeout_ms=100, max_records=self._settings.batch_max_records
             )
@@ -200,7 +206,18 @@ class StockAgent(Service):
                 self._decide(batch, fetched)
                 if expire:
                     self._expire(batch)
-                batch.changelog_sent = await batch.changelog.send(self._producer)
+                # Decided while the previous batch's records were on their way; sent only
+                # once they are acknowledged. Were they refused and these landed, a
+                # restore would find this batch's stock snapshot counting reservations
+                # whose holds are not in the changelog.
+                if not await self._written(self._changelog_in_flight):
+                    return
+                try:
+                    batch.changelog_sent = await batch.changelog.send(self._producer)
+                except Exception as exc:  # refused before it left (too large, closed)
+                    await self._fail(exc)
+                    return
+                self._changelog_in_flight = batch.changelog_sent
                 await self._batches.put(batch)
 
     @Service.task
@@ -209,11 +226,38 @@ class StockAgent(Service):
             batch = await self._batches.get()
             try:
                 # A decision goes out only once its hold is durable (see module docstring).
-                await asyncio.gather(*batch.changelog_sent)
-                sent = await batch.outputs.send(self._producer)
-                self._unacked.append((sent, batch.offsets))
+                if await self._written(batch.changelog_sent):
+                    try:
+                        sent = await batch.outputs.send(self._producer)
+                    except Exception as exc:  # refused before it left
+                        await self._fail(exc)
+                    else:
+                        self._unacked.append((sent, batch.offsets))
             finally:
                 self._batches.task_done()
+
+    async def _written(self, sends: list[asyncio.Future[Any]]) -> bool:
+        """Wait for ``sends``; return whether they all landed and nothing failed before.
+
+        The first failure stops the agent: nothing decided after it is sent or
+        committed, and the supervisor's restart resumes from the last commit.
+        """
+        if self._failure is None:
+            try:
+                await asyncio.gather(*sends)
+            except Exception as exc:
+                await self._fail(exc)
+        return self._failure is None
+
+    async def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+            log.error(
+                "a write to Kafka failed (%r): deciding stops, nothing after it is"
+                " committed; restarting from the last commit",
+                exc,
+            )
+            await self.crash(exc)
 
     @Service.task
     async def _commit_loop(self) -> None:
@@ -226,11 +270,13 @@ class StockAgent(Service):
                 log.info("commit skipped during a rebalance: %s", exc)
 
     async def _commit(self) -> None:
-        """Commit the offsets whose every output the broker has acknowledged."""
+        """Commit the offsets whose every output the broker has acknowledged, up to the
+        first batch whose outputs were refused (whatever came after it is not)."""
         async with self._committing:
             pending, self._unacked = self._unacked, []
             for sent, offsets in pending:
-                await asyncio.gather(*sent)  # a delivery failure crashes the worker here
+                if not await self._written(sent):
+                    break  # this batch and every later one are redelivered
                 self._acked.update(offsets)  # later batches come later in the list
             owned = self._consumer.assignment()
             offsets = {tp: offset for tp, offset in self._acked.items() if tp in owned}
