@@ -117,9 +117,9 @@ OVERRIDE = event(
     detail="paid by bank transfer", actor="ops-ann", **PRICED,
 )  # fmt: skip
 # Valid messages whose totals PostgreSQL does not take as they are: too large for
-# numeric(16, 4), and more places than it keeps (it would round them).
+# numeric(26, 4), and more places than it keeps (it would round them).
 POISON = [
-    event("poison-large", 1, OrderStatus.RESERVED, total=Decimal("1E+13"), **EUR),
+    event("poison-large", 1, OrderStatus.RESERVED, total=Decimal("1E+22"), **EUR),
     event("poison-places", 1, OrderStatus.RESERVED, total=Decimal("39.98001"), **EUR),
 ]
 # The catalog: a price and a limit, then another price and no limit of its own.

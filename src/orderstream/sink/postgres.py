@@ -21,7 +21,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_orders (
     order_id text, user_id text, status text, reason text, detail text, seq integer,
     created_ms bigint, updated_ms bigint, product_id text, quantity integer,
     unit_price numeric, line_currency text,
-    -- numeric(16, 4) would round a total of more places: refused here instead, so that
+    -- orders.total (numeric(26, 4)) would round a total of more places: refused here, so that
     -- the record is dead-lettered rather than stored as another amount.
     total numeric CHECK (total = round(total, 4)), currency text,
     shipping_address jsonb, billing_address jsonb, notes text
