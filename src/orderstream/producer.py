@@ -61,7 +61,7 @@ async def publish_stock_commands(
             await producer.send(
                 settings.topic(STOCK_COMMANDS),
                 key=command.product_id.encode(),
-                value=command.model_dump_json().encode(),
+                value=with_command_id(command).model_dump_json().encode(),
             )
             for command in commands
         ]
@@ -70,6 +70,14 @@ async def publish_stock_commands(
         if own:
             await producer.stop()
     return [(metadata.partition, metadata.offset) for metadata in delivered]
+
+
+def with_command_id(command: StockCommand) -> StockCommand:
+    """Return ``command`` with an id of its own if it changes the stock on sale or the
+    catalog and has none: the owner applies it once by that id, wherever it lands."""
+    if command.command_id is not None or command.operation.settles_line:
+        return command
+    return command.model_copy(update={"command_id": uuid.uuid4().hex})
 
 
 def order_lines(

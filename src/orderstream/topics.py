@@ -149,6 +149,11 @@ class StockCommand(Message):
     price: Price | None = _absent_when_none()
     currency: Currency | None = _absent_when_none()
     max_per_user: int | None = _absent_when_none(ge=0, le=MAX_QUANTITY, strict=True)
+    # Set, add and update: the command's own id. The owner applies a command once by it,
+    # wherever it landed (a copy forwarded again after a crash has another offset). The
+    # CLI, the admin route and the seed set one; a command without one is applied once
+    # per offset only.
+    command_id: Id | None = _absent_when_none()
 
     @model_validator(mode="after")
     def _fits_operation(self) -> Self:

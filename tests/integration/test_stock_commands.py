@@ -7,8 +7,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from orderstream.domain import owner_partition
 from orderstream.topics import DLQ_REASON_HEADER
+from tests.integration.invariants import assert_invariants
 from tests.integration.pipeline import Pipeline, request_json
 
 pytestmark = pytest.mark.integration
@@ -187,3 +190,81 @@ async def test_commit_and_release_settle_each_line_once_across_a_kill(pipeline: 
     assert metrics.get(("release", "already_applied"), 0) >= 1
     assert not metrics.get(("commit", "applied"))
     assert not metrics.get(("release", "applied"))
+
+
+async def test_a_stock_command_that_lands_twice_is_applied_once_by_its_id(
+    pipeline: Pipeline,
+) -> None:
+    """Issue 21, item 4: an `add` forwarded again after a crash, or sent twice by its
+    producer, lands at a second offset; deduplicated by offset, it added twice."""
+    product = "sku-restock"
+    partitions = pipeline.settings.partitions
+    owner = owner_partition(product, partitions)
+    pipeline.start()
+    await pipeline.set_stock(product, 10)
+    await pipeline.wait_for_stock(product, 10)
+
+    restock = {"product_id": product, "operation": "add", "quantity": 5, "command_id": "r-1"}
+    value = json.dumps(restock).encode()
+    commands = pipeline.topic("stock-commands")
+    producer = await pipeline.producer()
+    try:
+        await producer.send_and_wait(commands, key=product.encode(), value=value)
+        # The same command keyless on a partition that does not own it: forwarded, it
+        # reaches the owner at a third offset, as a forward re-sent after a crash does.
+        await producer.send_and_wait(commands, value=value, partition=(owner + 1) % partitions)
+        await producer.send_and_wait(commands, key=product.encode(), value=value)
+        marker = restock | {"quantity": 1, "command_id": "r-2"}
+        await producer.send_and_wait(
+            commands, key=product.encode(), value=json.dumps(marker).encode()
+        )
+    finally:
+        await producer.stop()
+    await pipeline.wait_for_stock(product, 16)  # 10 + 5 once + 1 (the marker)
+    # Every copy applied or skipped: the forwarder committed past the keyless copy (so
+    # its forward is on the owner's partition), then the owner past everything.
+    await _wait_caught_up(pipeline, (owner + 1) % partitions)
+    await _wait_caught_up(pipeline, owner)
+    [level] = await pipeline.query("SELECT available, total_in FROM product_stock")
+    assert level == {"available": 16, "total_in": 16}, level
+
+    # The ids survive a restart (the changelog's snapshot keeps them): sent again, no-op.
+    pipeline.stop()
+    pipeline.start()
+    await pipeline.wait_for_status_service()
+    producer = await pipeline.producer()
+    try:
+        await producer.send_and_wait(commands, key=product.encode(), value=value)
+    finally:
+        await producer.stop()
+    orders = {f"rs-{n}" for n in range(20)}
+    await pipeline.publish(
+        (product.encode(), request_json(order_id, f"u-{order_id}", product))
+        for order_id in sorted(orders)
+    )
+    await pipeline.wait_for_orders(len(orders))
+    await assert_invariants(pipeline, {product: 16}, orders)
+    [level] = await pipeline.query("SELECT available, reserved, total_in FROM product_stock")
+    assert level == {"available": 0, "reserved": 16, "total_in": 16}, level
+
+
+async def _wait_caught_up(pipe: Pipeline, partition: int) -> None:
+    """Wait until the stock agent has committed a stock-commands partition to its end."""
+    topic = pipe.topic("stock-commands")
+    await pipe.wait_for(
+        f"the stock agent to commit {topic}/{partition}",
+        lambda: _caught_up(pipe, pipe.settings.app_id, topic, partition),
+    )
+
+
+async def _caught_up(pipe: Pipeline, group: str, topic: str, partition: int) -> bool:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=pipe.settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        end = (await consumer.end_offsets([tp]))[tp]
+        return (await consumer.committed(tp) or 0) >= end
+    finally:
+        await consumer.stop()

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from orderstream.domain import (
+    RECENT_COMMANDS,
     Committed,
     LineRequest,
     LineStatus,
@@ -211,6 +212,33 @@ def test_a_redelivered_command_is_applied_once(operation: StockOperation) -> Non
     assert stock_command(once, operation, 5, offset=7) is None
     assert stock_command(once, operation, 5, offset=3) is None
     assert apply_stock_operation(once, operation, 5, offset=7) is None
+
+
+def test_a_command_that_lands_again_at_a_later_offset_is_applied_once_by_its_id() -> None:
+    add = StockOperation.ADD
+    first = stock_command(stocked(10), add, 5, offset=7, command_id="r-1")
+    assert first is not None
+    once = evolve(stocked(10), first)
+    assert once.recent_commands == ("r-1",)
+    assert stock_command(once, add, 5, offset=9, command_id="r-1") is None  # forwarded again
+    # Another id, or none, at a later offset applies: an operator's second restock.
+    assert stock_command(once, add, 5, offset=9, command_id="r-2") is not None
+    assert stock_command(once, add, 5, offset=9) is not None
+    # Orders do not touch the ids; they survive the snapshot's JSON (a restore).
+    reserved = evolve(once, Reserved(1, once.version + 1))
+    restored = StockLevel.model_validate_json(reserved.model_dump_json())
+    assert restored.recent_commands == ("r-1",)
+    assert stock_command(restored, add, 5, offset=11, command_id="r-1") is None
+
+
+def test_a_product_remembers_its_last_recent_commands_ids() -> None:
+    level = stocked(0)
+    for n in range(RECENT_COMMANDS + 3):
+        event = stock_command(level, StockOperation.ADD, 1, offset=n + 1, command_id=f"c-{n}")
+        assert event is not None
+        level = evolve(level, event)
+    assert level.recent_commands == tuple(f"c-{n}" for n in range(3, RECENT_COMMANDS + 3))
+    assert level.total_in == RECENT_COMMANDS + 3
 
 
 @pytest.mark.parametrize(

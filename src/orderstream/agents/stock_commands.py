@@ -1,6 +1,7 @@
 """Stock commands on a partition that owns their product: their effects, for the processor.
 
-A command sets or adds stock, edits the catalog (applied once, by offset), or settles
+A command sets or adds stock, edits the catalog (applied once, by offset and by its
+``command_id``), or settles
 one order's reserved line: commit (sold) or release (available again), once, with the
 quantity its hold recorded.
 
@@ -67,7 +68,12 @@ class StockCommands:
         quantity = command.quantity
         try:
             event = stock_command(
-                level, command.operation, quantity, record.offset, command.catalog()
+                level,
+                command.operation,
+                quantity,
+                record.offset,
+                command.catalog(),
+                command_id=command.command_id,
             )
         except ValueError as exc:
             raise InvalidMessageError(str(exc)) from None

@@ -1,6 +1,7 @@
 """Pure rules of the pipeline: no Kafka, no database, nothing of ours imported."""
 
 from orderstream.domain.models import (
+    PRICE_DIGITS,
     PRICE_PLACES,
     Currency,
     Decision,
@@ -28,6 +29,7 @@ from orderstream.domain.order_types import (
 from orderstream.domain.orders import is_expired, next_state
 from orderstream.domain.partitioning import key_partition, murmur2, owner_partition
 from orderstream.domain.stock import (
+    RECENT_COMMANDS,
     CatalogPatch,
     CatalogUpdated,
     Committed,
@@ -46,7 +48,9 @@ from orderstream.domain.stock import (
 )
 
 __all__ = [
+    "PRICE_DIGITS",
     "PRICE_PLACES",
+    "RECENT_COMMANDS",
     "Cancel",
     "CatalogPatch",
     "CatalogUpdated",

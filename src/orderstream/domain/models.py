@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 # Money is exact: a price is a decimal of at most 4 places (enough for every ISO 4217
 # currency's minor unit) and 14 digits, as PostgreSQL's numeric(14, 4) keeps it; never a float.
+PRICE_DIGITS = 14
 PRICE_PLACES = 4
-Price = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=PRICE_PLACES)]
+Price = Annotated[Decimal, Field(ge=0, max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES)]
 # An ISO 4217 code: three capital letters (EUR, USD, JPY).
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
@@ -78,6 +79,10 @@ class StockLevel(BaseModel):
     version: int = Field(default=0, ge=0)
     # Offset of the last stock command applied; a redelivered command is at or below it.
     last_command_offset: int = -1
+    # The ids of the last RECENT_COMMANDS stock commands applied that carried one: the
+    # same command again (a forward re-sent after a crash lands at another offset, a
+    # producer's retry) is applied once.
+    recent_commands: tuple[str, ...] = ()
     # The catalog: the unit price a line reserved now is sold at (captured in its hold,
     # so a later change never alters a placed order), and the most one user may hold or
     # buy of the product (None: the ORDERSTREAM_MAX_PER_USER default).

@@ -77,6 +77,7 @@ class StockSet:
     version: int
     offset: int
     catalog: CatalogPatch | None = None
+    command_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class StockAdded:
     version: int
     offset: int
     catalog: CatalogPatch | None = None
+    command_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class CatalogUpdated:
     catalog: CatalogPatch
     version: int
     offset: int
+    command_id: str | None = None
 
 
 StockEvent = Reserved | Released | Committed | StockSet | StockAdded | CatalogUpdated
@@ -118,6 +121,9 @@ _SETTLES_TO = {
 }
 
 _EMPTY = StockLevel(available=0, total_in=0)
+# How many stock command ids a product remembers: a command comes again within moments
+# (a forward re-sent after a crash, a retried send), not after dozens of others.
+RECENT_COMMANDS = 16
 # The two decisions of a flash sale, made once (decisions are immutable).
 _RESERVED = Decision(status=OrderStatus.RESERVED)
 _OUT_OF_STOCK = Decision(status=OrderStatus.REJECTED, reason=RejectReason.OUT_OF_STOCK)
@@ -137,6 +143,7 @@ def evolve(level: StockLevel | None, event: StockEvent) -> StockLevel:
         current.total_in,
     )
     offset = current.last_command_offset
+    recent = current.recent_commands
     catalog: CatalogPatch | None = None
     match event:
         case Reserved(quantity=q):
@@ -154,6 +161,8 @@ def evolve(level: StockLevel | None, event: StockEvent) -> StockLevel:
             pass
     if min(available, reserved, sold, total_in) < 0:
         raise ValueError(f"{event} cannot apply to {current}")
+    if isinstance(event, StockSet | StockAdded | CatalogUpdated) and event.command_id:
+        recent = (*recent, event.command_id)[-RECENT_COMMANDS:]
     price, currency, max_per_user = current.price, current.currency, current.max_per_user
     if catalog is not None:
         if catalog.price is not None:
@@ -167,6 +176,7 @@ def evolve(level: StockLevel | None, event: StockEvent) -> StockLevel:
         total_in=total_in,
         version=event.version,
         last_command_offset=offset,
+        recent_commands=recent,
         price=price,
         currency=currency,
         max_per_user=max_per_user,
@@ -237,8 +247,11 @@ def stock_command(
     quantity: int | None,
     offset: int,
     catalog: CatalogPatch | None = None,
+    *,
+    command_id: str | None = None,
 ) -> StockSet | StockAdded | CatalogUpdated | None:
-    """Return the event of the stock command at ``offset``; ``None`` if applied before.
+    """Return the event of the stock command at ``offset``; ``None`` if applied before:
+    at or below the last command's offset, or ``command_id`` among the recent commands'.
 
     Raise ValueError for a quantity the operation cannot take, an update of a product
     that has no stock yet or that changes nothing, or an operation that settles an
@@ -248,6 +261,8 @@ def stock_command(
         raise ValueError(f"stock {operation} settles an order's line: see settle_line")
     if level is not None and offset <= level.last_command_offset:
         return None
+    if level is not None and command_id is not None and command_id in level.recent_commands:
+        return None
     version = (level.version if level is not None else 0) + 1
     catalog = catalog if catalog is not None and not catalog.is_empty else None
     if operation is StockOperation.UPDATE:
@@ -255,16 +270,16 @@ def stock_command(
             raise ValueError("stock update needs a price, a currency or a max_per_user")
         if level is None:
             raise ValueError("stock update of a product that has no stock: set its stock first")
-        return CatalogUpdated(catalog, version, offset)
+        return CatalogUpdated(catalog, version, offset, command_id)
     if quantity is None:
         raise ValueError(f"stock {operation} needs a quantity")
     if operation is StockOperation.SET:
         if quantity < 0:
             raise ValueError(f"stock cannot be set below zero, got {quantity}")
-        return StockSet(quantity, version, offset, catalog)
+        return StockSet(quantity, version, offset, catalog, command_id)
     if quantity < 1:
         raise ValueError(f"stock add needs a quantity >= 1, got {quantity}")
-    return StockAdded(quantity, version, offset, catalog)
+    return StockAdded(quantity, version, offset, catalog, command_id)
 
 
 def apply_stock_operation(
