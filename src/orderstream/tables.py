@@ -46,6 +46,14 @@ HOLD_KEY = b"h"
 # HELD_KEY + held_key(user, product) -> HeldCount JSON: what one user holds or bought of
 # a product, for the per-user limit (written before the product's stock snapshot).
 HELD_KEY = b"u"
+# Fencing a writer that lost its partition but does not know it yet (paused past its
+# session: GC, SIGSTOP, a slow disk): every changelog record carries its writer's epoch
+# in the EPOCH_HEADER (8 bytes, big-endian), and an owner that takes a partition over
+# writes FENCE_KEY + its epoch first, its epoch above every one the restore saw. A
+# restore drops a record whose epoch is below one read before it: the stale snapshot of
+# a paused writer, landing after the new owner's holds, can no longer undo them.
+FENCE_KEY = b"f"
+EPOCH_HEADER = "orderstream-epoch"
 
 # (settled, final_version given, settled_at_ms given) of a hold: unsettled, or settled whole.
 _SETTLED_SHAPES = {

@@ -7,12 +7,13 @@ import logging
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from orderstream.agents.processor import SourceRecord, StockProcessor
-from orderstream.agents.store import PartitionStore, RestoreReport
+from orderstream.agents.store import EPOCH, PartitionStore, RestoreReport
 from orderstream.domain import (
     Committed,
     LineStatus,
@@ -27,7 +28,7 @@ from orderstream.domain import (
 )
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
-from orderstream.tables import HOLD_KEY, STOCK_KEY, Hold, hold_key
+from orderstream.tables import EPOCH_HEADER, FENCE_KEY, HOLD_KEY, STOCK_KEY, Hold, hold_key
 from orderstream.topics import ORDER_REQUESTS, STOCK_COMMANDS
 
 # A changelog record as the consumer reads it back: key, value (None: tombstone), timestamp.
@@ -187,6 +188,40 @@ def test_restore_reapplies_reservations_after_the_last_snapshot(store: Partition
     assert level.version == 4
     assert (report.records, report.snapshots, report.holds, report.replayed) == (5, 1, 3, 2)
     assert report.orphans == []
+
+
+def test_restore_drops_what_a_fenced_writer_appended_after_the_new_owners_epoch(
+    store: PartitionStore,
+) -> None:
+    """Issue 21, item 3: writer 1 paused past its session; writer 2 restored, fenced the
+    partition with epoch 2 and reserved o2; writer 1 woke and appended its stale
+    snapshot (it had not seen o2). Without epochs that snapshot was the last, and o2's
+    unit came back: oversold."""
+
+    def stamped(record: Record, epoch: int) -> tuple[bytes, bytes | None, int, list[Any]]:
+        return (*record, [(EPOCH_HEADER, EPOCH.pack(epoch))])
+
+    records = [
+        (*snapshot("p2", available=3, version=1), []),  # written before epochs: kept
+        stamped(snapshot("p1", available=10, version=1), 1),
+        stamped(hold_record("o1", "p1", 1, 2), 1),
+        stamped(snapshot("p1", available=9, reserved=1, version=2), 1),
+        stamped((FENCE_KEY + EPOCH.pack(2), EPOCH.pack(2), 1_000), 2),  # writer 2 takes over
+        stamped(hold_record("o2", "p1", 1, 3), 2),
+        stamped(snapshot("p1", available=8, reserved=2, version=3), 2),
+        stamped(hold_record("o3", "p1", 1, 3), 1),  # writer 1, stale: its own o3 at v3
+        stamped(snapshot("p1", available=8, reserved=2, version=3), 1),
+        stamped(hold_record("o4", "p1", 1, 4), 2),  # writer 2 goes on
+    ]
+    for key, value, timestamp_ms, headers in records:
+        store.restore(key, value, timestamp_ms, headers)
+    report = store.finish_restore()
+    level = store.stock["p1"]
+    assert (level.available, level.reserved, level.total_in) == (7, 3, 10)
+    assert store.hold(hold_key("o3", "p1")) is None  # writer 1's decision is not the truth
+    assert store.hold(hold_key("o2", "p1")) is not None
+    assert (report.fenced, report.epoch, store.restored_epoch) == (2, 2, 2)
+    assert store.stock["p2"].available == 3
 
 
 def test_restore_folds_each_product_against_its_own_snapshot(store: PartitionStore) -> None:

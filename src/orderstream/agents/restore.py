@@ -45,7 +45,7 @@ async def restore_partitions(
             store = stores[tp.partition]
             for record in records:
                 if record.offset < ends[tp] and record.key is not None:
-                    store.restore(record.key, record.value, record.timestamp)
+                    store.restore(record.key, record.value, record.timestamp, record.headers)
             read += len(records)
             if records and records[-1].offset + 1 >= ends[tp]:
                 remaining.discard(tp)
@@ -78,12 +78,21 @@ def _report(changelog: str, partition: int, report: RestoreReport) -> None:
             partition,
             report.orphans[:10],
         )
+    if report.fenced:
+        log.warning(
+            "changelog %s partition %d: dropped %d records a fenced writer appended after"
+            " it had lost the partition (paused past its session)",
+            changelog,
+            partition,
+            report.fenced,
+        )
     log.info(
         "partition %d restored: %d changelog records, stock of %d products, "
-        "%d hold records, %d stock events re-applied",
+        "%d hold records, %d stock events re-applied, writer epoch %d",
         partition,
         report.records,
         report.snapshots,
         report.holds,
         report.replayed,
+        report.epoch,
     )

@@ -7,7 +7,7 @@ outputs once the changelog has them, commit. What it guarantees:
   range assignor keeps co-partitioned topics together), and p's state lives only there;
 - at least once, idempotent: per (order, product) holds and stock snapshots go to one
   compacted changelog, in order; a redelivered request finds its hold and re-sends the
-  recorded decision; a stock command is applied once by offset;
+  recorded decision; a stock command is applied once by offset and by its id;
 - a decision is announced only after its hold is on the broker: a batch's changelog
   records are acknowledged before its outputs are sent, so a crash can never leave an
   announced decision that the restored state does not know;
@@ -40,13 +40,13 @@ from mode import Service
 from orderstream.agents.outbox import Outbox
 from orderstream.agents.processor import SourceRecord, StockProcessor
 from orderstream.agents.restore import RESTORE_FETCH_BYTES, restore_partitions
-from orderstream.agents.store import Append, PartitionStore
+from orderstream.agents.store import EPOCH, Append, PartitionStore
 from orderstream.consumer_lag import consumer_lag
 from orderstream.domain import StockLevel
 from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
-from orderstream.tables import stock_changelog
+from orderstream.tables import EPOCH_HEADER, FENCE_KEY, stock_changelog
 from orderstream.topics import ORDER_REQUESTS, STOCK_CHANGES, STOCK_COMMANDS, StockChange
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,9 @@ class StockAgent(Service):
         self._changelog = stock_changelog(settings)
         self._processor = StockProcessor(settings, metrics)
         self._stores: dict[int, PartitionStore] = {}
+        # Per owned partition, the header that stamps its changelog records with this
+        # owner's epoch (tables.py, FENCE_KEY): set when the partition is taken over.
+        self._epochs: dict[int, list[tuple[str, bytes]]] = {}
         self._deciding = asyncio.Lock()  # held while a batch is decided and queued
         self._committing = asyncio.Lock()
         self._batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=_QUEUE_BATCHES)
@@ -376,10 +379,10 @@ class StockAgent(Service):
         self._metrics.show_stock(levels)
 
     def _appender(self, batch: Batch, partition: int) -> Append:
-        changelog, topic = batch.changelog, self._changelog
+        changelog, topic, epoch = batch.changelog, self._changelog, self._epochs[partition]
 
         def append(key: bytes, value: bytes | None) -> None:
-            changelog.add(topic, key, value, partition)
+            changelog.add(topic, key, value, partition, headers=epoch)
 
         return append
 
@@ -394,6 +397,7 @@ class StockAgent(Service):
                 # redelivers from the last commit, which the holds make harmless.
                 log.warning("could not commit before handing partitions over: %s", exc)
             for partition in {tp.partition for tp in revoked}:
+                self._epochs.pop(partition, None)
                 store = self._stores.pop(partition, None)
                 if store is not None:
                     store.close()
@@ -417,7 +421,32 @@ class StockAgent(Service):
     async def _restore(self, partitions: list[int]) -> None:
         root = self._settings.data_dir / self._settings.app_id / "stock"
         stores = await restore_partitions(self._reader, self._changelog, partitions, root)
+        await self._fence(stores)
         self._stores.update(stores)
+
+    async def _fence(self, stores: dict[int, PartitionStore]) -> None:
+        """Write this owner's epoch to each partition's changelog before deciding there.
+
+        Above every epoch its restore read, and at least the group's generation: a
+        previous owner still writing (paused past its session, not yet told) writes a
+        lower one after this record, and a restore drops what it wrote (tables.py).
+        """
+        # aiokafka keeps the generation of the join that gave these partitions here.
+        generation = max(0, self._consumer._coordinator.generation)
+        sends = []
+        for partition, store in stores.items():
+            epoch = EPOCH.pack(max(store.restored_epoch + 1, generation))
+            self._epochs[partition] = [(EPOCH_HEADER, epoch)]
+            sends.append(
+                await self._producer.send(
+                    self._changelog,
+                    key=FENCE_KEY + epoch,
+                    value=epoch,
+                    partition=partition,
+                    headers=self._epochs[partition],
+                )
+            )
+        await asyncio.gather(*sends)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

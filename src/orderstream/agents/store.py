@@ -35,6 +35,8 @@ from orderstream.domain import (
     fold_newer,
 )
 from orderstream.tables import (
+    EPOCH_HEADER,
+    FENCE_KEY,
     HELD_KEY,
     HOLD_KEY,
     STOCK_KEY,
@@ -54,6 +56,9 @@ Append = Callable[[bytes, bytes | None], None]
 # A hold is stored behind the time it last changed (8 bytes), which is all that expiry
 # needs to read of most holds.
 _TIME = struct.Struct(">Q")
+# A writer's epoch, in each changelog record's EPOCH_HEADER (tables.py).
+EPOCH = struct.Struct(">q")
+_NO_EPOCH = -1  # records written before epochs existed: older than any epoch
 # A rejection's hold changed no stock: a restore need not keep it to fold (with a crowd
 # of rejections for a product that has no stock, keeping them would fill the memory).
 # Holds are written without their null fields (smaller, and faster to write); one
@@ -69,6 +74,8 @@ class RestoreReport:
     records: int = 0
     snapshots: int = 0  # products with a stock snapshot
     holds: int = 0  # hold records read
+    fenced: int = 0  # records of a writer fenced off by a later epoch, dropped
+    epoch: int = _NO_EPOCH  # the highest writer epoch read
     replayed: int = 0  # stock events newer than their product's last snapshot
     orphans: list[str] = field(default_factory=list)  # reservations of unknown products
 
@@ -101,6 +108,8 @@ class PartitionStore:
         self._since_snapshot: dict[bytes, dict[bytes, bytes]] = {}
         self._report = RestoreReport()
         self._expiry_cursor = b""
+        # The highest writer epoch the restore read: the new owner's is above it.
+        self.restored_epoch = _NO_EPOCH
 
     # --- reading (the processor's PartitionView) ------------------------------------
 
@@ -214,10 +223,23 @@ class PartitionStore:
 
     # --- restoring --------------------------------------------------------------------
 
-    def restore(self, key: bytes, value: bytes | None, timestamp_ms: int) -> None:
-        """Apply one changelog record, in log order."""
+    def restore(
+        self,
+        key: bytes,
+        value: bytes | None,
+        timestamp_ms: int,
+        headers: Iterable[tuple[str, bytes]] = (),
+    ) -> None:
+        """Apply one changelog record, in log order, unless a later writer fenced its own."""
         self._report.records += 1
+        epoch = next((EPOCH.unpack(v)[0] for k, v in headers if k == EPOCH_HEADER), _NO_EPOCH)
+        if epoch < self._report.epoch:
+            self._report.fenced += 1  # written by an owner that had lost the partition
+            return
+        self._report.epoch = epoch
         kind, rest = key[:1], key[1:]
+        if kind == FENCE_KEY:
+            return  # its epoch is all it says
         if kind == HOLD_KEY:
             if value is None:  # a hold that left the dedup window
                 self._db.delete(rest)
@@ -243,6 +265,7 @@ class PartitionStore:
         """Fold in the stock events of the holds newer than their product's last snapshot."""
         report, self._report = self._report, RestoreReport()
         report.snapshots = len(self.stock)
+        self.restored_epoch = report.epoch
         for product, values in self._since_snapshot.items():
             # Parsed once: their events move the stock and their users' counts.
             holds = [
