@@ -335,3 +335,38 @@ async def test_run_embeds_the_lifecycle_as_a_role(pipeline: Pipeline) -> None:
     pipeline.stop()
     assert process.returncode == 0, pipeline.logs()
     assert time.monotonic() - started < 30
+
+
+async def test_an_unavailable_payment_is_voided_as_its_order_is_cancelled(
+    pipeline: Pipeline,
+) -> None:
+    """Issue 21, item 5: a charge whose calls all failed or timed out may have gone
+    through at the provider. Its order is cancelled (PAYMENT_UNAVAILABLE) and released,
+    and a refund (a void) is asked for, so that the shopper is never left charged."""
+    stock = {"sku-down": 10}
+    await _start(
+        pipeline,
+        stock,
+        ORDERSTREAM_PAYMENT_ERROR_RATE="1",  # every call to the provider fails
+        ORDERSTREAM_PAYMENT_ATTEMPTS="2",
+        ORDERSTREAM_PAYMENT_TIMEOUT_S="0.5",
+    )
+    requests = _requests(6, list(stock), prefix="down")
+    await _publish(pipeline, requests)
+    await _wait_settled(pipeline, len(requests))
+    orders = await _assert_settled(
+        pipeline,
+        stock,
+        {order_id for order_id, _, _ in requests},
+        {("CANCELLED", "PAYMENT_UNAVAILABLE")},
+    )
+    cancelled = {row["order_id"] for row in orders}
+
+    async def voided() -> bool:
+        _, refunded = await _payments(pipeline)
+        return cancelled <= refunded
+
+    await pipeline.wait_for("a void of every cancelled order", voided, timeout=30)
+    paid, refunded = await _payments(pipeline)
+    assert not paid
+    assert refunded == cancelled
