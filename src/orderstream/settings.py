@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The local stack that `make stack-up` starts listens on these.
@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     # of each other; past this the order is REJECTED (INVALID) and its lines released.
     # Lines that never come (a producer that sent one of two) hold stock this long only.
     lines_wait_s: float = Field(default=30.0, gt=0)
+    # A final order stays in the lifecycle's table this long (a late payment answer or
+    # a redelivered input finds it and changes nothing), then leaves it: a tombstone in
+    # its changelog, so that a restart restores the live orders, not every order ever
+    # sold. At least the dedup window: a duplicate request within it is re-sent the
+    # recorded decision by the stock agent, which must find its order here.
+    order_retention_s: float = Field(default=86_400.0, ge=1)
     # A reservation whose payment was asked for and never answered (a request lost to a
     # bug) is expired this long after its TTL: a safety net, never reached when the
     # payment agent runs.
@@ -106,8 +112,9 @@ class Settings(BaseSettings):
     # changelog flush for all of them; it waits at most the batch wait for more to come.
     lifecycle_batch_max: int = Field(default=1000, ge=1)
     lifecycle_batch_wait_ms: int = Field(default=5, ge=1)
-    # How often the expiry timer scans its partitions of the orders table: an order
-    # expires at most this long after its TTL, and every pass reads the whole table.
+    # How often the expiry timer looks for orders past their TTL or retention (an index
+    # by deadline, rebuilt from the table after a rebalance): an order expires at most
+    # this long after its TTL.
     expiry_interval_s: float = Field(default=2.0, gt=0)
     # The mock payment provider: the share of charges that succeed, and how long each
     # answer takes (uniform between the two).
@@ -140,6 +147,16 @@ class Settings(BaseSettings):
     # its other roles; `orderstream orders` runs it in a process of its own. Off for a
     # deployment that runs the lifecycle apart, or the stock path alone (its tests).
     run_lifecycle: bool = True
+
+    @model_validator(mode="after")
+    def _retention_covers_the_dedup_window(self) -> Self:
+        if self.order_retention_s < self.dedup_window_s:
+            raise ValueError(
+                f"ORDERSTREAM_ORDER_RETENTION_S ({self.order_retention_s:g}) must be at least"
+                f" ORDERSTREAM_DEDUP_WINDOW_S ({self.dedup_window_s:g}): a duplicate request"
+                " within the window is re-sent its decision, which must find its order"
+            )
+        return self
 
     def topic(self, name: str) -> str:
         """Return the full name of a topic, with this deployment's prefix."""

@@ -26,8 +26,9 @@ consumer misses nothing and sees nothing aborted. An order of several lines arri
 or not at all one hop earlier: its lines are published in one transaction on
 ``order-requests``, which the stock agent reads read_committed.
 
-The expiry timer only scans and sends: it reads the table's local partitions and sends
-an ``expire`` command for each order past its deadline; the agent decides.
+The expiry timer only sends: it keeps when each local order is next due (the end of its
+TTL, or of its retention once final: agents/deadlines.py) and sends an ``expire``
+command for each one due; the agent decides (expires it, or forgets a final order).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import faust
 from pydantic import BaseModel, ConfigDict
 
 from orderstream import tracing
+from orderstream.agents.deadlines import DeadlineIndex
 from orderstream.agents.faust_io import as_current, dead_letter, delivered, send, until_delivered
 from orderstream.agents.order_effects import (
     Outgoing,
@@ -59,7 +61,7 @@ from orderstream.domain.orders import (
     Override,
     PaymentResult,
     Transition,
-    is_expired,
+    expiry_deadline,
     next_state,
 )
 from orderstream.errors import InvalidMessageError
@@ -72,11 +74,9 @@ log = logging.getLogger(__name__)
 
 # How many orders' outboxes a process remembers having sent.
 _SENT_MEMORY = 100_000
-# A reservation is found by the timer's scan without parsing every stored order.
-_RESERVED_MARK = b'"status":"RESERVED"'
-# ... nor every order whose lines are still arriving (it may be missing some for good),
-# or a cancel waiting for its order.
-_ASSEMBLING_MARK = b'"status":null'
+# An expire command the agent found not due (clocks differ), or lost with a crash, is
+# sent again this long after (unless the order moves in the meantime).
+_EXPIRE_RETRY_MS = 30_000
 
 
 class StoredOrder(BaseModel):
@@ -90,6 +90,8 @@ class StoredOrder(BaseModel):
     # The effects of the transitions into ``state``, sent after it was durable; sent
     # again by a process that has not sent them yet (see the module docstring).
     outbox: tuple[Outgoing, ...] = ()
+    # When it became final (this agent's clock): it leaves the table a retention later.
+    final_at_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class OrderAgentContext:
     dead_letters: Mapping[str, faust.TopicT]  # source topic name -> its dead-letter topic
     # Orders whose outbox this process has sent (bounded: forgetting one costs a resend).
     sent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # When each local order next needs the expiry timer (agents/deadlines.py).
+    deadlines: DeadlineIndex = field(default_factory=lambda: DeadlineIndex(_EXPIRE_RETRY_MS))
 
     @property
     def ttl_ms(self) -> int:
@@ -123,6 +127,23 @@ class OrderAgentContext:
     @property
     def lines_wait_ms(self) -> int:
         return int(self.settings.lines_wait_s * 1000)
+
+    @property
+    def retention_ms(self) -> int:
+        return int(self.settings.order_retention_s * 1000)
+
+    def deadline(self, stored: StoredOrder | None) -> int | None:
+        """Return when the expiry timer is next due for ``stored``: the end of its TTL,
+        or of its retention once final."""
+        if stored is None:
+            return None
+        if stored.final_at_ms is not None:
+            return stored.final_at_ms + self.retention_ms
+        if stored.state.status is not None and stored.state.status.is_terminal:
+            return 0  # final before final_at_ms was kept: the timer has it stamped now
+        return expiry_deadline(
+            stored.state, self.ttl_ms, self.payment_grace_ms, lines_wait_ms=self.lines_wait_ms
+        )
 
     def mark_sent(self, order_id: str) -> None:
         self.sent[order_id] = None
@@ -183,6 +204,12 @@ def register_order_agent(app: faust.App, ctx: OrderAgentContext, source: faust.T
         ctx.sent.clear()
 
     app.on_partitions_assigned.connect(forget_sent)
+
+    def reindex(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # The table's partitions changed and are restored: the timer rebuilds its index.
+        ctx.deadlines.stale = ctx.deadlines.table_restored = True
+
+    app.on_rebalance_complete.connect(reindex)
 
     @app.timer(interval=settings.expiry_interval_s, name="expire-unpaid")  # type: ignore[untyped-decorator]
     async def expire_unpaid() -> None:
@@ -292,6 +319,18 @@ def _apply(
         order = touched[order_id] = _Touched(stored, event, unsent)
     order.event = event
     stored = order.stored
+    if isinstance(item.command, Expire) and stored is not None and _final(stored):
+        if stored.final_at_ms is None:
+            # Final before final_at_ms was kept: its retention starts now.
+            order.stored, order.changed = (
+                stored.model_copy(update={"final_at_ms": item.now_ms}),
+                True,
+            )
+        elif item.now_ms >= stored.final_at_ms + ctx.retention_ms:
+            # Final for a retention: it leaves the table (a tombstone in the changelog).
+            order.stored, order.changed = None, True
+            ctx.metrics.order_inputs.labels(item.kind, "forgotten").inc()
+            return
     state = stored.state if stored is not None else None
     transition = next_state(
         state,
@@ -310,10 +349,22 @@ def _apply(
     if transition.forget:
         order.stored, order.changed = None, stored is not None
     elif transition.state is not None and transition.state is not state:
-        order.stored = StoredOrder(state=transition.state, requested_at_ms=requested_at_ms)
+        status = transition.state.status
+        final = status is not None and status.is_terminal
+        final_at_ms = stored.final_at_ms if stored is not None else None
+        if final and final_at_ms is None:
+            final_at_ms = item.now_ms
+        order.stored = StoredOrder(
+            state=transition.state, requested_at_ms=requested_at_ms, final_at_ms=final_at_ms
+        )
         order.changed = True
     ctx.metrics.order_inputs.labels(item.kind, "applied").inc()
     _count_transitions(ctx, transition, order_id, item, event.message)
+
+
+def _final(stored: StoredOrder) -> bool:
+    status = stored.state.status
+    return status is not None and status.is_terminal
 
 
 def _requested_at(stored: StoredOrder | None, item: _Input) -> int:
@@ -345,6 +396,7 @@ async def _write_and_send(ctx: OrderAgentContext, touched: dict[str, _Touched]) 
                 outbox = (*order.resend, *order.outbox)
                 value = order.stored.model_copy(update={"outbox": outbox}).model_dump_json()
                 ctx.store[key] = value.encode()
+        ctx.deadlines.set(order_id, ctx.deadline(order.stored))
         partition = order.event.message.partition
         encoded = value.encode() if value is not None else None
         writes.append(await producer.send(ctx.changelog, encoded, key=key, partition=partition))
@@ -398,17 +450,18 @@ def _ignored_label(why: str) -> str:
 
 
 async def _send_expiries(ctx: OrderAgentContext) -> None:
-    """Send an expire command for every local order past its deadline."""
-    now_ms = int(time.time() * 1000)
-    due: list[str] = []
-    for _key, raw in ctx.store.items():
-        if _RESERVED_MARK not in raw and _ASSEMBLING_MARK not in raw:
-            continue
-        state = StoredOrder.model_validate_json(raw).state
-        if is_expired(
-            state, now_ms, ctx.ttl_ms, ctx.payment_grace_ms, lines_wait_ms=ctx.lines_wait_ms
-        ):
-            due.append(state.order_id)
+    """Send an expire command for every local order past its deadline (its TTL, or its
+    retention once final): the ones the deadline index says are due."""
+    if not ctx.deadlines.table_restored:
+        return  # still joining or restoring: the table is not whole yet
+    if ctx.deadlines.stale:
+        # Once per rebalance: every local order's deadline, from the restored table.
+        ctx.deadlines.rebuild(
+            (stored.state.order_id, ctx.deadline(stored))
+            for stored in map(StoredOrder.model_validate_json, list(ctx.store.values()))
+        )
+        log.info("expiry index rebuilt: %d local orders have a deadline", len(ctx.deadlines))
+    due = ctx.deadlines.due(int(time.time() * 1000))
     if not due:
         return
     sends = []
@@ -417,4 +470,4 @@ async def _send_expiries(ctx: OrderAgentContext) -> None:
         sends.append(await send(ctx.order_commands, order_id, command.model_dump_json().encode()))
     await delivered(sends)
     ctx.metrics.expire_commands.inc(len(due))
-    log.info("sent expire commands for %d orders past their deadline", len(due))
+    log.info("sent expire commands for %d orders past their deadline or retention", len(due))

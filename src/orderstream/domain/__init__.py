@@ -26,7 +26,7 @@ from orderstream.domain.order_types import (
     PaymentResult,
     Transition,
 )
-from orderstream.domain.orders import is_expired, next_state
+from orderstream.domain.orders import expiry_deadline, is_expired, next_state
 from orderstream.domain.partitioning import key_partition, murmur2, owner_partition
 from orderstream.domain.stock import (
     RECENT_COMMANDS,
@@ -82,6 +82,7 @@ __all__ = [
     "Transition",
     "apply_stock_operation",
     "evolve",
+    "expiry_deadline",
     "fold_newer",
     "is_expired",
     "key_partition",

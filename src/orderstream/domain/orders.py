@@ -117,6 +117,18 @@ def is_expired(
     does not pay within the TTL of its first attempt; the time a request waits for a
     free slot in our own queue is never the shopper's fault.
     """
+    deadline = expiry_deadline(state, ttl_ms, payment_grace_ms, lines_wait_ms=lines_wait_ms)
+    return deadline is not None and now_ms >= deadline
+
+
+def expiry_deadline(
+    state: OrderState,
+    ttl_ms: int,
+    payment_grace_ms: int = 0,
+    *,
+    lines_wait_ms: int | None = None,
+) -> int | None:
+    """Return when ``state`` expires (see ``is_expired``); None if it never does."""
     if state.status is OrderStatus.RESERVED:
         since = state.reserved_at_ms
         if state.payment_requested and not state.paid:
@@ -126,8 +138,8 @@ def is_expired(
         if state.lines and lines_wait_ms is not None:
             ttl_ms = lines_wait_ms
     else:
-        return False
-    return since is not None and now_ms - since >= ttl_ms
+        return None
+    return None if since is None else since + ttl_ms
 
 
 def _on_line(state: OrderState | None, line: LineOutcome, now_ms: int) -> Transition:
