@@ -232,7 +232,9 @@ class Sale:
         )
         output, _ = await audit.communicate()
         if audit.returncode:
-            outcome.problems.append(f"orderstream audit: {output.decode()[-500:]}")
+            lines = output.decode().splitlines()
+            failed = [line for line in lines if line.startswith("FAIL")] or lines[-3:]
+            outcome.problems.append("orderstream audit: " + "; ".join(failed)[:2000])
 
     async def drop(self) -> None:
         self.pipe.stop_all()
@@ -269,6 +271,35 @@ async def scale_out_and_fail(sale: Sale, outcome: Outcome) -> None:
         sale.probe_from(time.monotonic())
 
     await sale.publish(at=join_then_kill)
+    outcome.recover_s = await sale.probed()
+
+
+async def worker_paused(sale: Sale, outcome: Outcome) -> None:
+    """Worker A paused (SIGSTOP) 15 s, past its session: B takes its partitions; A
+    resumes and writes what it had in hand before it learns; then B is killed and A
+    restores everything from the changelog (which must drop A's fenced records)."""
+    sale.start("worker", "worker-a")
+    sale.start("sink")
+    await sale.ready()
+    sale.start("worker", "worker-b")
+    await asyncio.sleep(8)  # the group rebalances onto both
+
+    async def pause_resume_kill() -> None:
+        worker_a = sale.pipe.processes["worker-a"]
+        worker_a.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(15)
+        worker_a.send_signal(signal.SIGCONT)
+        await asyncio.sleep(3)
+        sale.pipe.kill("worker-b")
+        sale.probe_from(time.monotonic())
+
+    faults: list[asyncio.Task[None]] = []
+
+    async def pause(now: float) -> None:
+        faults.append(asyncio.create_task(pause_resume_kill()))  # the sale goes on
+
+    await sale.publish(at=pause)
+    await asyncio.gather(*faults)
     outcome.recover_s = await sale.probed()
 
 
@@ -380,6 +411,7 @@ async def sigterm_broker_down(sale: Sale, outcome: Outcome) -> None:
 FAULTS: dict[str, Callable[[Sale, Outcome], Awaitable[None]]] = {
     "worker kill -9, restart": worker_kill,
     "1 -> 2 workers, one killed": scale_out_and_fail,
+    "worker paused past its session": worker_paused,
     "broker kill -9, back after 5 s": broker_kill,
     "PostgreSQL stopped 30 s": postgres_stop,
     "duplicates x3 + 1 % hostile": duplicates_and_hostile,

@@ -7,6 +7,8 @@ cache that recovery rebuilds.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any, Self
 
@@ -54,6 +56,14 @@ HELD_KEY = b"u"
 # a paused writer, landing after the new owner's holds, can no longer undo them.
 FENCE_KEY = b"f"
 EPOCH_HEADER = "orderstream-epoch"
+EPOCH = struct.Struct(">q")
+NO_EPOCH = -1  # records written before epochs existed: older than any epoch
+
+
+def record_epoch(headers: Iterable[tuple[str, bytes]]) -> int:
+    """Return the writer epoch of a changelog record, from its headers."""
+    return next((EPOCH.unpack(v)[0] for k, v in headers if k == EPOCH_HEADER), NO_EPOCH)
+
 
 # (settled, final_version given, settled_at_ms given) of a hold: unsettled, or settled whole.
 _SETTLED_SHAPES = {

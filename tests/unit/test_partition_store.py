@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from orderstream.agents.processor import SourceRecord, StockProcessor
-from orderstream.agents.store import EPOCH, PartitionStore, RestoreReport
+from orderstream.agents.store import PartitionStore, RestoreReport
 from orderstream.domain import (
     Committed,
     LineStatus,
@@ -28,7 +28,15 @@ from orderstream.domain import (
 )
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
-from orderstream.tables import EPOCH_HEADER, FENCE_KEY, HOLD_KEY, STOCK_KEY, Hold, hold_key
+from orderstream.tables import (
+    EPOCH,
+    EPOCH_HEADER,
+    FENCE_KEY,
+    HOLD_KEY,
+    STOCK_KEY,
+    Hold,
+    hold_key,
+)
 from orderstream.topics import ORDER_REQUESTS, STOCK_COMMANDS
 
 # A changelog record as the consumer reads it back: key, value (None: tombstone), timestamp.

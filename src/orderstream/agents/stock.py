@@ -40,13 +40,13 @@ from mode import Service
 from orderstream.agents.outbox import Outbox
 from orderstream.agents.processor import SourceRecord, StockProcessor
 from orderstream.agents.restore import RESTORE_FETCH_BYTES, restore_partitions
-from orderstream.agents.store import EPOCH, Append, PartitionStore
+from orderstream.agents.store import Append, PartitionStore
 from orderstream.consumer_lag import consumer_lag
 from orderstream.domain import StockLevel
 from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
-from orderstream.tables import EPOCH_HEADER, FENCE_KEY, stock_changelog
+from orderstream.tables import EPOCH, EPOCH_HEADER, FENCE_KEY, stock_changelog
 from orderstream.topics import ORDER_REQUESTS, STOCK_CHANGES, STOCK_COMMANDS, StockChange
 
 log = logging.getLogger(__name__)

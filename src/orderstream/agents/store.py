@@ -35,15 +35,16 @@ from orderstream.domain import (
     fold_newer,
 )
 from orderstream.tables import (
-    EPOCH_HEADER,
     FENCE_KEY,
     HELD_KEY,
     HOLD_KEY,
+    NO_EPOCH,
     STOCK_KEY,
     HeldCount,
     Hold,
     held_key,
     hold_product,
+    record_epoch,
 )
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,6 @@ Append = Callable[[bytes, bytes | None], None]
 # A hold is stored behind the time it last changed (8 bytes), which is all that expiry
 # needs to read of most holds.
 _TIME = struct.Struct(">Q")
-# A writer's epoch, in each changelog record's EPOCH_HEADER (tables.py).
-EPOCH = struct.Struct(">q")
-_NO_EPOCH = -1  # records written before epochs existed: older than any epoch
 # A rejection's hold changed no stock: a restore need not keep it to fold (with a crowd
 # of rejections for a product that has no stock, keeping them would fill the memory).
 # Holds are written without their null fields (smaller, and faster to write); one
@@ -75,7 +73,7 @@ class RestoreReport:
     snapshots: int = 0  # products with a stock snapshot
     holds: int = 0  # hold records read
     fenced: int = 0  # records of a writer fenced off by a later epoch, dropped
-    epoch: int = _NO_EPOCH  # the highest writer epoch read
+    epoch: int = NO_EPOCH  # the highest writer epoch read
     replayed: int = 0  # stock events newer than their product's last snapshot
     orphans: list[str] = field(default_factory=list)  # reservations of unknown products
 
@@ -109,7 +107,7 @@ class PartitionStore:
         self._report = RestoreReport()
         self._expiry_cursor = b""
         # The highest writer epoch the restore read: the new owner's is above it.
-        self.restored_epoch = _NO_EPOCH
+        self.restored_epoch = NO_EPOCH
 
     # --- reading (the processor's PartitionView) ------------------------------------
 
@@ -232,7 +230,7 @@ class PartitionStore:
     ) -> None:
         """Apply one changelog record, in log order, unless a later writer fenced its own."""
         self._report.records += 1
-        epoch = next((EPOCH.unpack(v)[0] for k, v in headers if k == EPOCH_HEADER), _NO_EPOCH)
+        epoch = record_epoch(headers)
         if epoch < self._report.epoch:
             self._report.fenced += 1  # written by an owner that had lost the partition
             return

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from orderstream.domain import StockLevel
 from orderstream.settings import Settings
-from orderstream.tables import STOCK_KEY, stock_changelog
+from orderstream.tables import NO_EPOCH, STOCK_KEY, record_epoch, stock_changelog
 from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS, STOCK_CHANGES, STOCK_COMMANDS
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,19 @@ async def read_changelog(
     total = sum(ends[tp] - starts[tp] for tp in partitions)
     log.info("reading the stock changelog %s: ~%d records", stock_changelog(settings), total)
     last: dict[bytes, bytes | None] = {}  # only stock snapshots: holds are skipped
+    # Per partition, the highest writer epoch read: a record below it was written by a
+    # writer fenced off (paused past its session), which a restore drops too.
+    epochs: dict[int, int] = {}
     read = 0
     started = last_progress = time.monotonic()
     remaining = {tp for tp in partitions if ends[tp] > starts[tp]}
     while remaining:
         for tp, records in (await consumer.getmany(*remaining, timeout_ms=500)).items():
             for record in records:
+                epoch = record_epoch(record.headers)
+                if epoch < epochs.get(tp.partition, NO_EPOCH):
+                    continue
+                epochs[tp.partition] = epoch
                 key = record.key
                 if record.offset < ends[tp] and key is not None and key[:1] == STOCK_KEY:
                     last[key] = record.value
