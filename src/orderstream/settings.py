@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     # its other roles; `orderstream orders` runs it in a process of its own. Off for a
     # deployment that runs the lifecycle apart, or the stock path alone (its tests).
     run_lifecycle: bool = True
+    # `orderstream audit`: an order not final yet whose lines are already committed or
+    # released is in flight (between the stock's settlement and its final event) for
+    # this long at most; older, it is stuck, and a violation. Three default TTLs.
+    audit_in_flight_max_s: float = Field(default=1800.0, gt=0)
 
     @model_validator(mode="after")
     def _retention_covers_the_dedup_window(self) -> Self:

@@ -12,8 +12,23 @@ from pydantic import ValidationError
 
 from orderstream.domain import StockLevel
 from orderstream.settings import Settings
-from orderstream.tables import NO_EPOCH, STOCK_KEY, record_epoch, stock_changelog
-from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS, STOCK_CHANGES, STOCK_COMMANDS
+from orderstream.tables import (
+    NO_EPOCH,
+    STOCK_KEY,
+    lifecycle_app_id,
+    record_epoch,
+    stock_changelog,
+)
+from orderstream.topics import (
+    LINE_OUTCOMES,
+    ORDER_COMMANDS,
+    ORDER_EVENTS,
+    ORDER_REQUESTS,
+    PAYMENT_REQUESTS,
+    PAYMENT_RESULTS,
+    STOCK_CHANGES,
+    STOCK_COMMANDS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +40,23 @@ FETCH_BYTES = 16 * 1024**2
 async def consumer_lag(
     settings: Settings, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer
 ) -> dict[str, int]:
-    """Return the records each group has not consumed yet: the stock agent's, the sink's."""
+    """Return the records each group has not consumed yet: the stock agent's, the sink's,
+    and the order lifecycle's where it runs (a group that never committed is left out:
+    a deployment without the lifecycle has line outcomes nobody reads)."""
     groups = {
         "stock agent": (settings.app_id, (ORDER_REQUESTS, STOCK_COMMANDS)),
         "sink": (settings.sink_group, (ORDER_EVENTS, STOCK_CHANGES)),
+        "order lifecycle": (
+            lifecycle_app_id(settings),
+            (LINE_OUTCOMES, ORDER_COMMANDS, PAYMENT_RESULTS, PAYMENT_REQUESTS),
+        ),
     }
     lag = {}
     for role, (group, topics) in groups.items():
         partitions = _partitions(settings, (settings.topic(t) for t in topics))
         committed = await admin.list_consumer_group_offsets(group)
+        if role == "order lifecycle" and not committed:
+            continue
         starts = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
         # A partition the group never committed is behind by everything it holds.

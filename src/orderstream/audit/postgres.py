@@ -71,8 +71,8 @@ async def read_postgres(settings: Settings) -> PostgresFigures:
                 await _check_orders(reader, orders),
                 await _check_events(reader, with_events),
                 await check_one_terminal_state(reader, with_events),
-                await check_sold_once(reader, orders),
-                await check_confirmed_not_released(reader, orders),
+                await check_sold_once(reader, orders, settings.audit_in_flight_max_s),
+                await check_confirmed_not_released(reader, orders, settings.audit_in_flight_max_s),
             ]
     return PostgresFigures(read_at, stock, held, committed, checks)
 
