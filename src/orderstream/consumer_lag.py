@@ -1,8 +1,9 @@
-"""A consumer group member's lag, from what its own fetches already told it."""
+"""Consumer lag: a group member's, from what its own fetches told it; a group's, from outside."""
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IllegalStateError
 
 
@@ -24,3 +25,25 @@ async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
             continue  # revoked meanwhile: no longer ours to count
         lag += max(0, highwater - position)
     return lag
+
+
+async def group_lag(
+    admin: AIOKafkaAdminClient,
+    consumer: AIOKafkaConsumer,
+    group: str,
+    partitions: list[TopicPartition],
+) -> int | None:
+    """Return the records of ``partitions`` that ``group`` has not committed past, seen
+    from outside the group (its committed offsets against the end offsets); None if the
+    group never committed (it never ran). A partition it never committed is behind by
+    everything it holds."""
+    committed = await admin.list_consumer_group_offsets(group)
+    if not committed:
+        return None
+    starts = await consumer.beginning_offsets(partitions)
+    ends = await consumer.end_offsets(partitions)
+    behind: int = sum(
+        max(0, ends[tp] - (committed[tp].offset if tp in committed else starts[tp]))
+        for tp in partitions
+    )
+    return behind

@@ -182,6 +182,7 @@ class LifecycleMetrics:
     payment_seconds: Histogram
     breaker_open: Gauge
     partitions_ready: Gauge
+    lag: Gauge
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> LifecycleMetrics:
@@ -245,6 +246,13 @@ class LifecycleMetrics:
             breaker_open=Gauge(
                 "orderstream_payment_breaker_open",
                 "1 while the payment provider's circuit breaker is open.",
+                registry=registry,
+            ),
+            lag=Gauge(
+                "orderstream_lifecycle_lag_messages",
+                "Messages on the lifecycle's source topics its group has not committed past"
+                " (line outcomes, order commands, payment requests and results); each"
+                " lifecycle process reports the whole group's (take the max).",
                 registry=registry,
             ),
             partitions_ready=Gauge(

@@ -89,3 +89,57 @@ async def test_a_worker_and_a_sink_run_apart_serve_their_own_metrics(pipeline: P
     assert "orderstream_decisions_total" not in sink
     assert pipeline.alive("worker"), pipeline.logs()
     assert pipeline.alive("sink"), pipeline.logs()
+
+
+async def test_the_lifecycle_serves_its_readiness_and_its_lag(pipeline: Pipeline) -> None:
+    """The lifecycle's own metrics: partitions ready once its table is restored, and its
+    group's lag (issue 18), back to 0 once the sale is settled."""
+    port = free_port()
+    pipeline.start()
+    pipeline.start(
+        "orders",
+        ORDERSTREAM_ORDERS_METRICS_PORT=str(port),
+        # One slow payment at a time: the charge requests wait, uncommitted, for ~10 s.
+        ORDERSTREAM_PAYMENT_DELAY_MIN_S="2",
+        ORDERSTREAM_PAYMENT_DELAY_MAX_S="2",
+        ORDERSTREAM_PAYMENT_CONCURRENCY="1",
+        ORDERSTREAM_PAYMENT_TIMEOUT_S="5",
+    )
+    await pipeline.set_stock("sku-lag", 5)
+    await pipeline.wait_for_stock("sku-lag", 5)
+    partitions = pipeline.settings.partitions
+
+    async def gauge(name: str) -> float | None:
+        try:
+            samples = await scrape(port)
+        except aiohttp.ClientError:
+            return None
+        return samples.get(name, {}).get((), None)
+
+    async def ready() -> bool:
+        return await gauge("orderstream_lifecycle_partitions_ready") == partitions
+
+    await pipeline.wait_for("the lifecycle to own every partition", ready, 90, watch="orders")
+    await pipeline.publish(
+        [(b"sku-lag", request_json(f"lag-{n}", f"u-{n}", "sku-lag")) for n in range(8)]
+    )
+
+    async def lagging() -> bool:
+        return (await gauge("orderstream_lifecycle_lag_messages") or 0) > 0
+
+    await pipeline.wait_for("the lifecycle's lag while payments wait", lagging, 60)
+
+    async def settled() -> bool:
+        final = await pipeline.count(
+            "SELECT count(*) FROM orders WHERE status IN ('CONFIRMED', 'CANCELLED', 'REJECTED')"
+        )
+        return final == 8 and await gauge("orderstream_lifecycle_lag_messages") == 0
+
+    await pipeline.wait_for("the sale settled and the lifecycle's lag 0", settled, 90)
+    # Stock conserved, nothing reserved, each order final (5 units, 8 orders).
+    [level] = await pipeline.query("SELECT available, reserved, sold FROM product_stock")
+    confirmed = await pipeline.count("SELECT count(*) FROM orders WHERE status = 'CONFIRMED'")
+    assert level["reserved"] == 0, level
+    assert level["available"] + level["sold"] == 5, level
+    assert level["sold"] == confirmed, level
+    assert await pipeline.count("SELECT count(*) FROM orders WHERE status = 'REJECTED'") == 3

@@ -17,6 +17,7 @@ from faust.types import TableT
 
 from orderstream.agents import faust_commits, faust_recovery
 from orderstream.agents.faust_io import DirectProducer, raw_topic
+from orderstream.agents.lifecycle_lag import LifecycleLag
 from orderstream.agents.orders import OrderAgentContext, register_order_agent
 from orderstream.agents.payment import PaymentClient, register_payment_agent
 from orderstream.agents.provider import MockPaymentProvider, PaymentProvider
@@ -128,6 +129,7 @@ def build_lifecycle_app(
         options=_STORE_OPTIONS,
     )
     direct = app.add_dependency(DirectProducer(settings))  # started and stopped with the app
+    app.add_dependency(LifecycleLag(settings, metrics))
     assert isinstance(direct, DirectProducer)
     context = OrderAgentContext(
         settings=settings,

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
+from orderstream.consumer_lag import group_lag
 from orderstream.domain import StockLevel
 from orderstream.settings import Settings
 from orderstream.tables import (
@@ -54,16 +55,10 @@ async def consumer_lag(
     lag = {}
     for role, (group, topics) in groups.items():
         partitions = _partitions(settings, (settings.topic(t) for t in topics))
-        committed = await admin.list_consumer_group_offsets(group)
-        if role == "order lifecycle" and not committed:
-            continue
-        starts = await consumer.beginning_offsets(partitions)
-        ends = await consumer.end_offsets(partitions)
-        # A partition the group never committed is behind by everything it holds.
-        lag[role] = sum(
-            max(0, ends[tp] - (committed[tp].offset if tp in committed else starts[tp]))
-            for tp in partitions
-        )
+        behind = await group_lag(admin, consumer, group, partitions)
+        if behind is None and role == "order lifecycle":
+            continue  # not running here
+        lag[role] = behind or 0
     return lag
 
 
