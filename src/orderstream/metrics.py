@@ -270,6 +270,7 @@ class StatusMetrics:
     """What the status service counts: its door, and its live view of the stock."""
 
     sold_out_refusals: Counter
+    rate_limited: Counter
     view_products: Gauge
     view_caught_up: Gauge
 
@@ -279,6 +280,13 @@ class StatusMetrics:
             sold_out_refusals=Counter(
                 "orderstream_sold_out_refusals",
                 "Orders answered 409 SOLD_OUT at the door (never published).",
+                registry=registry,
+            ),
+            rate_limited=Counter(
+                "orderstream_rate_limited",
+                "Requests answered 429 at the door, by limit: user (POST /orders per"
+                " user_id) or address (every request per client address).",
+                ["limit"],
                 registry=registry,
             ),
             view_products=Gauge(

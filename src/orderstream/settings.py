@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "EUR"
     # The bearer token of the admin routes (/admin/...); unset: they answer 403.
     admin_token: SecretStr | None = None
+    # Rate limits at the door, per service process (N processes let N times through; a
+    # global limit belongs in the proxy in front). POST /orders per user_id: 5 a second,
+    # a burst of 10, more than a person clicks and less than a bot loops. Every request
+    # per client address: off by default (a shop back end calling for all its shoppers
+    # is one address). A rate of 0 turns a limit off.
+    rate_limit_user_per_s: float = Field(default=5.0, ge=0)
+    rate_limit_user_burst: int = Field(default=10, ge=1)
+    rate_limit_address_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_address_burst: int = Field(default=50, ge=1)
+    # Proxies in front of the service that each append to X-Forwarded-For: the client's
+    # address is the entry the nearest one added. 0: the connection's peer address.
+    trusted_proxies: int = Field(default=0, ge=0, le=10)
 
     # The stock agent decides at most this many records per fetched batch (bounds the
     # latency a batch adds to its first record).

@@ -83,24 +83,25 @@ def test_every_operation_documents_its_statuses() -> None:
         for method, answers in item.items()
     }
     assert statuses == {
-        "POST /orders": ["202", "400", "409", "413", "422", "500", "503"],
-        "GET /orders/{order_id}": ["200", "400", "404", "500", "503"],
-        "POST /orders/{order_id}/cancel": ["202", "400", "409", "500", "503"],
-        "GET /users/{user_id}/orders": ["200", "400", "500", "503"],
-        "GET /products/{product_id}": ["200", "400", "404", "500", "503"],
+        "POST /orders": ["202", "400", "409", "413", "422", "429", "500", "503"],
+        "GET /orders/{order_id}": ["200", "400", "404", "429", "500", "503"],
+        "POST /orders/{order_id}/cancel": ["202", "400", "409", "429", "500", "503"],
+        "GET /users/{user_id}/orders": ["200", "400", "429", "500", "503"],
+        "GET /products/{product_id}": ["200", "400", "404", "429", "500", "503"],
         "GET /healthz": ["200", "500"],
         "GET /readyz": ["200", "500", "503"],
         "GET /metrics": ["200", "500"],
         "GET /openapi.json": ["200", "500"],
         "PUT /admin/products/{product_id}": [
-            *("202", "400", "401", "403", "413", "422", "500", "503")
+            *("202", "400", "401", "403", "413", "422", "429", "500", "503")
         ],
-        "GET /admin/orders": ["200", "400", "401", "403", "500", "503"],
+        "GET /admin/orders": ["200", "400", "401", "403", "429", "500", "503"],
         "POST /admin/orders/{order_id}/status": [
-            *("202", "400", "401", "403", "404", "409", "413", "422", "500", "503")
+            *("202", "400", "401", "403", "404", "409", "413", "422", "429", "500", "503")
         ],
     }
     errors = document()["components"]["responses"]
+    assert errors["TooManyRequests"]["headers"]["Retry-After"]["schema"]["minimum"] == 1
     assert errors["MethodNotAllowed"]["headers"]["Allow"]["schema"] == {"type": "string"}
     metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(metrics) == ["text/plain"]

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from orderstream.db import make_pool
-from orderstream.http import routes
+from orderstream.http import rate_limit, routes
 from orderstream.http.errors import json_errors
 from orderstream.http.keys import KAFKA, METRICS, POOL, REGISTRY, ROLES, SETTINGS
 from orderstream.http.roles import RoleRegistry
@@ -36,7 +36,9 @@ def create_app(
     ``stock_figures``: figures fed by the caller (a test) instead of the live view that
     the service otherwise keeps of the stock-changes topic.
     """
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[json_errors, rate_limit.rate_limits], client_max_size=MAX_BODY_BYTES
+    )
     app[SETTINGS] = settings
     app[REGISTRY] = registry
     app[METRICS] = status_metrics(registry)
@@ -51,6 +53,7 @@ def create_app(
         _use_figures(app, stock_figures)
     else:
         app.cleanup_ctx.append(_stock_view_ctx)
+    rate_limit.install(app)
     routes.add_routes(app)
     return app
 

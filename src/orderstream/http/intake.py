@@ -21,6 +21,7 @@ from orderstream import tracing
 from orderstream.http.encoding import JSON, error, model_response
 from orderstream.http.idempotency import IdempotencyKeys, order_digest
 from orderstream.http.keys import KAFKA, METRICS, POOL, SETTINGS
+from orderstream.http.rate_limit import limit_user
 from orderstream.http.schemas import OrderPublished, SoldOut
 from orderstream.http.stock_view import STOCK_FIGURES
 from orderstream.http.validation import header_id, json_object, validated
@@ -113,6 +114,7 @@ async def _publish_order(request: web.Request) -> web.Response:
         )
     lines = _lines_of(body) if "items" in body else [_single_line(body)]
     if key is None:
+        limit_user(request, lines[0].user_id)
         _refuse_sold_out(request, lines)
         await _publish(request, lines)
     else:
@@ -121,8 +123,10 @@ async def _publish_order(request: web.Request) -> web.Response:
         claims = request.app[IDEMPOTENCY_KEYS]
         async with claims.claim(request.app[POOL], key, order_digest(lines)) as first:
             if first:
-                # Refused after the claim (which a 409 drops): a retry of an order that
-                # was accepted before its product sold out gets that 202 again.
+                # Refused after the claim (which a 409 or 429 drops): a retry of an order
+                # accepted before its product sold out, or its user's limit was reached,
+                # gets that 202 again; only a new order counts against the user's rate.
+                limit_user(request, lines[0].user_id)
                 _refuse_sold_out(request, lines)
                 await _publish(request, lines)
     # Retrying with the same order_id is safe: the stock agent decides an order line once.

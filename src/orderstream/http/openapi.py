@@ -92,6 +92,12 @@ _ERRORS: dict[int, tuple[str, str]] = {
         "The body is JSON but not valid: `details` says which fields. POST /orders also"
         " answers 422 to an Idempotency-Key that was used with another order.",
     ),
+    429: (
+        "TooManyRequests",
+        "Past a rate limit of this service process: POST /orders per user_id"
+        " (ORDERSTREAM_RATE_LIMIT_USER_PER_S), or, when set, every request per client address"
+        " (ORDERSTREAM_RATE_LIMIT_ADDRESS_PER_S). Retry-After says in how many seconds.",
+    ),
     500: ("InternalError", "A bug: the log has the traceback, the answer never does."),
     503: ("ServiceUnavailable", "PostgreSQL or Kafka does not answer: retry later."),
 }
@@ -186,7 +192,7 @@ class _Document:
 
 def _paths(doc: _Document) -> dict[str, Any]:
     # Statuses a route answers beside 200 and 500.
-    db_read = (400, 404, 503)
+    db_read = (400, 404, 429, 503)
     return {
         "/orders": {
             "post": doc.operation(
@@ -203,7 +209,7 @@ def _paths(doc: _Document) -> dict[str, Any]:
                         SoldOut,
                     ),
                 },
-                (400, 413, 422, 503),
+                (400, 413, 422, 429, 503),
                 description=(
                     "One line, or `items` (several lines, published in one Kafka transaction:"
                     " all or none). Retrying with the same order_id is safe: each order line"
@@ -257,7 +263,7 @@ def _paths(doc: _Document) -> dict[str, Any]:
                 "cancelOrder",
                 "Ask to cancel an order not paid yet; the order agent decides.",
                 {202: doc.answer("Asked; status_url shows what came of it.", OrderAccepted)},
-                (400, 409, 503),
+                (400, 409, 429, 503),
                 description=(
                     "PostgreSQL may lag the order agent: a cancel racing the payment is"
                     " applied only if it reaches the order agent while the order is still"
@@ -274,7 +280,7 @@ def _paths(doc: _Document) -> dict[str, Any]:
                 "getUserOrders",
                 "A user's orders, newest first, a page at a time.",
                 {200: doc.answer("A page; empty for a user who ordered nothing.", UserOrdersPage)},
-                (400, 503),
+                (400, 429, 503),
                 parameters=[
                     path_id("user_id", "The user's id."),
                     page_limit(),
@@ -354,6 +360,13 @@ def _responses(doc: _Document) -> dict[str, Any]:
         }
         if status == 401:
             response["headers"] = CHALLENGE_HEADER
+        if status == 429:
+            response["headers"] = {
+                "Retry-After": {
+                    "description": "Whole seconds until the limit lets a request through.",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            }
         if status == 405:
             response["headers"] = {
                 "Allow": {

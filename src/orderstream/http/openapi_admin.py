@@ -129,7 +129,7 @@ def admin_paths(doc: Operations) -> dict[str, Any]:
                         StockCommandPublished,
                     )
                 },
-                (400, 413, 422, 503),
+                (400, 413, 422, 429, 503),
                 description=(
                     "One stock command: `set` or `add` (operation set or add, with any catalog"
                     " field), or only catalog fields (operation update). A price given without"
@@ -146,7 +146,7 @@ def admin_paths(doc: Operations) -> dict[str, Any]:
                 "listOrders",
                 "Every order, newest first, filtered, a page at a time.",
                 {200: doc.answer("A page; empty when nothing matches.", AdminOrdersPage)},
-                (400, 503),
+                (400, 429, 503),
                 description=(
                     "Keyset pagination by (created_at, order_id): following `next` while"
                     " orders arrive never shows an order twice nor skips one that existed"
@@ -185,7 +185,7 @@ def admin_paths(doc: Operations) -> dict[str, Any]:
                 "overrideOrderStatus",
                 "End a RESERVED order CONFIRMED or CANCELLED by hand; the order agent decides.",
                 {202: doc.answer("Asked; status_url shows what came of it.", OrderAccepted)},
-                (400, 404, 409, 413, 422, 503),
+                (400, 404, 409, 413, 422, 429, 503),
                 description=(
                     "409 unless PostgreSQL shows the order RESERVED: a terminal order's stock"
                     " is settled. The order agent applies the override only if the order is"
