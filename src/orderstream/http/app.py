@@ -13,6 +13,7 @@ from orderstream.db import make_pool
 from orderstream.http import rate_limit, routes
 from orderstream.http.errors import json_errors
 from orderstream.http.keys import KAFKA, METRICS, POOL, REGISTRY, ROLES, SETTINGS
+from orderstream.http.queue import QUEUE, QueueProgress
 from orderstream.http.roles import RoleRegistry
 from orderstream.http.stock_view import STOCK_FIGURES, StockFigures, StockView
 from orderstream.http.validation import MAX_BODY_BYTES
@@ -49,6 +50,7 @@ def create_app(
     else:
         app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_kafka_ctx)
+    app.cleanup_ctx.append(_queue_ctx)
     if stock_figures is not None:
         _use_figures(app, stock_figures)
     else:
@@ -76,6 +78,14 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     app[KAFKA] = link
     yield
     await link.close()
+
+
+async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Where a queued order stands: the stock agent's committed offsets, read on demand.
+    queue = QueueProgress(app[SETTINGS])
+    app[QUEUE] = queue
+    yield
+    await queue.close()
 
 
 async def _stock_view_ctx(app: web.Application) -> AsyncIterator[None]:

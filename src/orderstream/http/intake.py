@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
@@ -113,10 +113,11 @@ async def _publish_order(request: web.Request) -> web.Response:
             web.HTTPUnprocessableEntity, "Idempotency-Key and order_id differ", order_id=key
         )
     lines = _lines_of(body) if "items" in body else [_single_line(body)]
+    place: tuple[int, int] | None = None
     if key is None:
         limit_user(request, lines[0].user_id)
         _refuse_sold_out(request, lines)
-        await _publish(request, lines)
+        place = await _publish(request, lines)
     else:
         # Only a request with the header pays PostgreSQL's round trip: the key is
         # claimed with the order's digest, and committed once the order is published.
@@ -128,33 +129,48 @@ async def _publish_order(request: web.Request) -> web.Response:
                 # gets that 202 again; only a new order counts against the user's rate.
                 limit_user(request, lines[0].user_id)
                 _refuse_sold_out(request, lines)
+                # No place in line in the answer: every retry gets the same 202.
                 await _publish(request, lines)
     # Retrying with the same order_id is safe: the stock agent decides an order line once.
     # The answer depends on the validated order alone: a retry gets the first one's.
     order_id = lines[0].order_id
-    answer = OrderPublished(
-        order_id=order_id, status_url=f"/orders/{quote(order_id, safe='')}", lines=len(lines)
-    )
+    status_url = f"/orders/{quote(order_id, safe='')}"
+    if place is None:
+        answer = OrderPublished(order_id=order_id, status_url=status_url, lines=len(lines))
+    else:
+        partition, offset = place
+        query = urlencode(
+            {"partition": partition, "offset": offset, "product_id": lines[0].product_id}
+        )
+        answer = OrderPublished(
+            order_id=order_id,
+            status_url=f"{status_url}?{query}",
+            lines=1,
+            partition=partition,
+            offset=offset,
+        )
     return model_response(answer, status=202)
 
 
-async def _publish(request: web.Request, lines: list[OrderRequest]) -> None:
+async def _publish(request: web.Request, lines: list[OrderRequest]) -> tuple[int, int] | None:
+    """Publish the order's lines; return a one-line order's partition and offset."""
     settings = request.app[SETTINGS]
     try:
         if len(lines) == 1:
             # One message is atomic already: no transaction on the flash-sale path.
             producer = await request.app[KAFKA].producer()
-            await producer.send_and_wait(
+            metadata = await producer.send_and_wait(
                 settings.topic(ORDER_REQUESTS),
                 key=lines[0].product_id.encode(),
                 value=lines[0].model_dump_json().encode(),
                 headers=tracing.inject(),
             )
-        else:
-            await request.app[LINES_PUBLISHER].publish(lines)
+            return metadata.partition, metadata.offset
+        await request.app[LINES_PUBLISHER].publish(lines)
     except (ConnectionError, KafkaError) as exc:
         log.warning("order %s not published: %r", lines[0].order_id, exc)
         raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
+    return None
 
 
 def _refuse_sold_out(request: web.Request, lines: list[OrderRequest]) -> None:

@@ -33,6 +33,7 @@ from orderstream.http.openapi_parts import (
     page_after,
     page_limit,
     path_id,
+    query,
     request_body,
     schema,
 )
@@ -42,6 +43,7 @@ from orderstream.http.schemas import (
     Order,
     OrderAccepted,
     OrderPublished,
+    OrderQueued,
     ProductStock,
     Readiness,
     SoldOut,
@@ -59,6 +61,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
         for model in (
             Order,
+            OrderQueued,
             UserOrdersPage,
             ProductStock,
             OrderAccepted,
@@ -252,10 +255,34 @@ def _paths(doc: _Document) -> dict[str, Any]:
         "/orders/{order_id}": {
             "get": doc.operation(
                 "getOrder",
-                "An order, its items and its history.",
-                {200: doc.answer("The order.", Order)},
+                "An order, its items and its history; or, not decided yet, its place in line.",
+                {
+                    200: {
+                        "description": (
+                            "The order; or, when PostgreSQL does not show it yet and the"
+                            " request names the place its 202 gave (partition, offset),"
+                            " QUEUED with how many requests are ahead of it."
+                        ),
+                        "content": json_content({"oneOf": [doc.ref(Order), doc.ref(OrderQueued)]}),
+                    }
+                },
                 db_read,
-                parameters=[path_id("order_id", "The order's id.")],
+                parameters=[
+                    path_id("order_id", "The order's id."),
+                    query(
+                        "partition",
+                        "The partition its 202 named (with offset).",
+                        {"type": "integer", "minimum": 0},
+                    ),
+                    query(
+                        "offset",
+                        "The offset its 202 named (with partition).",
+                        {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                    ),
+                    query(
+                        "product_id", "Its product: QUEUED then says what is available.", schema(Id)
+                    ),
+                ],
             )
         },
         "/orders/{order_id}/cancel": {

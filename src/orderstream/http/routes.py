@@ -14,13 +14,15 @@ from psycopg.rows import dict_row
 
 from orderstream.http import admin, intake, openapi
 from orderstream.http.encoding import error, model_response
-from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES
+from orderstream.http.keys import KAFKA, POOL, REGISTRY, ROLES, SETTINGS
 from orderstream.http.order_commands import publish_order_command
+from orderstream.http.queue import QUEUE
 from orderstream.http.schemas import (
     PAGE_DEFAULT,
     PAGE_MAX,
     Health,
     Order,
+    OrderQueued,
     ProductStock,
     Readiness,
     ReadinessChecks,
@@ -28,14 +30,19 @@ from orderstream.http.schemas import (
 )
 from orderstream.http.stock_view import STOCK_FIGURES
 from orderstream.http.validation import (
+    checked_id,
     cursor_param,
     encode_cursor,
     int_param,
     path_id,
+    query_param,
 )
 from orderstream.topics import OrderCommand, OrderCommandKind
 
 log = logging.getLogger(__name__)
+
+# The largest Kafka offset (a signed 64-bit integer).
+MAX_OFFSET = 2**63 - 1
 
 _READY_TIMEOUT_S = 2.0
 
@@ -57,6 +64,7 @@ def add_routes(app: web.Application) -> None:
 async def get_order(request: web.Request) -> web.Response:
     """Return an order, its items and its history; 404 when unknown."""
     order_id = path_id(request, "order_id")
+    place = _place(request)  # checked whether or not the order is known yet
     async with request.app[POOL].connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         # jsonb comes back parsed, numeric as Decimal: the model checks both, and answers
         # money as exact strings.
@@ -68,6 +76,8 @@ async def get_order(request: web.Request) -> web.Response:
         )
         order = await cur.fetchone()
         if order is None:
+            if place is not None:
+                return model_response(await _queued(request, order_id, *place))
             raise error(web.HTTPNotFound, "order not found", order_id=order_id)
         await cur.execute(
             "SELECT product_id, quantity, status, unit_price, currency FROM order_items"
@@ -82,6 +92,40 @@ async def get_order(request: web.Request) -> web.Response:
         )
         history = await cur.fetchall()
     return model_response(Order.model_validate({**order, "items": items, "history": history}))
+
+
+def _place(request: web.Request) -> tuple[int, int, str | None] | None:
+    """Return the place in line a status_url names (partition, offset, product id), or
+    None when it names none (partition and offset come together); 400 if invalid."""
+    settings = request.app[SETTINGS]
+    partition = int_param(request, "partition", -1, 0, settings.partitions - 1)
+    offset = int_param(request, "offset", -1, 0, MAX_OFFSET)
+    product_id = query_param(request, "product_id")
+    if product_id is not None:
+        product_id = checked_id(product_id, "product_id")
+    if partition < 0 or offset < 0:
+        return None
+    return partition, offset, product_id
+
+
+async def _queued(
+    request: web.Request, order_id: str, partition: int, offset: int, product_id: str | None
+) -> OrderQueued:
+    """Return where an order not decided yet stands: how many requests are ahead of it."""
+    try:
+        ahead = await request.app[QUEUE].ahead(partition, offset)
+    except ConnectionError as exc:
+        raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from exc
+    figure = request.app[STOCK_FIGURES].get(product_id) if product_id else None
+    return OrderQueued(
+        order_id=order_id,
+        status="QUEUED",
+        partition=partition,
+        offset=offset,
+        ahead=ahead,
+        product_id=product_id,
+        available=figure.change.available if figure is not None else None,
+    )
 
 
 async def get_user_orders(request: web.Request) -> web.Response:

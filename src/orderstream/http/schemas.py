@@ -83,6 +83,10 @@ def _drop_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+# A count or an offset: never negative (None fields take their bound here, not on Field).
+_Count = Annotated[int, Field(ge=0)]
+
+
 def _omitted_when_none(**field: Any) -> Any:
     """Return the field of an optional member, left out of the body rather than sent as null."""
     return Field(
@@ -231,8 +235,27 @@ class OrderPublished(Body):
     """An order's lines published: how many, and where to ask what became of the order."""
 
     order_id: Id
-    status_url: str = Field(examples=["/orders/o-4"])
+    status_url: str = Field(examples=["/orders/o-4?partition=3&offset=1204"])
     lines: int = Field(ge=1, le=MAX_LINE_COUNT, examples=[1])
+    # A one-line order's place in line: its product's partition of order-requests and its
+    # offset there (status_url carries them: GET answers QUEUED with what is ahead).
+    partition: _Count | SkipJsonSchema[None] = _omitted_when_none(examples=[3])
+    offset: _Count | SkipJsonSchema[None] = _omitted_when_none(examples=[1204])
+
+
+class OrderQueued(Body):
+    """An order published and not decided yet: where it stands in its product's line."""
+
+    order_id: Id
+    status: Literal["QUEUED"]
+    partition: int = Field(ge=0, examples=[3])
+    offset: int = Field(ge=0, examples=[1204])
+    # Requests of the partition before this one the stock agent has still to decide, as
+    # of its last commit (about a second behind): it only shrinks, and 0 means deciding.
+    ahead: int = Field(ge=0, examples=[310])
+    product_id: Id | SkipJsonSchema[None] = _omitted_when_none()
+    # The product's units available, from the live stock view, when it knows them.
+    available: _Count | SkipJsonSchema[None] = _omitted_when_none(examples=[42])
 
 
 class Health(Body):
