@@ -195,6 +195,35 @@ class Sale:
 
         await self.pipe.wait_for("every order in PostgreSQL", all_there, timeout_s, watch=None)
 
+    async def settled(self, outcome: Outcome, timeout_s: float = 300.0) -> None:
+        """With the lifecycle running: wait until every order is final and nothing is
+        reserved, then check that each product sold what its CONFIRMED orders bought."""
+        terminal = "('CONFIRMED', 'REJECTED', 'CANCELLED', 'EXPIRED')"
+
+        async def all_final() -> bool:
+            open_ = await self.pipe.count(
+                f"SELECT count(*) FROM orders WHERE status NOT IN {terminal}"
+            )
+            held = await self.pipe.count("SELECT count(*) FROM product_stock WHERE reserved > 0")
+            known = await self.pipe.count("SELECT count(*) FROM orders")
+            return known >= len(self.accepted) and not open_ and not held
+
+        await self.pipe.wait_for("every order final", all_final, timeout_s, watch=None)
+        confirmed = {
+            row["product_id"]: int(row["q"])
+            for row in await self.pipe.query(
+                "SELECT i.product_id, sum(i.quantity) AS q FROM orders o JOIN order_items i"
+                " USING (order_id) WHERE o.status = 'CONFIRMED' GROUP BY 1"
+            )
+        }
+        for row in await self.pipe.query("SELECT product_id, sold FROM product_stock"):
+            if row["sold"] != confirmed.get(row["product_id"], 0):
+                outcome.oversold += 1
+                outcome.problems.append(
+                    f"{row['product_id']}: sold {row['sold']}, CONFIRMED"
+                    f" {confirmed.get(row['product_id'], 0)}"
+                )
+
     async def books(self, outcome: Outcome) -> None:
         """Check what PostgreSQL shows against what was published."""
         outcome.requests = len(self.accepted)
@@ -301,6 +330,35 @@ async def worker_paused(sale: Sale, outcome: Outcome) -> None:
     await sale.publish(at=pause)
     await asyncio.gather(*faults)
     outcome.recover_s = await sale.probed()
+
+
+# The lifecycle's own process with quick payments (90 % paid): a sale settles in seconds.
+LIFECYCLE_ENV = {
+    "ORDERSTREAM_ORDERS_METRICS_PORT": "0",
+    "ORDERSTREAM_PAYMENT_DELAY_MIN_S": "0.05",
+    "ORDERSTREAM_PAYMENT_DELAY_MAX_S": "0.3",
+}
+
+
+async def lifecycle_kill(sale: Sale, outcome: Outcome) -> None:
+    """`orderstream orders` killed -9 mid-payment and restarted: every order must still
+    end final once, nothing reserved, sold = what the CONFIRMED orders bought."""
+    sale.start("worker")
+    sale.start("sink")
+    sale.start("orders", **LIFECYCLE_ENV)
+    await sale.ready()
+
+    killed_at: list[float] = []
+
+    async def kill(now: float) -> None:
+        sale.pipe.kill("orders")
+        killed_at.append(time.monotonic())
+        sale.start("orders", **LIFECYCLE_ENV)
+
+    await sale.publish(at=kill)
+    await sale.settled(outcome)
+    # Recovery here: from the kill to every order of the sale final.
+    outcome.recover_s = time.monotonic() - killed_at[0]
 
 
 async def broker_kill(sale: Sale, outcome: Outcome) -> None:
@@ -412,6 +470,7 @@ FAULTS: dict[str, Callable[[Sale, Outcome], Awaitable[None]]] = {
     "worker kill -9, restart": worker_kill,
     "1 -> 2 workers, one killed": scale_out_and_fail,
     "worker paused past its session": worker_paused,
+    "lifecycle kill -9 mid-payment, restart": lifecycle_kill,
     "broker kill -9, back after 5 s": broker_kill,
     "PostgreSQL stopped 30 s": postgres_stop,
     "duplicates x3 + 1 % hostile": duplicates_and_hostile,

@@ -105,6 +105,9 @@ async def test_the_token_guards_every_route_and_a_product_is_restocked_and_price
         (record.partition, record.offset): json.loads(record.value)
         for record in await pipeline.read_topic(STOCK_COMMANDS)
     }
+    # Each carries an id of its own: the owner applies it once by it (then compared exactly).
+    ids = {command.pop("command_id") for command in commands.values()}
+    assert len(ids) == len(commands)
     assert commands[answer_at(restocked)] == {
         "product_id": "sku-adm",
         "operation": "set",

@@ -149,7 +149,9 @@ async def test_bad_http_requests_get_json_reasons(pipeline: Pipeline) -> None:
         body["quantity"] = 1
         async with http.post(f"{base}/orders", json=body) as response:
             assert response.status == 202
-            assert (await response.json())["status_url"] == "/orders/h1"
+            answer = await response.json()
+            place = f"partition={answer['partition']}&offset={answer['offset']}"
+            assert answer["status_url"] == f"/orders/h1?{place}&product_id={PRODUCT}"
         await pipeline.wait_for_orders(1)
         async with http.get(f"{base}/orders/h1") as response:
             assert (await response.json())["status"] == "RESERVED"

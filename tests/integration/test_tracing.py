@@ -74,8 +74,17 @@ class FakeProducer:
 
     async def send_and_wait(
         self, topic: str, *, key: bytes, value: bytes, headers: Any = None
-    ) -> None:
+    ) -> Placed:
         self.sent.append(Sent(topic, key, value, list(headers or ())))
+        return Placed(partition=0, offset=len(self.sent) - 1)
+
+
+@dataclass
+class Placed:
+    """Where a record landed, as aiokafka's RecordMetadata says."""
+
+    partition: int
+    offset: int
 
 
 class FakeLink:
@@ -101,6 +110,11 @@ class FakeTopic:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
+
+
+async def _as_producer(topic: FakeTopic) -> Any:
+    """The payment agent's producer, sending to ``topic`` alone."""
+    return TopicsProducer({topic.name: topic})
 
 
 class FakeEvent:
@@ -257,13 +271,14 @@ async def test_one_trace_from_the_intake_to_the_sink(spans: InMemorySpanExporter
 
     # 4. The payment agent charges and answers.
     results = FakeTopic(settings.topic(PAYMENT_RESULTS))
+    answers = payment.Answers(results.name, lambda: _as_producer(results))
     client = payment.PaymentClient(
         MockPaymentProvider(1.0, (0.0, 0.0)),
         policy=RetryPolicy(attempts=1),
         breaker=CircuitBreaker(5, 10.0),
         timeout_s=5.0,
     )
-    await payment.handle_traced(faust_message(pay, 0), results, {}, client, metrics)
+    await payment.handle_traced(faust_message(pay, 0), answers, {}, client, metrics)
     paid = only(results.sent)
 
     # 5. The order agent confirms the order: its events and the stock commit.

@@ -168,6 +168,7 @@ def build_lifecycle_app(
         dead_letters=dead_letters,
         client=client,
         metrics=metrics,
+        producer=direct.producer,
     )
     return app
 
