@@ -232,9 +232,11 @@ class Sale:
         outcome.decided = len(set(seen) & self.accepted)
         outcome.lost = len(self.accepted - set(seen))
         outcome.duplicated = (len(seen) - len(set(seen))) + len(set(seen) - self.accepted)
+        # An order's status twice in its history: decided, or settled, twice (with the
+        # lifecycle an order has several events, each status once).
         events = await self.pipe.count(
-            "SELECT count(*) FROM (SELECT order_id FROM order_events GROUP BY order_id"
-            " HAVING count(*) > 1) AS twice"
+            "SELECT count(DISTINCT order_id) FROM (SELECT order_id FROM order_events"
+            " GROUP BY order_id, status HAVING count(*) > 1) AS twice"
         )
         outcome.duplicated += events
         reserved = {
