@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     rate_limit_user_burst: int = Field(default=10, ge=1)
     rate_limit_address_per_s: float = Field(default=0.0, ge=0)
     rate_limit_address_burst: int = Field(default=50, ge=1)
+    # Shopper identity (http/shoppers.py), off unless a key is set: an HS256 secret (at
+    # least 32 bytes) or a PEM public key file (RSA: RS256, P-256: ES256). Tokens must
+    # name this issuer and audience, and carry exp and sub (the user); leeway for clocks.
+    jwt_hs256_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
     # Proxies in front of the service that each append to X-Forwarded-For: the client's
     # address is the entry the nearest one added. 0: the connection's peer address.
     trusted_proxies: int = Field(default=0, ge=0, le=10)
@@ -163,6 +171,20 @@ class Settings(BaseSettings):
     # released is in flight (between the stock's settlement and its final event) for
     # this long at most; older, it is stuck, and a violation. Three default TTLs.
     audit_in_flight_max_s: float = Field(default=1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_jwt_key_with_its_claims(self) -> Self:
+        if self.jwt_hs256_secret is not None and self.jwt_public_key_file is not None:
+            raise ValueError(
+                "set ORDERSTREAM_JWT_HS256_SECRET or ORDERSTREAM_JWT_PUBLIC_KEY_FILE, not both"
+            )
+        keyed = self.jwt_hs256_secret is not None or self.jwt_public_key_file is not None
+        if keyed and not (self.jwt_issuer and self.jwt_audience):
+            raise ValueError(
+                "shopper tokens need ORDERSTREAM_JWT_ISSUER and ORDERSTREAM_JWT_AUDIENCE:"
+                " a token minted for another service must not pass here"
+            )
+        return self
 
     @model_validator(mode="after")
     def _retention_covers_the_dedup_window(self) -> Self:

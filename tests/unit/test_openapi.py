@@ -83,10 +83,10 @@ def test_every_operation_documents_its_statuses() -> None:
         for method, answers in item.items()
     }
     assert statuses == {
-        "POST /orders": ["202", "400", "409", "413", "422", "429", "500", "503"],
-        "GET /orders/{order_id}": ["200", "400", "404", "429", "500", "503"],
-        "POST /orders/{order_id}/cancel": ["202", "400", "409", "429", "500", "503"],
-        "GET /users/{user_id}/orders": ["200", "400", "429", "500", "503"],
+        "POST /orders": ["202", "400", "401", "403", "409", "413", "422", "429", "500", "503"],
+        "GET /orders/{order_id}": ["200", "400", "401", "404", "429", "500", "503"],
+        "POST /orders/{order_id}/cancel": ["202", "400", "401", "404", "409", "429", "500", "503"],
+        "GET /users/{user_id}/orders": ["200", "400", "401", "404", "429", "500", "503"],
         "GET /products/{product_id}": ["200", "400", "404", "429", "500", "503"],
         "GET /healthz": ["200", "500"],
         "GET /readyz": ["200", "500", "503"],

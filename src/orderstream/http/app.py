@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from orderstream.db import make_pool
-from orderstream.http import rate_limit, routes
+from orderstream.http import rate_limit, routes, shoppers
 from orderstream.http.errors import json_errors
 from orderstream.http.keys import KAFKA, METRICS, POOL, REGISTRY, ROLES, SETTINGS
 from orderstream.http.queue import QUEUE, QueueProgress
@@ -56,6 +56,7 @@ def create_app(
     else:
         app.cleanup_ctx.append(_stock_view_ctx)
     rate_limit.install(app)
+    shoppers.install(app)
     routes.add_routes(app)
     return app
 

@@ -23,6 +23,7 @@ from orderstream.http.idempotency import IdempotencyKeys, order_digest
 from orderstream.http.keys import KAFKA, METRICS, POOL, SETTINGS
 from orderstream.http.rate_limit import limit_user
 from orderstream.http.schemas import OrderPublished, SoldOut
+from orderstream.http.shoppers import shopper
 from orderstream.http.stock_view import STOCK_FIGURES
 from orderstream.http.validation import header_id, json_object, validated
 from orderstream.producer import OrderLinesPublisher, order_lines
@@ -106,6 +107,7 @@ async def post_order(request: web.Request) -> web.Response:
 
 
 async def _publish_order(request: web.Request) -> web.Response:
+    user = shopper(request)  # 401 before the body is read, when identity is on
     body = await json_object(request)
     key = header_id(request, "Idempotency-Key")
     if key is not None and body.setdefault("order_id", key) != key:
@@ -113,6 +115,8 @@ async def _publish_order(request: web.Request) -> web.Response:
             web.HTTPUnprocessableEntity, "Idempotency-Key and order_id differ", order_id=key
         )
     lines = _lines_of(body) if "items" in body else [_single_line(body)]
+    if user is not None and lines[0].user_id != user:
+        raise error(web.HTTPForbidden, "user_id is not the user the token names")
     place: tuple[int, int] | None = None
     if key is None:
         limit_user(request, lines[0].user_id)

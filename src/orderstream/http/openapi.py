@@ -25,6 +25,7 @@ from orderstream.http.openapi_admin import (
     ADMIN_MODELS,
     CHALLENGE_HEADER,
     SECURITY_SCHEMES,
+    SHOPPER_SECURITY,
     admin_paths,
 )
 from orderstream.http.openapi_parts import (
@@ -196,6 +197,7 @@ class _Document:
 def _paths(doc: _Document) -> dict[str, Any]:
     # Statuses a route answers beside 200 and 500.
     db_read = (400, 404, 429, 503)
+    shopper_read = (400, 401, 404, 429, 503)
     return {
         "/orders": {
             "post": doc.operation(
@@ -212,7 +214,8 @@ def _paths(doc: _Document) -> dict[str, Any]:
                         SoldOut,
                     ),
                 },
-                (400, 413, 422, 429, 503),
+                (400, 401, 403, 413, 422, 429, 503),
+                security=SHOPPER_SECURITY,
                 description=(
                     "One line, or `items` (several lines, published in one Kafka transaction:"
                     " all or none). Retrying with the same order_id is safe: each order line"
@@ -266,7 +269,8 @@ def _paths(doc: _Document) -> dict[str, Any]:
                         "content": json_content({"oneOf": [doc.ref(Order), doc.ref(OrderQueued)]}),
                     }
                 },
-                db_read,
+                shopper_read,
+                security=SHOPPER_SECURITY,
                 parameters=[
                     path_id("order_id", "The order's id."),
                     query(
@@ -290,7 +294,8 @@ def _paths(doc: _Document) -> dict[str, Any]:
                 "cancelOrder",
                 "Ask to cancel an order not paid yet; the order agent decides.",
                 {202: doc.answer("Asked; status_url shows what came of it.", OrderAccepted)},
-                (400, 409, 429, 503),
+                (400, 401, 404, 409, 429, 503),
+                security=SHOPPER_SECURITY,
                 description=(
                     "PostgreSQL may lag the order agent: a cancel racing the payment is"
                     " applied only if it reaches the order agent while the order is still"
@@ -307,7 +312,8 @@ def _paths(doc: _Document) -> dict[str, Any]:
                 "getUserOrders",
                 "A user's orders, newest first, a page at a time.",
                 {200: doc.answer("A page; empty for a user who ordered nothing.", UserOrdersPage)},
-                (400, 429, 503),
+                (400, 401, 404, 429, 503),
+                security=SHOPPER_SECURITY,
                 parameters=[
                     path_id("user_id", "The user's id."),
                     page_limit(),

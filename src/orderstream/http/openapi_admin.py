@@ -44,11 +44,13 @@ ADMIN_ERRORS: dict[int, tuple[str, str]] = {
     401: (
         "Unauthorized",
         "No `Authorization: Bearer <token>` header, or a malformed one; WWW-Authenticate"
-        " names the scheme.",
+        " names the scheme. On the shopper routes, with shopper tokens on: no token, or"
+        " one expired, badly signed, or for another issuer or audience.",
     ),
     403: (
         "Forbidden",
-        "The token is wrong, or the admin routes are disabled (no ORDERSTREAM_ADMIN_TOKEN).",
+        "The token is wrong, or the admin routes are disabled (no ORDERSTREAM_ADMIN_TOKEN);"
+        " POST /orders with shopper tokens on: a user_id that is not the token's user.",
     ),
 }
 CHALLENGE_HEADER = {
@@ -57,13 +59,26 @@ CHALLENGE_HEADER = {
         "schema": {"type": "string"},
     }
 }
+SHOPPER_SCHEME = "shopperToken"
 SECURITY_SCHEMES = {
     SECURITY_SCHEME: {
         "type": "http",
         "scheme": "bearer",
         "description": "The admin token, ORDERSTREAM_ADMIN_TOKEN of the service.",
-    }
+    },
+    SHOPPER_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": (
+            "A shopper's JWT (HS256, RS256 or ES256, as the service's key says), with"
+            " exp, iss, aud and sub (the user). Required only when the service has"
+            " ORDERSTREAM_JWT_HS256_SECRET or ORDERSTREAM_JWT_PUBLIC_KEY_FILE set."
+        ),
+    },
 }
+# A shopper route: anonymous unless the service requires shopper tokens.
+SHOPPER_SECURITY: list[dict[str, list[str]]] = [{}, {SHOPPER_SCHEME: []}]
 
 
 class Operations(Protocol):

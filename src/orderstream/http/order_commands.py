@@ -23,19 +23,27 @@ log = logging.getLogger(__name__)
 
 
 async def publish_order_command(
-    request: web.Request, command: OrderCommand, done: str, *, unknown_ok: bool = False
+    request: web.Request,
+    command: OrderCommand,
+    done: str,
+    *,
+    unknown_ok: bool = False,
+    owner: str | None = None,
 ) -> web.Response:
     """Publish ``command`` for a RESERVED order: 202, 404 when unknown, 409 when not RESERVED.
 
     ``done`` says in the 409 what only a RESERVED order can be ("cancelled", ...): a
     terminal order's stock is settled, it never moves again. ``unknown_ok``: an order
     PostgreSQL does not show yet is published for too (202), as a shopper's cancel right
-    after the order may overtake it; the order agent keeps it for the TTL.
+    after the order may overtake it; the order agent keeps it for the TTL. ``owner``:
+    the user who asks (a shopper's token); another user's order is 404, as unknown.
     """
     order_id = command.order_id
     async with request.app[POOL].connection() as conn, conn.cursor() as cur:
-        await cur.execute("SELECT status FROM orders WHERE order_id = %s", (order_id,))
+        await cur.execute("SELECT status, user_id FROM orders WHERE order_id = %s", (order_id,))
         row = await cur.fetchone()
+    if row is not None and owner is not None and row[1] != owner:
+        row = None  # another user's: as if unknown
     if row is None and not unknown_ok:
         raise error(web.HTTPNotFound, "order not found", order_id=order_id)
     if row is not None and row[0] != OrderStatus.RESERVED:

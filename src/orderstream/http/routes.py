@@ -28,6 +28,7 @@ from orderstream.http.schemas import (
     ReadinessChecks,
     UserOrdersPage,
 )
+from orderstream.http.shoppers import shopper
 from orderstream.http.stock_view import STOCK_FIGURES
 from orderstream.http.validation import (
     checked_id,
@@ -63,6 +64,7 @@ def add_routes(app: web.Application) -> None:
 
 async def get_order(request: web.Request) -> web.Response:
     """Return an order, its items and its history; 404 when unknown."""
+    user = shopper(request)
     order_id = path_id(request, "order_id")
     place = _place(request)  # checked whether or not the order is known yet
     async with request.app[POOL].connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -75,6 +77,8 @@ async def get_order(request: web.Request) -> web.Response:
             (order_id,),
         )
         order = await cur.fetchone()
+        if order is not None and user is not None and order["user_id"] != user:
+            order = None  # another user's: as if unknown
         if order is None:
             if place is not None:
                 return model_response(await _queued(request, order_id, *place))
@@ -130,7 +134,10 @@ async def _queued(
 
 async def get_user_orders(request: web.Request) -> web.Response:
     """Return a user's orders, newest first, a page at a time (keyset pagination)."""
+    user = shopper(request)
     user_id = path_id(request, "user_id")
+    if user is not None and user_id != user:
+        raise error(web.HTTPNotFound, "user not found")
     limit = int_param(request, "limit", PAGE_DEFAULT, 1, PAGE_MAX)
     after = cursor_param(request, "after")
     params: list[Any] = [user_id]
@@ -226,6 +233,10 @@ async def _ping_kafka(app: web.Application) -> None:
 async def cancel_order(request: web.Request) -> web.Response:
     """Ask to cancel an order not paid yet: 202 (applied if it is still RESERVED when
     the order agent sees it, or when it arrives within the TTL), 409 when settled."""
+    user = shopper(request)
     order_id = path_id(request, "order_id")
     command = OrderCommand(order_id=order_id, command=OrderCommandKind.CANCEL)
-    return await publish_order_command(request, command, "cancelled", unknown_ok=True)
+    # With identity on, only the order's own user may cancel it, once it is known.
+    return await publish_order_command(
+        request, command, "cancelled", unknown_ok=user is None, owner=user
+    )
