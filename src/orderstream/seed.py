@@ -8,6 +8,7 @@ from decimal import Decimal
 from aiokafka import AIOKafkaProducer
 
 from orderstream.domain import StockOperation
+from orderstream.kafka_security import kafka_options
 from orderstream.producer import publish_stock_commands
 from orderstream.settings import Settings
 from orderstream.topics import StockCommand
@@ -50,7 +51,7 @@ async def publish_catalog(
     """Publish ``commands`` through one producer, calling ``progress(done)`` per chunk."""
     # As publish_stock_commands' own: idempotent, so a retried send is applied once.
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,

@@ -20,6 +20,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORDERSTREAM_", frozen=True, extra="ignore")
 
     kafka_bootstrap: str = "localhost:9092"
+    # How the clients authenticate (kafka_security.py): PLAINTEXT locally; with ACLs,
+    # SASL (SCRAM-SHA-512 by default) as orderstream's own principal, over TLS
+    # (SASL_SSL, the CA in kafka_ssl_cafile) or not.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
     # PostgreSQL schema that holds the tables; tests give each run its own.
     database_schema: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")] = "public"
@@ -171,6 +179,16 @@ class Settings(BaseSettings):
     # released is in flight (between the stock's settlement and its final event) for
     # this long at most; older, it is stuck, and a violation. Three default TTLs.
     audit_in_flight_max_s: float = Field(default=1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sasl_has_its_credentials(self) -> Self:
+        sasl = self.kafka_security_protocol.startswith("SASL")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"ORDERSTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs"
+                " ORDERSTREAM_KAFKA_SASL_USERNAME and ORDERSTREAM_KAFKA_SASL_PASSWORD"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_jwt_key_with_its_claims(self) -> Self:

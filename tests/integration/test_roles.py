@@ -7,6 +7,7 @@ consumer group, the HTTP port still held by another process, PostgreSQL unreacha
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import subprocess
@@ -148,6 +149,10 @@ async def test_sigterm_ends_run_within_30s_while_postgres_is_unreachable(
 
     await pipeline.wait_for("the stock agent and the status service", serving, timeout=90)
     assert readyz["checks"]["postgres"].startswith("failed")
+    # Never the connection's details (host, port, user) to whoever asks: the log has them.
+    said = json.dumps(readyz)
+    assert "127.0.0.1" not in said, said
+    assert "orderstream:orderstream" not in said, said
     assert readyz["roles"]["sink"] != "running"  # its start waits for a connection
 
     pipeline.processes.pop("run")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.helpers import create_ssl_context
 from faust.types import TableT
 
 from orderstream.agents import faust_commits, faust_recovery
@@ -69,6 +70,29 @@ def reset_local_store(settings: Settings) -> None:
         shutil.rmtree(path)
 
 
+def faust_credentials(settings: Settings) -> dict[str, Any]:
+    """Return the faust.App settings for the same access: {} for PLAINTEXT."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    cafile = settings.kafka_ssl_cafile
+    ssl_context = (
+        create_ssl_context(cafile=str(cafile) if cafile else None)
+        if protocol in ("SSL", "SASL_SSL")
+        else None
+    )
+    if not protocol.startswith("SASL"):
+        return {"broker_credentials": faust.SSLCredentials(ssl_context)}
+    password = settings.kafka_sasl_password
+    credentials = faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password.get_secret_value() if password else None,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=ssl_context,
+    )
+    return {"broker_credentials": credentials}
+
+
 def build_lifecycle_app(
     settings: Settings, metrics: LifecycleMetrics, provider: PaymentProvider | None = None
 ) -> faust.App:
@@ -106,6 +130,7 @@ def build_lifecycle_app(
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",
+        **faust_credentials(settings),  # SASL/TLS when the cluster asks for them
     )
     events = raw_topic(app, settings.topic(ORDER_EVENTS))
     lines = raw_topic(app, settings.topic(LINE_OUTCOMES))

@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from orderstream.consumer_lag import group_lag
+from orderstream.kafka_security import kafka_options
 from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
 from orderstream.tables import lifecycle_app_id
@@ -59,9 +60,8 @@ class LifecycleLag(Service):
             await self.sleep(LAG_EVERY_S)
 
     async def _connect(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
-        bootstrap = self._settings.kafka_bootstrap
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._admin = AIOKafkaAdminClient(**kafka_options(self._settings))
+        self._consumer = AIOKafkaConsumer(**kafka_options(self._settings), enable_auto_commit=False)
         await self._admin.start()
         await self._consumer.start()
         return self._admin, self._consumer

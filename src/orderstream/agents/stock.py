@@ -43,6 +43,7 @@ from orderstream.agents.restore import RESTORE_FETCH_BYTES, restore_partitions
 from orderstream.agents.store import Append, PartitionStore
 from orderstream.consumer_lag import consumer_lag
 from orderstream.domain import StockLevel
+from orderstream.kafka_security import kafka_options
 from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
@@ -124,7 +125,7 @@ class StockAgent(Service):
     async def on_start(self) -> None:
         # aiokafka clients bind to the running loop, so they are made here.
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
+            **kafka_options(self._settings),
             acks="all",
             # Retries never reorder or double a partition's records: a restore reads the
             # changelog in order and trusts that order.
@@ -133,7 +134,7 @@ class StockAgent(Service):
             max_batch_size=256 * 1024,  # a decided batch goes out in few produce requests
         )
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
+            **kafka_options(self._settings),
             group_id=self._settings.app_id,
             group_instance_id=self._settings.worker_id,
             enable_auto_commit=False,  # committed after the outputs are acknowledged
@@ -150,7 +151,7 @@ class StockAgent(Service):
             max_poll_records=self._settings.batch_max_records,
         )
         self._reader = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
+            **kafka_options(self._settings),
             enable_auto_commit=False,
             fetch_max_bytes=RESTORE_FETCH_BYTES,
             max_partition_fetch_bytes=RESTORE_FETCH_BYTES,

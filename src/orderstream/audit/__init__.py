@@ -34,6 +34,7 @@ from orderstream.audit.stock import (
     check_reserved_items,
     check_sold_items,
 )
+from orderstream.kafka_security import kafka_options
 from orderstream.settings import Settings
 
 __all__ = ["AuditReport", "Check", "StockFigures", "audit"]
@@ -44,13 +45,13 @@ log = logging.getLogger(__name__)
 async def audit(settings: Settings) -> AuditReport:
     """Read the lag, PostgreSQL and the stock changelog, in this order; check the invariants."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         enable_auto_commit=False,
         fetch_max_bytes=FETCH_BYTES,
         max_partition_fetch_bytes=FETCH_BYTES,
         check_crcs=False,  # the broker checked them when they were written
     )
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     await consumer.start()
     try:
         await admin.start()

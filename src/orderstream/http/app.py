@@ -18,6 +18,7 @@ from orderstream.http.roles import RoleRegistry
 from orderstream.http.stock_view import STOCK_FIGURES, StockFigures, StockView
 from orderstream.http.validation import MAX_BODY_BYTES
 from orderstream.kafka_link import KafkaLink
+from orderstream.kafka_security import kafka_security
 from orderstream.metrics import status_metrics
 from orderstream.settings import Settings
 
@@ -75,7 +76,7 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     # The HTTP intake publishes requests, and /readyz asks whether Kafka answers. The
     # link connects lazily, so a service started before Kafka becomes ready without a
     # restart once Kafka is up.
-    link = KafkaLink(app[SETTINGS].kafka_bootstrap)
+    link = KafkaLink(app[SETTINGS].kafka_bootstrap, **kafka_security(app[SETTINGS]))
     app[KAFKA] = link
     yield
     await link.close()

@@ -190,7 +190,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Say whether PostgreSQL and Kafka answer and every role runs; 503 naming what fails."""
     postgres, kafka = await asyncio.gather(
-        _check(_ping_postgres(request.app)), _check(_ping_kafka(request.app))
+        _check("PostgreSQL", _ping_postgres(request.app)),
+        _check("Kafka", _ping_kafka(request.app)),
     )
     ready = postgres == kafka == "ok"
     roles = request.app.get(ROLES)
@@ -212,11 +213,17 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
-async def _check(probe: Awaitable[None]) -> str:
+async def _check(what: str, probe: Awaitable[None]) -> str:
+    """Return ``ok``, or ``failed: <kind>``: never the error's text, which names hosts,
+    ports and users to whoever asks /readyz (the log has it)."""
     try:
         await asyncio.wait_for(probe, _READY_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("readiness: %s did not answer within %.0f s", what, _READY_TIMEOUT_S)
+        return "failed: timeout"
     except Exception as exc:
-        return f"failed: {exc!r}"
+        log.warning("readiness: %s failed: %r", what, exc)
+        return f"failed: {type(exc).__name__}"
     return "ok"
 
 

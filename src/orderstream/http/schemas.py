@@ -265,10 +265,11 @@ class Health(Body):
 
 
 class ReadinessChecks(Body):
-    """Each dependency: ``ok``, or ``failed: <why>``."""
+    """Each dependency: ``ok``, or ``failed: <kind>`` (timeout, or the error's type: the
+    details, which name hosts and users, are in the service's log)."""
 
     postgres: str = Field(examples=["ok"])
-    kafka: str = Field(examples=["failed: ConnectionError('Kafka at localhost:9092: ...')"])
+    kafka: str = Field(examples=["failed: ConnectionError"])
 
 
 class Readiness(Body):

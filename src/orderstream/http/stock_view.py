@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from orderstream.errors import InvalidMessageError
 from orderstream.http.schemas import ProductStock
+from orderstream.kafka_security import kafka_options
 from orderstream.logs import record_context
 from orderstream.settings import Settings
 from orderstream.topics import STOCK_CHANGES, StockChange, decode
@@ -154,6 +155,7 @@ class StockView:
     """
 
     def __init__(self, settings: Settings, figures: StockFigures) -> None:
+        self._settings = settings
         self._bootstrap = settings.kafka_bootstrap
         self._topic = settings.topic(STOCK_CHANGES)
         self.figures = figures
@@ -206,7 +208,7 @@ class StockView:
     async def _follow(self) -> None:
         consumer = AIOKafkaConsumer(
             self._topic,
-            bootstrap_servers=self._bootstrap,
+            **kafka_options(self._settings),
             # No group: every process reads the whole topic for itself, aiokafka assigning
             # it all of the topic's partitions (and any added later).
             group_id=None,

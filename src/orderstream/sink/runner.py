@@ -28,6 +28,7 @@ from orderstream import tracing
 from orderstream.consumer_lag import consumer_lag
 from orderstream.dead_letters import dead_letter_of
 from orderstream.errors import InvalidMessageError
+from orderstream.kafka_security import kafka_options
 from orderstream.metrics import SinkMetrics
 from orderstream.settings import Settings
 from orderstream.sink.base import (
@@ -171,14 +172,14 @@ class SinkRunner:
         self._consumer = AIOKafkaConsumer(
             self._events_topic,
             self._stock_topic,
-            bootstrap_servers=settings.kafka_bootstrap,
+            **kafka_options(settings),
             group_id=settings.sink_group,
             enable_auto_commit=False,  # we commit after PostgreSQL does
             auto_offset_reset="earliest",
             session_timeout_ms=int(settings.session_timeout_s * 1000),
             heartbeat_interval_ms=1000,
         )
-        self._producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        self._producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
         self._task: asyncio.Task[object] | None = None
