@@ -11,6 +11,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import psycopg
@@ -80,9 +81,17 @@ async def pipeline(base_settings: Settings, tmp_path: Path) -> AsyncIterator[Pip
             "run_lifecycle": False,
         }
     )
+    async with deployed(settings, tmp_path) as pipe:
+        yield pipe
+
+
+@asynccontextmanager
+async def deployed(settings: Settings, workdir: Path) -> AsyncIterator[Pipeline]:
+    """Create a deployment's topics and schema; yield its Pipeline; then stop its
+    processes and drop both."""
     await create_topics(settings)
     await migrate(settings)
-    pipe = Pipeline(settings, tmp_path)
+    pipe = Pipeline(settings, workdir)
     try:
         yield pipe
     finally:

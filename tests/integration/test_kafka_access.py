@@ -24,10 +24,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
-from orderstream.admin import create_topics
 from orderstream.producer import publish_stock_command
 from orderstream.settings import Settings
-from orderstream.sink import drop_schema, migrate
+from tests.integration.conftest import deployed
 from tests.integration.pipeline import REPO, Pipeline
 
 pytestmark = pytest.mark.integration
@@ -145,14 +144,8 @@ async def secured(
             "payment_success_rate": 1.0,
         }
     )
-    await create_topics(settings)  # as orderstream: its ACLs allow it
-    await migrate(settings)
-    pipe = Pipeline(settings, tmp_path)
-    try:
+    async with deployed(settings, tmp_path) as pipe:  # as orderstream: its ACLs allow it
         yield pipe
-    finally:
-        pipe.stop_all()
-        await drop_schema(settings)
 
 
 async def test_a_shop_writes_order_requests_only_and_orderstream_runs_the_sale(

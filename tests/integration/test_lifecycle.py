@@ -126,18 +126,27 @@ async def _assert_settled(
     return orders
 
 
+async def _sale(
+    pipe: Pipeline,
+    stock: Mapping[str, int],
+    requests: list[tuple[str, str, bytes]],
+    allowed: set[tuple[str, Any]],
+) -> list[dict[str, Any]]:
+    """Publish ``requests``, wait until every order is final, check the invariants."""
+    await _publish(pipe, requests)
+    await _wait_settled(pipe, len(requests))
+    return await _assert_settled(pipe, stock, {order_id for order_id, _, _ in requests}, allowed)
+
+
 async def test_payments_confirm_or_cancel_every_reserved_order(pipeline: Pipeline) -> None:
     stock = {"sku-a": 40, "sku-b": 25, "sku-c": 15}
     await _start(pipeline, stock, ORDERSTREAM_PAYMENT_SUCCESS_RATE="0.5")
     requests = _requests(300, list(stock))
 
-    await _publish(pipeline, requests)
-    await _wait_settled(pipeline, len(requests))
-
-    orders = await _assert_settled(
+    orders = await _sale(
         pipeline,
         stock,
-        {order_id for order_id, _, _ in requests},
+        requests,
         {("CONFIRMED", None), ("CANCELLED", "PAYMENT_FAILED"), ("REJECTED", "OUT_OF_STOCK")},
     )
     counts = defaultdict(int)
@@ -356,12 +365,10 @@ async def test_an_unavailable_payment_is_voided_as_its_order_is_cancelled(
         ORDERSTREAM_PAYMENT_TIMEOUT_S="0.5",
     )
     requests = _requests(6, list(stock), prefix="down")
-    await _publish(pipeline, requests)
-    await _wait_settled(pipeline, len(requests))
-    orders = await _assert_settled(
+    orders = await _sale(
         pipeline,
         stock,
-        {order_id for order_id, _, _ in requests},
+        requests,
         {("CANCELLED", "PAYMENT_UNAVAILABLE")},
     )
     cancelled = {row["order_id"] for row in orders}
@@ -390,12 +397,10 @@ async def test_final_orders_leave_the_table_after_the_retention_and_a_restart_sk
     stock = {"sku-r": 8}
     await _start(pipeline, stock, **retention)
     requests = _requests(12, list(stock), prefix="r")
-    await _publish(pipeline, requests)
-    await _wait_settled(pipeline, len(requests))
-    orders = await _assert_settled(
+    orders = await _sale(
         pipeline,
         stock,
-        {order_id for order_id, _, _ in requests},
+        requests,
         {("CONFIRMED", None), ("CANCELLED", "PAYMENT_FAILED"), ("REJECTED", "OUT_OF_STOCK")},
     )
     # The orders the lifecycle carried (every reserved one): the rejections never came.
