@@ -19,6 +19,7 @@ from orderstream.agents.processor import SourceRecord, StockProcessor
 from orderstream.domain import StockLevel, evolve
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
+from orderstream.tables import encode_hold
 from orderstream.topics import ORDER_REQUESTS
 
 PRODUCT = "hot-1"
@@ -66,7 +67,7 @@ def run(requests: int) -> float:
     for record in records:
         effects = processor.process(record, state, now_ms)
         for key, hold in effects.holds:
-            state.holds[key] = hold.model_dump_json().encode()
+            state.holds[key] = encode_hold(hold)
         for product_id, event in effects.stock:
             state.stock[product_id] = evolve(state.stock.get(product_id), event)
     elapsed = time.perf_counter() - started

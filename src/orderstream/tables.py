@@ -1,8 +1,8 @@
 """Every table of the worker, its key, and the type of its values.
 
-Table names are spelled here only. Values are pydantic models stored as JSON bytes; the
-changelog topic (``{app_id}-{table}-changelog``) is the truth, the local RocksDB store a
-cache that recovery rebuilds.
+Table names are spelled here only. Values are JSON bytes, a hold compact (encode_hold);
+the changelog topic (``{app_id}-{table}-changelog``) is the truth, the local RocksDB
+store a cache that recovery rebuilds.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Self
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field
 
+from orderstream.codec import DecisionEvent, LineOutcome, RequestLine, WireAddress
 from orderstream.domain import (
     Committed,
     Decision,
@@ -26,14 +28,7 @@ from orderstream.domain import (
     StockLevel,
 )
 from orderstream.settings import Settings
-from orderstream.topics import (
-    Address,
-    LineDecision,
-    OrderEvent,
-    OrderRequest,
-    StockChange,
-    TopicSpec,
-)
+from orderstream.topics import TopicSpec
 
 # The stock agent keeps stock and holds in one changelog, so that one partition's records
 # stay in the order they were made: key STOCK_KEY + product id -> StockLevel JSON,
@@ -77,6 +72,8 @@ __all__ = [
     "Hold",
     "StockLevel",
     "changelog_specs",
+    "decode_hold",
+    "encode_hold",
     "held_key",
     "hold_key",
     "lifecycle_app_id",
@@ -98,24 +95,26 @@ class HeldCount(BaseModel):
     version: int = Field(ge=0)
 
 
-class Hold(BaseModel):
+class Hold(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, array_like=True):
     """One (order, product) line at the stock agent: its decision, and where its stock stands.
 
     The decision (``status``: RESERVED or REJECTED) never changes once recorded: a
     duplicate request re-emits it, whatever happened to the line since. A reserved line
     moves on once more, by a commit or a release, and the hold is rewritten with that
     (``settled``) and the stock version it produced (``final_version``).
-    """
 
-    model_config = ConfigDict(frozen=True)
+    Stored compact (encode_hold): a MessagePack array of the fields in this order, no
+    names, trailing absent ones left out. Holds written before that are JSON objects;
+    decode_hold reads both.
+    """
 
     order_id: str
     user_id: str
     product_id: str
-    quantity: int = Field(ge=1)
+    quantity: Annotated[int, msgspec.Meta(ge=1)]
     # Lines of the order: 1 is decided in one hop (an order event), more are assembled
     # by the order agent (a line decision on line-outcomes).
-    line_count: int = Field(default=1, ge=1)
+    line_count: Annotated[int, msgspec.Meta(ge=1)] = 1
     status: OrderStatus  # the decision announced
     reason: RejectReason | None = None
     detail: str | None = None
@@ -130,16 +129,15 @@ class Hold(BaseModel):
     final_version: int | None = None
     settled_at_ms: int | None = None
     # The product's unit price when the line was decided: a later price change never
-    # alters a placed order. (The store writes a hold without its null fields.)
+    # alters a placed order.
     unit_price: Decimal | None = None
     currency: str | None = None
     # The order's metadata as this line carried it, announced with the decision.
-    shipping_address: Address | None = None
-    billing_address: Address | None = None
+    shipping_address: WireAddress | None = None
+    billing_address: WireAddress | None = None
     notes: str | None = None
 
-    @model_validator(mode="after")
-    def _settled_whole(self) -> Self:
+    def __post_init__(self) -> None:
         # A restore re-applies what a hold records: half a settlement would be a guess.
         shape = (self.settled, self.final_version is not None, self.settled_at_ms is not None)
         if shape not in _SETTLED_SHAPES or (self.settled and self.stock_version is None):
@@ -149,12 +147,11 @@ class Hold(BaseModel):
                 f" final_version={self.final_version}, settled_at_ms={self.settled_at_ms},"
                 f" stock_version={self.stock_version}"
             )
-        return self
 
     @classmethod
     def of(
         cls,
-        request: OrderRequest,
+        request: RequestLine,
         decision: Decision,
         requested_at_ms: int,
         decided_at_ms: int,
@@ -183,15 +180,6 @@ class Hold(BaseModel):
         )
 
     @property
-    def metadata(self) -> dict[str, Any]:
-        """Return the order's metadata fields this line carries (for a message's fields)."""
-        return {
-            "shipping_address": self.shipping_address,
-            "billing_address": self.billing_address,
-            "notes": self.notes,
-        }
-
-    @property
     def line_status(self) -> LineStatus:
         """Return where the line's stock stands now."""
         if self.settled is not None:
@@ -211,8 +199,8 @@ class Hold(BaseModel):
     def settled_by(self, event: Committed | Released, at_ms: int) -> Hold:
         """Return this reserved line moved on by ``event`` at ``at_ms``."""
         settled = LineStatus.COMMITTED if isinstance(event, Committed) else LineStatus.RELEASED
-        return self.model_copy(
-            update={"settled": settled, "final_version": event.version, "settled_at_ms": at_ms}
+        return msgspec.structs.replace(
+            self, settled=settled, final_version=event.version, settled_at_ms=at_ms
         )
 
     def stock_events(self) -> list[StockEvent]:
@@ -225,9 +213,9 @@ class Hold(BaseModel):
         settled = Committed if self.settled is LineStatus.COMMITTED else Released
         return [reserved, settled(self.quantity, self.final_version)]
 
-    def line_decision(self) -> LineDecision:
+    def line_decision(self) -> LineOutcome:
         """Return the decision of this line, for the order agent (orders of several lines)."""
-        return LineDecision(
+        return LineOutcome(
             order_id=self.order_id,
             user_id=self.user_id,
             product_id=self.product_id,
@@ -240,14 +228,16 @@ class Hold(BaseModel):
             decided_at_ms=self.decided_at_ms,
             unit_price=self.unit_price,
             currency=self.currency,
-            **self.metadata,
+            shipping_address=self.shipping_address,
+            billing_address=self.billing_address,
+            notes=self.notes,
         )
 
-    def decision_event(self, stock: StockChange | None = None) -> OrderEvent:
+    def decision_event(self) -> DecisionEvent:
         """Return the order event that announces this decision."""
         # A single-line order is decided in one hop: its first and only stock decision
         # is the order's transition number 1.
-        return OrderEvent(
+        return DecisionEvent(
             order_id=self.order_id,
             seq=1,
             status=self.status,
@@ -258,12 +248,36 @@ class Hold(BaseModel):
             quantity=self.quantity,
             requested_at_ms=self.requested_at_ms,
             decided_at_ms=self.decided_at_ms,
-            stock=stock,
+            stock=None,
             unit_price=self.unit_price,
             currency=self.currency,
             total=self.unit_price * self.quantity if self.unit_price is not None else None,
-            **self.metadata,
+            shipping_address=self.shipping_address,
+            billing_address=self.billing_address,
+            notes=self.notes,
         )
+
+
+class _JsonHold(Hold, frozen=True, array_like=False):
+    """A hold as written before the compact form: a JSON object."""
+
+
+_hold_packer = msgspec.msgpack.Encoder(decimal_format="string")
+_hold_unpacker = msgspec.msgpack.Decoder(Hold)
+_json_hold_decoder = msgspec.json.Decoder(_JsonHold)
+
+
+def encode_hold(hold: Hold) -> bytes:
+    """Return ``hold`` in its compact stored form (changelog and RocksDB)."""
+    return _hold_packer.encode(hold)
+
+
+def decode_hold(raw: bytes) -> Hold:
+    """Return the hold stored as ``raw``: the compact form, or the JSON of older holds."""
+    if raw[:1] == b"{":
+        legacy = _json_hold_decoder.decode(raw)
+        return Hold(**msgspec.structs.asdict(legacy))
+    return _hold_unpacker.decode(raw)
 
 
 def hold_key(order_id: str, product_id: str) -> bytes:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -35,6 +36,8 @@ from orderstream.tables import (
     HOLD_KEY,
     STOCK_KEY,
     Hold,
+    decode_hold,
+    encode_hold,
     hold_key,
 )
 from orderstream.topics import ORDER_REQUESTS, STOCK_COMMANDS
@@ -96,7 +99,18 @@ def hold_record(
     order_id: str, product_id: str, quantity: int, stock_version: int | None, at_ms: int = 1_000
 ) -> Record:
     value = make_hold(order_id, product_id, quantity, stock_version, at_ms)
-    return HOLD_KEY + hold_key(order_id, product_id), value.model_dump_json().encode(), at_ms
+    return HOLD_KEY + hold_key(order_id, product_id), encode_hold(value), at_ms
+
+
+def legacy_fields(hold: Hold, *, nulls: bool) -> dict[str, Any]:
+    """A hold's fields as the JSON object written before the compact form: first with
+    every null spelled out, later without the null fields."""
+    fields = json.loads(msgspec.json.encode(msgspec.structs.asdict(hold)))
+    return fields if nulls else {name: value for name, value in fields.items() if value is not None}
+
+
+def legacy_json(hold: Hold, *, nulls: bool) -> bytes:
+    return json.dumps(legacy_fields(hold, nulls=nulls), separators=(",", ":")).encode()
 
 
 def settled_record(
@@ -111,7 +125,7 @@ def settled_record(
     event = Committed if settled is LineStatus.COMMITTED else Released
     reservation = make_hold(order_id, product_id, quantity, versions[0], at_ms - 10)
     hold = reservation.settled_by(event(quantity, versions[1]), at_ms)
-    return HOLD_KEY + hold_key(order_id, product_id), hold.model_dump_json().encode(), at_ms
+    return HOLD_KEY + hold_key(order_id, product_id), encode_hold(hold), at_ms
 
 
 def tombstone(order_id: str, product_id: str, at_ms: int = 1_000) -> Record:
@@ -340,9 +354,8 @@ def test_restore_folds_a_settled_hold_exactly_once(
 def test_a_hold_written_before_settlements_existed_restores_as_unsettled(
     store: PartitionStore,
 ) -> None:
-    key, value, at_ms = hold_record("o1", "p1", 2, 2)
-    assert value is not None
-    older = json.loads(value)
+    key, _, at_ms = hold_record("o1", "p1", 2, 2)
+    older = legacy_fields(make_hold("o1", "p1", 2, 2, at_ms), nulls=True)
     for field in ("settled", "final_version", "settled_at_ms"):
         del older[field]
     restore(
@@ -351,7 +364,7 @@ def test_a_hold_written_before_settlements_existed_restores_as_unsettled(
     assert (store.stock["p1"].available, store.stock["p1"].reserved) == (8, 2)
     recorded = store.hold(key[1:])
     assert recorded is not None
-    assert Hold.model_validate_json(recorded).line_status is LineStatus.RESERVED
+    assert decode_hold(recorded).line_status is LineStatus.RESERVED
 
 
 @pytest.mark.parametrize(
@@ -367,9 +380,9 @@ def test_a_hold_written_before_settlements_existed_restores_as_unsettled(
     ],
 )
 def test_a_half_settled_hold_is_refused(fields: dict[str, object]) -> None:
-    hold = make_hold("o1", "p1", 2, 2, 1_000).model_dump(mode="json") | fields
-    with pytest.raises(ValueError, match="come together"):
-        Hold.model_validate(hold)
+    hold = legacy_fields(make_hold("o1", "p1", 2, 2, 1_000), nulls=True) | fields
+    with pytest.raises(msgspec.ValidationError, match="come together"):
+        decode_hold(json.dumps(hold).encode())
 
 
 def test_rejected_holds_never_change_the_stock(store: PartitionStore) -> None:
@@ -554,19 +567,29 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
             live.expire(now_ms - window_s * 1000, rng.randint(4, 16), append)
     live.close()
 
-    log = changelog.records
+    # Holds in every form a changelog may hold: compact, and the JSON written before it
+    # (with and without its null fields), mixed in one log.
+    forms = random.Random(7)
+    log = [
+        (key, legacy_json(decode_hold(value), nulls=forms.random() < 0.5), at_ms)
+        if key[:1] == HOLD_KEY and value is not None and forms.random() < 0.5
+        else (key, value, at_ms)
+        for key, value, at_ms in changelog.records
+    ]
+    assert any(value and value[:1] == b"{" for key, value, _ in log if key[:1] == HOLD_KEY)
     hold_keys = {key[1:] for key, _, _ in log if key[:1] == HOLD_KEY}
+    written = [(key, decode_hold(value)) for key, value, _ in log if key[:1] == HOLD_KEY and value]
     # The stream went through every kind of record a changelog holds.
     assert any(value is None for _, value, _ in log)
-    assert any(value and b'"REJECTED"' in value for _, value, _ in log)
-    assert any(value and b"per user" in value for _, value, _ in log)  # LIMIT_EXCEEDED
-    assert any(value and b'"unit_price":"' in value for _, value, _ in log)  # priced holds
-    assert any(value and b'"RESERVED"' in value for _, value, _ in log)
+    assert any(hold.status is OrderStatus.REJECTED for _, hold in written)
+    assert any(hold.reason is RejectReason.LIMIT_EXCEEDED for _, hold in written)
+    assert any(hold.unit_price is not None for _, hold in written)  # priced holds
+    assert any(hold.status is OrderStatus.RESERVED for _, hold in written)
     assert sum(key[:1] == STOCK_KEY for key, _, _ in log) > 10
     assert registry.get_sample_value("orderstream_duplicate_requests_total")
-    assert any(value and b'"settled":"COMMITTED"' in value for _, value, _ in log)
-    assert any(value and b'"settled":"RELEASED"' in value for _, value, _ in log)
-    settled_keys = {key for key, value, _ in log if value and b'"settled":"' in value}
+    assert any(hold.settled is LineStatus.COMMITTED for _, hold in written)
+    assert any(hold.settled is LineStatus.RELEASED for _, hold in written)
+    settled_keys = {key for key, hold in written if hold.settled is not None}
     assert any(value is None and key in settled_keys for key, value, _ in log)  # expired
     for operation, result in [
         ("set", "already_applied"),
@@ -597,13 +620,13 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
                 present[key[1:]] = value
         for key in hold_keys:
             assert restored.hold(key) == present.get(key)
-        holds = [Hold.model_validate_json(value) for value in present.values() if value]
+        holds = [decode_hold(value) for value in present.values() if value]
         # What each user holds or bought: the last record of each of its holds, expired
         # (final) ones included, counting reserved and committed lines.
         last: dict[bytes, Hold] = {}
         for key, value, _ in prefix:
             if key[:1] == HOLD_KEY and value is not None:
-                last[key] = Hold.model_validate_json(value)
+                last[key] = decode_hold(value)
         counted: dict[tuple[str, str], int] = {}
         for hold in last.values():
             if hold.line_status in (LineStatus.RESERVED, LineStatus.COMMITTED):
@@ -695,9 +718,10 @@ def test_hold_returns_the_bytes_recorded_or_restored(store: PartitionStore) -> N
     changelog = Changelog()
     recorded = make_hold("o1", "p1", 2, 2, 1_000)
     store.put_hold(hold_key("o1", "p1"), recorded, changelog)
-    encoded = recorded.model_dump_json(exclude_none=True).encode()  # no null fields
+    encoded = encode_hold(recorded)
     assert store.hold(hold_key("o1", "p1")) == encoded
-    assert Hold.model_validate_json(encoded) == recorded
+    assert decode_hold(encoded) == recorded
+    assert len(encoded) < len(legacy_json(recorded, nulls=False)) / 2  # the compact form
     assert changelog.records == [(HOLD_KEY + hold_key("o1", "p1"), encoded, 1_000)]
     key, value, _ = hold_record("o2", "p1", 1, None)
     restore(store, (key, value, 1_000))
@@ -709,17 +733,23 @@ def test_a_restore_keeps_no_rejection_to_fold_whichever_way_it_was_written(
     store: PartitionStore, tmp_path: Path
 ) -> None:
     """Rejections change no stock: a restore keeps none of them in memory, whether the
-    hold spells its null stock_version out (older records) or leaves it out (newer)."""
+    hold is compact (newer), or JSON spelling its null stock_version out (oldest) or
+    leaving it out."""
     writer = PartitionStore(tmp_path / "writer")
     changelog = Changelog()
     writer.put_hold(hold_key("o1", "p1"), make_hold("o1", "p1", 1, None, 1_000), changelog)
     writer.close()
-    old_style = hold_record("o2", "p1", 1, None)
-    assert b'"stock_version":null' in old_style[1]
-    assert b'"stock_version"' not in changelog.records[0][1]
-    for key, value, timestamp_ms in (changelog.records[0], old_style):
-        store.restore(key, value, timestamp_ms)
+    rejection = make_hold("o2", "p1", 1, None, 1_000)
+    oldest, older = legacy_json(rejection, nulls=True), legacy_json(rejection, nulls=False)
+    assert b'"stock_version":null' in oldest
+    assert b'"stock_version"' not in older
+    rejected = HOLD_KEY + hold_key("o2", "p1")
+    for key, value, at_ms in (changelog.records[0], (rejected, oldest, 1), (rejected, older, 2)):
+        store.restore(key, value, at_ms)
     assert store._since_snapshot == {}  # what finish_restore would fold: nothing
+    reservation = encode_hold(make_hold("o3", "p1", 1, 2, 1_000))
+    store.restore(HOLD_KEY + hold_key("o3", "p1"), reservation, 3)
+    assert list(store._since_snapshot[b"p1"].values()) == [reservation]
 
 
 def test_a_new_store_on_the_same_path_starts_empty(tmp_path: Path) -> None:

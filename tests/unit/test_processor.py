@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from orderstream.agents.processor import Effects, Output, SourceRecord, StockProcessor
+from orderstream.codec import encode_json
 from orderstream.domain import (
     Committed,
     LineStatus,
@@ -24,7 +25,7 @@ from orderstream.domain import (
 )
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
-from orderstream.tables import Hold, hold_key
+from orderstream.tables import Hold, decode_hold, encode_hold, hold_key
 from orderstream.topics import (
     DLQ_REASON_HEADER,
     DLQ_SOURCE_HEADER,
@@ -66,7 +67,7 @@ class MemoryState:
         for product_id, event in effects.stock:
             self.stock[product_id] = evolve(self.stock.get(product_id), event)
         for key, hold in effects.holds:
-            self.holds[key] = hold.model_dump_json().encode()
+            self.holds[key] = encode_hold(hold)
         for user_id, product_id, quantity in effects.held:
             self.counts[user_id, product_id] = self.held(user_id, product_id) + quantity
 
@@ -175,10 +176,11 @@ def test_a_valid_request_reserves_records_a_hold_and_announces_it(
     assert (output.key, output.partition, output.headers) == (b"o1", None, None)
     event = announced(output)
     assert (event.order_id, event.seq, event.status) == ("o1", 1, OrderStatus.RESERVED)
-    assert event == hold.decision_event()
+    assert event == OrderEvent.model_validate_json(encode_json(hold.decision_event()))
     # The reservation is the order agent's input too (a rejection is final at once).
     assert (outcome.topic, outcome.key) == (LINE_OUTCOMES, b"o1")
-    assert LineDecision.model_validate_json(outcome.value or b"") == hold.line_decision()
+    assert outcome.value == encode_json(hold.line_decision())
+    assert LineDecision.model_validate_json(outcome.value).order_id == hold.order_id
 
 
 def test_out_of_stock_records_a_rejection_and_changes_no_stock(
@@ -383,7 +385,7 @@ def reserve(processor: StockProcessor, state: MemoryState, order_id: str, quanti
 
 
 def recorded_hold(state: MemoryState, order_id: str) -> Hold:
-    return Hold.model_validate_json(state.holds[hold_key(order_id, PRODUCT)])
+    return decode_hold(state.holds[hold_key(order_id, PRODUCT)])
 
 
 @pytest.mark.parametrize(
@@ -433,7 +435,7 @@ def test_settling_a_reserved_line_moves_its_stock_once_and_rewrites_its_hold(
     duplicate = processor.process(request(request_value("o1", 2), offset=99), state, NOW_MS)
     assert (duplicate.holds, duplicate.stock) == ([], [])
     [output, outcome] = duplicate.outputs
-    assert announced(output) == reservation.decision_event()
+    assert output.value == encode_json(reservation.decision_event())
     assert outcome.topic == LINE_OUTCOMES
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from orderstream import tracing
 from orderstream.agents.stock_commands import StockCommands
 from orderstream.agents.stock_seam import Effects, Output, PartitionView, SourceRecord
+from orderstream.codec import RequestLine, decode_request, encode_json
 from orderstream.dead_letters import dead_letter_of
 from orderstream.domain import (
     LineRequest,
@@ -32,13 +33,12 @@ from orderstream.errors import InvalidMessageError
 from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
-from orderstream.tables import Hold, hold_key
+from orderstream.tables import Hold, decode_hold, hold_key
 from orderstream.topics import (
     DLQ_SUFFIX,
     LINE_OUTCOMES,
     ORDER_EVENTS,
     ORDER_REQUESTS,
-    OrderRequest,
     StockCommand,
     decode,
 )
@@ -130,7 +130,7 @@ class StockProcessor:
     def _on_request(
         self, record: SourceRecord, state: PartitionView, now_ms: int, effects: Effects
     ) -> None:
-        request = decode(OrderRequest, record.value)
+        request = decode_request(record.value)
         if tracing.ENABLED:
             tracing.set_attributes(
                 {
@@ -150,7 +150,7 @@ class StockProcessor:
         key = hold_key(request.order_id, request.product_id)
         recorded = state.hold(key)
         if recorded is not None:
-            hold = Hold.model_validate_json(recorded)
+            hold = decode_hold(recorded)
             self._metrics.duplicates.inc()
         else:
             held = state.held(request.user_id, request.product_id)
@@ -162,20 +162,20 @@ class StockProcessor:
                 effects.held.append((request.user_id, request.product_id, request.quantity))
         if hold.line_count == 1:
             # Decided in one hop: the decision is the order's first event.
-            announced = hold.decision_event().model_dump_json().encode()
+            announced = encode_json(hold.decision_event())
             effects.outputs.append(Output(self._order_events, hold.order_id.encode(), announced))
         if hold.line_count > 1 or hold.status is OrderStatus.RESERVED:
             # The order agent's input: it assembles an order of several lines, and takes
             # a reserved one on to payment. A single-line rejection is final at once: the
             # order agent never reads it (most of a flash sale's requests).
-            decided = hold.line_decision().model_dump_json().encode()
+            decided = encode_json(hold.line_decision())
             effects.outputs.append(Output(self._line_outcomes, hold.order_id.encode(), decided))
 
     def _decide(
         self,
         level: StockLevel | None,
         held: int,
-        request: OrderRequest,
+        request: RequestLine,
         record: SourceRecord,
         now_ms: int,
     ) -> tuple[Hold, StockEvent | None]:

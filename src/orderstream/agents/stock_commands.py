@@ -31,7 +31,7 @@ from orderstream.domain import (
 from orderstream.errors import InvalidMessageError
 from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
-from orderstream.tables import Hold, hold_key
+from orderstream.tables import decode_hold, hold_key
 from orderstream.topics import StockCommand
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class StockCommands:
         assert order_id is not None  # StockCommand requires it of commit and release
         key = hold_key(order_id, command.product_id)
         recorded = state.hold(key)
-        hold = Hold.model_validate_json(recorded) if recorded is not None else None
+        hold = decode_hold(recorded) if recorded is not None else None
         if hold is not None and command.quantity not in (None, hold.quantity):
             # The sender and this partition disagree on what the order holds: moving
             # either quantity could be wrong, so neither moves.

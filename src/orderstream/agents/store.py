@@ -42,6 +42,8 @@ from orderstream.tables import (
     STOCK_KEY,
     HeldCount,
     Hold,
+    decode_hold,
+    encode_hold,
     held_key,
     hold_product,
     record_epoch,
@@ -59,10 +61,17 @@ Append = Callable[[bytes, bytes | None], None]
 _TIME = struct.Struct(">Q")
 # A rejection's hold changed no stock: a restore need not keep it to fold (with a crowd
 # of rejections for a product that has no stock, keeping them would fill the memory).
-# Holds are written without their null fields (smaller, and faster to write); one
-# written before that spells the null out.
+# A JSON hold (written before the compact form) says so in its text, without or with
+# its null fields.
 _STOCK_EVENT = b'"stock_version":'
 _NO_STOCK_EVENT = b'"stock_version":null'
+
+
+def _changed_stock(value: bytes) -> bool:
+    """Whether a stored hold records a stock event (a reservation)."""
+    if value[:1] == b"{":
+        return _STOCK_EVENT in value and _NO_STOCK_EVENT not in value
+    return decode_hold(value).stock_version is not None
 
 
 @dataclass
@@ -129,8 +138,7 @@ class PartitionStore:
 
     def put_hold(self, key: bytes, hold: Hold, append: Append) -> None:
         """Record a new or changed hold, in the cache and the changelog."""
-        # Without null fields: 85 bytes less per hold, and a faster dump.
-        encoded = hold.model_dump_json(exclude_none=True).encode()
+        encoded = encode_hold(hold)
         # Stamped with its last change, as a restore stamps it with its last record's time:
         # a settled hold stays for a dedup window after its settlement.
         self._db[key] = _TIME.pack(hold.changed_at_ms) + encoded
@@ -207,10 +215,7 @@ class PartitionStore:
                 break
             scanned += 1
             (decided_at_ms,) = _TIME.unpack_from(stored)
-            if (
-                decided_at_ms < before_ms
-                and Hold.model_validate_json(stored[_TIME.size :]).is_final
-            ):
+            if decided_at_ms < before_ms and decode_hold(stored[_TIME.size :]).is_final:
                 old.append(key)
         else:
             self._expiry_cursor = b""  # the end: start over next time
@@ -247,7 +252,7 @@ class PartitionStore:
             # Stamped with the changelog record's time (written when it was decided), so
             # that restoring need not parse the hold.
             self._db[rest] = _TIME.pack(timestamp_ms) + value
-            if _STOCK_EVENT in value and _NO_STOCK_EVENT not in value:
+            if _changed_stock(value):
                 self._since_snapshot.setdefault(hold_product(rest), {})[rest] = value
         elif kind == HELD_KEY and value is not None:
             self._held[rest] = HeldCount.model_validate_json(value)
@@ -266,10 +271,7 @@ class PartitionStore:
         self.restored_epoch = report.epoch
         for product, values in self._since_snapshot.items():
             # Parsed once: their events move the stock and their users' counts.
-            holds = [
-                (hold, hold.stock_events())
-                for hold in map(Hold.model_validate_json, values.values())
-            ]
+            holds = [(hold, hold.stock_events()) for hold in map(decode_hold, values.values())]
             events = [event for _, hold_events in holds for event in hold_events]
             if not events:
                 continue
