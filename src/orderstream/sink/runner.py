@@ -88,6 +88,11 @@ def _batch_of(items: Iterable[_Decoded]) -> SinkBatch:
     return batch
 
 
+def decode_event(raw: bytes | None) -> OrderEvent:
+    """Decode an order event, or raise InvalidMessageError with the reason."""
+    return decode(OrderEvent, raw)
+
+
 def _trace_batch(
     records: Sequence[Record], dead: Sequence[tuple[Record, str, str]], started_ns: int
 ) -> None:
@@ -267,7 +272,7 @@ class SinkRunner:
 
     def _decode(self, record: Record) -> _Decoded:
         if record.topic == self._events_topic:
-            event = decode(OrderEvent, record.value)
+            event = decode_event(record.value)
             return _Decoded(
                 record, LocatedEvent(event, record.partition, record.offset), event.stock
             )
