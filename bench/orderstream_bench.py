@@ -91,6 +91,12 @@ class Deployment:
         kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
         return kib / 1024
 
+    def cpu_s(self, role: str) -> float:
+        """Return the CPU seconds (user + system) a role's process has used so far."""
+        fields = Path(f"/proc/{self.processes[role].pid}/stat").read_text().rsplit(")", 1)[1]
+        utime, stime = fields.split()[11:13]  # fields 14 and 15 of proc(5)
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
     def alive(self, role: str) -> bool:
         return self.processes[role].poll() is None
 
@@ -275,6 +281,7 @@ async def run_orderstream(
         pollers.append(throughput)
         await throughput.start()
 
+        cpu_start = {role: deployment.cpu_s(role) for role in ("worker", "sink")}
         burst = await publish_burst(
             settings.kafka_bootstrap, topic, settings.partitions, workload.requests, label
         )
@@ -282,10 +289,16 @@ async def run_orderstream(
         last_decision = max(watcher.seen[order_id] for order_id in workload.order_ids())
         pg_done = await throughput.wait(deployment.dead)
         elapsed, to_topic_s = pg_done - burst.first_send, last_decision - burst.first_send
+        # CPU per order of each process over the burst: less at the mercy of what else
+        # runs on the machine than a rate is.
+        cpu_us = {
+            role: (deployment.cpu_s(role) - start) * 1e6 / n for role, start in cpu_start.items()
+        }
         log(
             label,
             f"{n / elapsed:,.0f}/s to PostgreSQL ({elapsed:.2f} s), "
-            f"{n / to_topic_s:,.0f}/s to the decision topic ({to_topic_s:.2f} s)",
+            f"{n / to_topic_s:,.0f}/s to the decision topic ({to_topic_s:.2f} s); "
+            f"CPU per order: worker {cpu_us['worker']:.1f} us, sink {cpu_us['sink']:.1f} us",
         )
 
         latency = RowPoller(url, settings.database_schema, latency_workload.order_ids(), label)
@@ -338,6 +351,8 @@ async def run_orderstream(
             "burst_publish_s": round(burst.last_acked - burst.first_send, 3),
             "pg_after_last_decision_event_s": round(pg_done - last_decision, 3),
             "max_send_lag_ms": round(paced.max_send_lag_s * 1000, 1),
+            "worker_cpu_us_per_order": round(cpu_us["worker"], 1),
+            "sink_cpu_us_per_order": round(cpu_us["sink"], 1),
             "worker_rss_mib_start": round(rss_start, 1),
             "worker_rss_mib_end": round(rss_end, 1),
         },

@@ -20,14 +20,13 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 
-from orderstream.codec import decode_request, encode_json
+from orderstream.codec import decode_event, decode_request, encode_json
 from orderstream.db import make_pool
 from orderstream.domain import Decision, OrderStatus, RejectReason, StockLevel
 from orderstream.settings import Settings
 from orderstream.sink import PostgresSink, drop_schema, migrate
 from orderstream.sink.base import LocatedEvent, SinkBatch
 from orderstream.sink.rows import batch_rows
-from orderstream.sink.runner import decode_event
 from orderstream.tables import Hold
 
 PRODUCT = "hot-1"

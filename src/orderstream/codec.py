@@ -10,12 +10,14 @@ checks both directions on random and hostile input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
+from pydantic import Field, TypeAdapter, ValidationError
 
-from orderstream.domain import OrderStatus, RejectReason
+from orderstream.domain import LineStatus, OrderStatus, Price, RejectReason
 from orderstream.errors import InvalidMessageError
 from orderstream.topics import (
     DETAIL_MAX_LENGTH,
@@ -23,9 +25,14 @@ from orderstream.topics import (
     MAX_LINE_COUNT,
     MAX_QUANTITY,
     NOTES_MAX_LENGTH,
+    Message,
+    OrderEvent,
     OrderRequest,
+    StockChange,
     decode,
 )
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 # topics.py's patterns, for Python's re (msgspec's engine): "$" there would also match
 # before a final newline, which pydantic's engine refuses; "\Z" does not.
@@ -111,7 +118,90 @@ class LineOutcome(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True)
     currency: str | None = None
 
 
-_request_decoder = msgspec.json.Decoder(RequestLine)
+# Money: msgspec has no bounds for decimals. The model's own checks, run only on the
+# amounts a message carries (a reservation's; a rejection has none).
+_PRICE = TypeAdapter(Price)
+_TOTAL = TypeAdapter(Annotated[Decimal, Field(ge=0)])
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+def _check_amount(adapter: TypeAdapter[Decimal], amount: Decimal | None) -> None:
+    if amount is not None:
+        try:
+            adapter.validate_python(amount)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class WireStockChange(msgspec.Struct, kw_only=True, frozen=True):
+    """topics.StockChange, decoded: a product's stock after a change."""
+
+    product_id: Id
+    available: NonNegative
+    reserved: NonNegative
+    sold: NonNegative
+    total_in: NonNegative
+    version: NonNegative
+    changed_at_ms: int
+    price: Decimal | None = None
+    currency: Currency | None = None
+    max_per_user: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+    def __post_init__(self) -> None:
+        _check_amount(_PRICE, self.price)
+
+
+class WireItem(msgspec.Struct, kw_only=True, frozen=True):
+    """topics.OrderItem, decoded: one line of an order and where its stock stands."""
+
+    product_id: Id
+    quantity: Quantity
+    status: LineStatus
+    reason: RejectReason | None = None
+    unit_price: Decimal | None = None
+    currency: Currency | None = None
+
+    def __post_init__(self) -> None:
+        _check_amount(_PRICE, self.unit_price)
+
+
+class WireOrderEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """topics.OrderEvent, decoded: one transition of an order, as the sink reads it."""
+
+    shipping_address: WireAddress | None = None
+    billing_address: WireAddress | None = None
+    notes: Notes | None = None
+    order_id: Id
+    seq: Quantity
+    status: OrderStatus
+    reason: RejectReason | None = None
+    detail: Detail | None = None
+    user_id: Id
+    product_id: Id
+    quantity: Quantity
+    requested_at_ms: int
+    decided_at_ms: int
+    stock: WireStockChange | None = None
+    items: (
+        Annotated[list[WireItem], msgspec.Meta(min_length=1, max_length=MAX_LINE_COUNT)] | None
+    ) = None
+    unit_price: Decimal | None = None
+    currency: Currency | None = None
+    total: Decimal | None = None
+    actor: Id | None = None
+
+    def __post_init__(self) -> None:
+        _check_amount(_PRICE, self.unit_price)
+        _check_amount(_TOTAL, self.total)
+        if self.items is None:
+            return
+        first = self.items[0]
+        if (first.product_id, first.quantity) != (self.product_id, self.quantity):
+            raise ValueError("product_id and quantity must be those of the first item")
+        if len({item.product_id for item in self.items}) != len(self.items):
+            raise ValueError("items name a product more than once")
+
+
 _json = msgspec.json.Encoder(decimal_format="string")
 
 
@@ -120,17 +210,27 @@ def encode_json(message: msgspec.Struct) -> bytes:
     return _json.encode(message)
 
 
-def decode_request(raw: bytes | None) -> RequestLine:
-    """Decode an order request, or raise InvalidMessageError with the contract's reason."""
-    if raw is not None:
+def _decoder(struct: type[S], model: type[Message]) -> Callable[[bytes | None], S]:
+    """Return a decoder of ``struct`` that refuses what ``model`` refuses, with its reason."""
+    fast = msgspec.json.Decoder(struct)
+
+    def decode_message(raw: bytes | None) -> S:
+        if raw is not None:
+            try:
+                return fast.decode(raw)
+            except msgspec.MsgspecError:
+                pass
+        # The slow path, for the rare bad message: the model says why (or, should the
+        # two engines ever disagree, accepts what the contract accepts).
+        message = decode(model, raw)
         try:
-            return _request_decoder.decode(raw)
-        except msgspec.MsgspecError:
-            pass
-    # The slow path, for the rare bad request: the model says why (or, should the two
-    # engines ever disagree, accepts what the contract accepts).
-    request = decode(OrderRequest, raw)
-    try:
-        return _request_decoder.decode(request.model_dump_json())
-    except msgspec.MsgspecError as exc:
-        raise InvalidMessageError(f"message: {exc}") from None
+            return fast.decode(message.model_dump_json())
+        except msgspec.MsgspecError as exc:
+            raise InvalidMessageError(f"message: {exc}") from None
+
+    return decode_message
+
+
+decode_request = _decoder(RequestLine, OrderRequest)
+decode_event = _decoder(WireOrderEvent, OrderEvent)
+decode_stock_change = _decoder(WireStockChange, StockChange)

@@ -15,13 +15,17 @@ from orderstream.codec import (
     DecisionEvent,
     LineOutcome,
     RequestLine,
+    WireOrderEvent,
+    WireStockChange,
+    decode_event,
     decode_request,
+    decode_stock_change,
     encode_json,
 )
 from orderstream.domain import Decision, OrderStatus, RejectReason, StockLevel
 from orderstream.errors import InvalidMessageError
 from orderstream.tables import Hold, decode_hold, encode_hold
-from orderstream.topics import LineDecision, OrderEvent, OrderRequest, decode
+from orderstream.topics import LineDecision, OrderEvent, OrderRequest, StockChange, decode
 
 # Text as hostile as a producer can send: control characters, NUL, surrogates' neighbours,
 # line breaks at the end (where the two regex engines differ), long strings.
@@ -62,10 +66,12 @@ def _present(fields: Any) -> Any:
     """The fields given, recursively: a Struct's absent ones are None."""
     if isinstance(fields, dict):
         return {k: _present(v) for k, v in fields.items() if v is not None}
+    if isinstance(fields, list):
+        return [_present(v) for v in fields]
     return fields
 
 
-def _dumped(model: OrderRequest) -> Any:
+def _dumped(model: Any) -> Any:
     return model.model_dump(mode="json", exclude_none=True)
 
 
@@ -194,3 +200,125 @@ def test_a_hold_reads_back_from_its_compact_form_and_from_json(hold: Hold) -> No
     assert decode_hold(encode_hold(hold)) == hold
     legacy = msgspec.json.encode(msgspec.structs.asdict(hold))
     assert decode_hold(legacy) == hold
+
+
+amounts = st.one_of(
+    st.none(),
+    st.sampled_from(["19.99", "0", "-1", "1.23456", "NaN", "Infinity", "1E+2", "x", 1.5, 3]),
+    st.decimals(allow_nan=False, allow_infinity=False, places=5).map(str),
+)
+items = st.fixed_dictionaries(
+    {
+        "product_id": st.sampled_from(["p-1", "p-2", "p\n"]),
+        "quantity": st.one_of(st.just(1), ints),
+        "status": st.sampled_from(["RESERVED", "COMMITTED", "REJECTED", "nope"]),
+    },
+    optional={"reason": st.sampled_from([None, "OUT_OF_STOCK", "?"]), "unit_price": amounts},
+)
+stock_changes = st.fixed_dictionaries(
+    {
+        "product_id": st.sampled_from(["p-1", ""]),
+        "available": ints,
+        "reserved": st.just(0),
+        "sold": st.just(0),
+        "total_in": ints,
+        "version": ints,
+        "changed_at_ms": ints,
+    },
+    optional={"price": amounts, "currency": st.sampled_from(["EUR", "eur"]), "max_per_user": ints},
+)
+events = st.fixed_dictionaries(
+    {
+        "order_id": ids,
+        "seq": st.one_of(st.just(1), ints, json_values),
+        "status": st.sampled_from(["RESERVED", "CONFIRMED", "PAID", "LOST"]),
+        "user_id": ids,
+        "product_id": st.sampled_from(["p-1", "p-2"]),
+        "quantity": st.one_of(st.just(1), ints, json_values),
+        "requested_at_ms": ints,
+        "decided_at_ms": st.one_of(ints, json_values),
+    },
+    optional={
+        "reason": st.sampled_from([None, "OUT_OF_STOCK", "nope"]),
+        "detail": st.one_of(st.none(), hostile_text, st.just("d" * 1001)),
+        "stock": st.one_of(st.none(), stock_changes),
+        "items": st.lists(items, max_size=3),
+        "unit_price": amounts,
+        "currency": st.sampled_from(["EUR", "EURO"]),
+        "total": amounts,
+        "actor": ids,
+        "notes": st.one_of(st.none(), hostile_text),
+        "shipping_address": st.one_of(addresses, json_values),
+    },
+)
+
+
+valid_prices = st.one_of(st.none(), st.sampled_from(["19.99", "0", "1E+2", "0.0001", 7]))
+
+
+@st.composite
+def valid_events(draw: st.DrawFn) -> dict[str, Any]:
+    """An event the model accepts, with one field now and then replaced by a hostile one."""
+    fields: dict[str, Any] = {
+        "order_id": "o-1",
+        "seq": draw(st.integers(1, 9)),
+        "status": "RESERVED",
+        "user_id": "u-1",
+        "product_id": "p-1",
+        "quantity": 2,
+        "requested_at_ms": 1,
+        "decided_at_ms": 2,
+        "unit_price": draw(valid_prices),
+        "currency": "EUR",
+        "total": draw(valid_prices),
+        "notes": draw(st.one_of(st.none(), st.just("a\nb"))),
+        "shipping_address": {"name": "A", "line1": "B", "city": "C", "country": "DE"},
+    }
+    if draw(st.booleans()):
+        fields["items"] = [
+            {"product_id": "p-1", "quantity": 2, "status": "RESERVED", "unit_price": "1.50"},
+            {"product_id": "p-2", "quantity": 1, "status": "REJECTED", "reason": "OUT_OF_STOCK"},
+        ]
+    if draw(st.booleans()):
+        fields["stock"] = {
+            "product_id": "p-1",
+            "available": 3,
+            "reserved": 2,
+            "sold": 0,
+            "total_in": 5,
+            "version": 4,
+            "changed_at_ms": 9,
+            "price": draw(valid_prices),
+            "currency": "EUR",
+        }
+    hostile = draw(st.one_of(st.none(), events))
+    if hostile:  # one field of a hostile event in an otherwise valid one
+        name = draw(st.sampled_from(sorted(hostile)))
+        fields[name] = hostile[name]
+    return fields
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(events, valid_events()))
+def test_an_event_decodes_as_the_model_decides_it(fields: dict[str, Any]) -> None:
+    raw = json.dumps(fields).encode()
+    fast = _outcome(decode_event, raw)
+    model = _outcome(lambda value: decode(OrderEvent, value), raw)
+    if isinstance(model, tuple):
+        assert fast == model
+    else:
+        assert isinstance(fast, WireOrderEvent)
+        assert _present(msgspec.to_builtins(fast)) == _dumped(model)
+
+
+@settings(max_examples=500, deadline=None)
+@given(stock_changes)
+def test_a_stock_change_decodes_as_the_model_decides_it(fields: dict[str, Any]) -> None:
+    raw = json.dumps(fields).encode()
+    fast = _outcome(decode_stock_change, raw)
+    model = _outcome(lambda value: decode(StockChange, value), raw)
+    if isinstance(model, tuple):
+        assert fast == model
+    else:
+        assert isinstance(fast, WireStockChange)
+        assert _present(msgspec.to_builtins(fast)) == _dumped(model)

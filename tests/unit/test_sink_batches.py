@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from orderstream.codec import WireOrderEvent, WireStockChange, decode_event, decode_stock_change
 from orderstream.domain import OrderStatus, RejectReason
 from orderstream.sink.base import LocatedEvent
 from orderstream.sink.rows import fold_orders, latest_per_product
@@ -11,31 +12,42 @@ from orderstream.topics import OrderEvent, StockChange
 def event(order_id: str, seq: int, status: OrderStatus, offset: int) -> LocatedEvent:
     reason = RejectReason.OUT_OF_STOCK if status is OrderStatus.REJECTED else None
     return LocatedEvent(
-        OrderEvent(
-            order_id=order_id,
-            seq=seq,
-            status=status,
-            reason=reason,
-            user_id="u",
-            product_id="p",
-            quantity=1,
-            requested_at_ms=1,
-            decided_at_ms=2,
+        wire(
+            OrderEvent(
+                order_id=order_id,
+                seq=seq,
+                status=status,
+                reason=reason,
+                user_id="u",
+                product_id="p",
+                quantity=1,
+                requested_at_ms=1,
+                decided_at_ms=2,
+            )
         ),
         partition=0,
         offset=offset,
     )
 
 
-def change(product_id: str, version: int, available: int) -> StockChange:
-    return StockChange(
-        product_id=product_id,
-        available=available,
-        reserved=10 - available,
-        sold=0,
-        total_in=10,
-        version=version,
-        changed_at_ms=1,
+def wire(event: OrderEvent) -> WireOrderEvent:
+    """The event as the sink decodes it from Kafka."""
+    return decode_event(event.model_dump_json().encode())
+
+
+def change(product_id: str, version: int, available: int) -> WireStockChange:
+    return decode_stock_change(
+        StockChange(
+            product_id=product_id,
+            available=available,
+            reserved=10 - available,
+            sold=0,
+            total_in=10,
+            version=version,
+            changed_at_ms=1,
+        )
+        .model_dump_json()
+        .encode()
     )
 
 

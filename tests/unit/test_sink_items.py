@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from orderstream.codec import decode_event
 from orderstream.domain import LineStatus, OrderStatus, RejectReason
 from orderstream.sink.base import LocatedEvent, SinkBatch
 from orderstream.sink.rows import batch_rows
@@ -59,7 +60,7 @@ def test_items_must_agree_with_the_event(changes: dict[str, Any], fragment: str)
 
 
 def located(e: OrderEvent, offset: int) -> LocatedEvent:
-    return LocatedEvent(e, partition=0, offset=offset)
+    return LocatedEvent(decode_event(e.model_dump_json().encode()), partition=0, offset=offset)
 
 
 def test_listed_items_are_staged_one_row_each_from_the_latest_event() -> None:

@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from orderstream.codec import WireStockChange, decode_event, decode_stock_change
 from orderstream.domain import LineStatus, OrderStatus
 from orderstream.sink.base import LocatedEvent, SinkBatch
 from orderstream.sink.rows import batch_rows
@@ -36,7 +37,8 @@ def event(seq: int = 1, offset: int = 0, **changes: Any) -> LocatedEvent:
         "requested_at_ms": 1,
         "decided_at_ms": 2,
     }
-    return LocatedEvent(OrderEvent(**(fields | changes)), partition=0, offset=offset)
+    wire = decode_event(OrderEvent(**(fields | changes)).model_dump_json().encode())
+    return LocatedEvent(wire, partition=0, offset=offset)
 
 
 def test_a_priced_single_line_stages_its_price_total_and_metadata() -> None:
@@ -131,8 +133,8 @@ def test_a_listed_line_keeps_the_price_an_earlier_event_gave_it() -> None:
 
 
 def test_a_stock_change_stages_its_catalog() -> None:
-    def change(version: int, **catalog: Any) -> StockChange:
-        return StockChange(
+    def change(version: int, **catalog: Any) -> WireStockChange:
+        model = StockChange(
             product_id="p1",
             available=5,
             reserved=0,
@@ -142,6 +144,7 @@ def test_a_stock_change_stages_its_catalog() -> None:
             changed_at_ms=1,
             **catalog,
         )
+        return decode_stock_change(model.model_dump_json().encode())
 
     priced = change(1, price=Decimal("9.5"), currency="USD", max_per_user=2)
     _, _, _, (row,) = batch_rows(SinkBatch(stock_changes=[priced]))

@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from orderstream.codec import WireOrderEvent, WireStockChange
 from orderstream.errors import OrderstreamError
-from orderstream.topics import OrderEvent, StockChange
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class SinkUnavailableError(OrderstreamError):
 class LocatedEvent:
     """An order event and where it was read, for the history table."""
 
-    event: OrderEvent
+    event: WireOrderEvent
     partition: int
     offset: int
 
@@ -42,7 +42,7 @@ class SinkBatch:
     """Records read from Kafka in offset order, to be written in one transaction."""
 
     order_events: list[LocatedEvent] = field(default_factory=list)
-    stock_changes: list[StockChange] = field(default_factory=list)
+    stock_changes: list[WireStockChange] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.order_events) + len(self.stock_changes)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from orderstream.codec import WireAddress, WireOrderEvent, WireStockChange, encode_json
 from orderstream.sink.base import LocatedEvent, SinkBatch
-from orderstream.topics import Address, OrderEvent, StockChange
 
 Row = tuple[object, ...]
 
@@ -31,16 +31,16 @@ class Carried:
     unit_price: Decimal | None = None
     line_currency: str | None = None
     unit_price_seq: int = 0
-    shipping_address: Address | None = None
+    shipping_address: WireAddress | None = None
     shipping_seq: int = 0
-    billing_address: Address | None = None
+    billing_address: WireAddress | None = None
     billing_seq: int = 0
     notes: str | None = None
     notes_seq: int = 0
     # The unit price of each listed item, by product id: (seq, price, currency).
     prices: dict[str, tuple[int, Decimal, str | None]] = field(default_factory=dict)
 
-    def keep(self, e: OrderEvent) -> None:
+    def keep(self, e: WireOrderEvent) -> None:
         """Record what ``e`` carries where no higher-seq event of the order carried it."""
         seq = e.seq
         if e.total is not None and self.total_seq < seq:
@@ -99,9 +99,9 @@ def fold_orders(events: list[LocatedEvent]) -> tuple[list[LocatedEvent], dict[st
     return list(latest.values()), carried
 
 
-def latest_per_product(changes: list[StockChange]) -> list[StockChange]:
+def latest_per_product(changes: list[WireStockChange]) -> list[WireStockChange]:
     """Keep each product's highest-version stock snapshot."""
-    latest: dict[str, StockChange] = {}
+    latest: dict[str, WireStockChange] = {}
     for change in changes:
         current = latest.get(change.product_id)
         if current is None or change.version > current.version:
@@ -109,12 +109,12 @@ def latest_per_product(changes: list[StockChange]) -> list[StockChange]:
     return list(latest.values())
 
 
-def _json(address: Address | None) -> str | None:
+def _json(address: WireAddress | None) -> str | None:
     # As the shop sent it, without the fields it left out.
-    return None if address is None else address.model_dump_json(exclude_none=True)
+    return None if address is None else encode_json(address).decode()
 
 
-def _order_row(e: OrderEvent, c: Carried | None = None) -> Row:
+def _order_row(e: WireOrderEvent, c: Carried | None = None) -> Row:
     """Return the order's staged row, with its only line unless it lists its items; with
     ``c``, the prices and metadata are what the order's events of the batch carried."""
     if c is None:  # the hot path: one event per order
@@ -139,7 +139,7 @@ def _order_row(e: OrderEvent, c: Carried | None = None) -> Row:
     )  # fmt: skip
 
 
-def _item_rows(e: OrderEvent, carried: Carried | None) -> list[Row]:
+def _item_rows(e: WireOrderEvent, carried: Carried | None) -> list[Row]:
     rows: list[Row] = []
     for item in e.items or ():
         unit_price, currency = item.unit_price, item.currency
@@ -162,7 +162,7 @@ def _event_row(located: LocatedEvent) -> Row:
     )  # fmt: skip
 
 
-def _stock_row(c: StockChange) -> Row:
+def _stock_row(c: WireStockChange) -> Row:
     return (
         c.product_id, c.available, c.reserved, c.sold, c.total_in, c.version, c.changed_at_ms,
         c.price, c.currency, c.max_per_user,

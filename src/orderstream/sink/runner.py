@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from orderstream import tracing
+from orderstream.codec import WireStockChange, decode_event, decode_stock_change
 from orderstream.consumer_lag import consumer_lag
 from orderstream.dead_letters import dead_letter_of
 from orderstream.errors import InvalidMessageError
@@ -38,13 +39,7 @@ from orderstream.sink.base import (
     SinkUnavailableError,
     write_isolating,
 )
-from orderstream.topics import (
-    ORDER_EVENTS,
-    STOCK_CHANGES,
-    OrderEvent,
-    StockChange,
-    decode,
-)
+from orderstream.topics import ORDER_EVENTS, STOCK_CHANGES
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +70,7 @@ class _Decoded:
 
     record: Record
     event: LocatedEvent | None
-    stock: StockChange | None
+    stock: WireStockChange | None
 
 
 def _batch_of(items: Iterable[_Decoded]) -> SinkBatch:
@@ -86,11 +81,6 @@ def _batch_of(items: Iterable[_Decoded]) -> SinkBatch:
         if item.stock is not None:
             batch.stock_changes.append(item.stock)
     return batch
-
-
-def decode_event(raw: bytes | None) -> OrderEvent:
-    """Decode an order event, or raise InvalidMessageError with the reason."""
-    return decode(OrderEvent, raw)
 
 
 def _trace_batch(
@@ -276,7 +266,7 @@ class SinkRunner:
             return _Decoded(
                 record, LocatedEvent(event, record.partition, record.offset), event.stock
             )
-        return _Decoded(record, None, decode(StockChange, record.value))
+        return _Decoded(record, None, decode_stock_change(record.value))
 
     async def _write(self, items: Sequence[_Decoded]) -> None:
         """Write ``items`` in one transaction, waiting while PostgreSQL takes no writes."""
