@@ -8,34 +8,17 @@ partition that owns its product.
 
 from __future__ import annotations
 
-_SEED = 0x9747B28C
-_M = 0x5BD1E995
-_MASK32 = 0xFFFFFFFF
+from murmurhash2 import murmurhash2
+
+_SEED = 0x9747B28C  # Kafka's
 
 
 def murmur2(data: bytes) -> int:
     """Return Kafka's 32-bit murmur2 hash of ``data`` (as a signed int, like Java)."""
-    length = len(data)
-    h = (_SEED ^ length) & _MASK32
-    full = length - (length % 4)
-    for i in range(0, full, 4):
-        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
-        k = (k * _M) & _MASK32
-        k ^= k >> 24
-        k = (k * _M) & _MASK32
-        h = (h * _M) & _MASK32
-        h ^= k
-    rest = length % 4
-    if rest == 3:
-        h ^= data[full + 2] << 16
-    if rest >= 2:
-        h ^= data[full + 1] << 8
-    if rest >= 1:
-        h ^= data[full]
-        h = (h * _M) & _MASK32
-    h ^= h >> 13
-    h = (h * _M) & _MASK32
-    h ^= h >> 15
+    # MurmurHash2 in C (0.2 us, where the same loop in Python took 2.6 us: once per
+    # keyed record the stock agent sends); tests/unit/test_partitioning.py holds it to
+    # aiokafka's and to Java's reference values.
+    h: int = murmurhash2(data, _SEED)
     return h - (1 << 32) if h & 0x80000000 else h
 
 
