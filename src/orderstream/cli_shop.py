@@ -87,7 +87,14 @@ def add_stock_commands(stock_ops: SubParsers[argparse.ArgumentParser]) -> None:
             help="the most one user may hold or buy of P; 0 removes P's own limit "
             "(ORDERSTREAM_MAX_PER_USER applies again)",
         )
-        sub.set_defaults(handler=stock_command, operation=operation, quantity=None)
+        if operation == "set":
+            sub.add_argument(
+                "--new-sale",
+                action="store_true",
+                help="a new sale of P begins: what each user holds or bought of P counts "
+                "from zero again (reservations of the last sale keep their holds)",
+            )
+        sub.set_defaults(handler=stock_command, operation=operation, quantity=None, new_sale=False)
 
 
 def add_db_commands(db_ops: SubParsers[argparse.ArgumentParser]) -> None:
@@ -174,6 +181,7 @@ def build_stock_command(settings: Settings, args: argparse.Namespace) -> StockCo
         price=price,
         currency=currency,
         max_per_user=limit,
+        new_sale=True if args.new_sale else None,
     )
 
 
@@ -188,6 +196,8 @@ def describe_command(command: StockCommand) -> str:
         parts.append("with no per-user limit of its own")
     elif command.max_per_user is not None:
         parts.append(f"at most {command.max_per_user} per user")
+    if command.new_sale:
+        parts.append("as a new sale (per-user counts from zero)")
     return " ".join(parts)
 
 

@@ -93,6 +93,9 @@ class HeldCount(BaseModel):
 
     held: int = Field(ge=0)
     version: int = Field(ge=0)
+    # The sale it counts in (StockLevel.sale_started then): one of an earlier sale
+    # counts as nothing.
+    sale: int = Field(default=0, ge=0)
 
 
 class Hold(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, array_like=True):

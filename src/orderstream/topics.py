@@ -154,10 +154,15 @@ class StockCommand(Message):
     # CLI, the admin route and the seed set one; a command without one is applied once
     # per offset only.
     command_id: Id | None = _absent_when_none()
+    # Set only: a new sale of the product begins, what each user holds or bought of it
+    # counts from zero again (the old sale's reservations keep their holds).
+    new_sale: bool | None = _absent_when_none(strict=True)
 
     @model_validator(mode="after")
     def _fits_operation(self) -> Self:
         operation = self.operation.value
+        if self.new_sale is not None and self.operation is not StockOperation.SET:
+            raise ValueError(f"new_sale goes with set, not {operation}")
         catalog = self.price is not None or self.max_per_user is not None
         if (self.price is None) != (self.currency is None):
             raise ValueError("price and currency are given together")

@@ -303,6 +303,114 @@ async def test_one_user_holds_at_most_the_limit_and_a_cancel_makes_room(
     )
 
 
+NEW_SALE = "sku-drop"
+ADMIN_TOKEN = "new-sale-admin-token"
+
+
+async def test_a_new_sale_counts_each_user_from_zero_and_keeps_it_through_a_restore(
+    pipeline: Pipeline,
+) -> None:
+    # Payments slow enough that the first sale's reservations are still open to cancel
+    # after the restart.
+    slower = {"ORDERSTREAM_PAYMENT_DELAY_MIN_S": "40", "ORDERSTREAM_PAYMENT_DELAY_MAX_S": "40"}
+    env = {**SLOW_PAYMENTS, **slower, "ORDERSTREAM_ADMIN_TOKEN": ADMIN_TOKEN}
+    pipeline.start(**env)
+    base = f"http://127.0.0.1:{pipeline.settings.http_port}"
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    await publish_stock_commands(
+        pipeline.settings,
+        [
+            StockCommand(
+                product_id=NEW_SALE, operation=StockOperation.SET, quantity=100, max_per_user=2
+            )
+        ],
+    )
+    await pipeline.wait_for_stock(NEW_SALE, 100)
+    sent = 0
+
+    async def buy(*order_ids: str) -> dict[str, tuple[str, str | None]]:
+        """One unit per order for the same user, in order; return their decisions."""
+        nonlocal sent
+        producer = await pipeline.producer()
+        try:
+            topic = pipeline.topic("order-requests")
+            for order_id in order_ids:
+                value = request_json(order_id, "fan", NEW_SALE)
+                await producer.send_and_wait(topic, key=NEW_SALE.encode(), value=value)
+        finally:
+            await producer.stop()
+        sent += len(order_ids)
+
+        async def decided() -> bool:
+            return await pipeline.count("SELECT count(*) FROM orders") >= sent
+
+        await pipeline.wait_for(f"{sent} decisions", decided, timeout=60)
+        rows = await pipeline.query("SELECT order_id, status, reason FROM orders")
+        return {
+            r["order_id"]: (r["status"], r["reason"]) for r in rows if r["order_id"] in order_ids
+        }
+
+    reserved, limited = ("RESERVED", None), ("REJECTED", "LIMIT_EXCEEDED")
+    assert await buy("s1-a", "s1-b", "s1-c") == {
+        "s1-a": reserved, "s1-b": reserved, "s1-c": limited
+    }  # fmt: skip
+
+    # A new sale of the same product: the fan may buy 2 again; the first sale's two
+    # reservations keep their units.
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(
+            f"{base}/admin/products/{NEW_SALE}", json={"set": 50, "new_sale": True}, headers=admin
+        ) as response,
+    ):
+        assert response.status == 202, await response.text()
+    await pipeline.wait_for_stock(NEW_SALE, 52)  # 50 on sale, the first sale's 2 held
+    assert await buy("s2-a", "s2-b", "s2-c") == {
+        "s2-a": reserved, "s2-b": reserved, "s2-c": limited
+    }  # fmt: skip
+
+    # The count of the new sale is in the changelog: kill -9, restart, still 2.
+    pipeline.kill()
+    pipeline.start(**env)
+    assert await buy("s2-d") == {"s2-d": limited}
+
+    async def cancel(order_id: str) -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{base}/orders/{order_id}/cancel") as response,
+        ):
+            assert response.status == 202, await response.text()
+
+        async def cancelled() -> bool:
+            return (
+                await pipeline.count(
+                    "SELECT count(*) FROM orders WHERE order_id = %s AND status = 'CANCELLED'",
+                    (order_id,),
+                )
+                == 1
+            )
+
+        await pipeline.wait_for(f"{order_id} cancelled", cancelled, timeout=30)
+
+    # A line of the first sale given back returns its unit, not a place in this sale.
+    await cancel("s1-a")
+    assert await buy("s2-e") == {"s2-e": limited}
+    # One of this sale's makes room for one more.
+    await cancel("s2-a")
+    assert await buy("s2-f", "s2-g") == {"s2-f": reserved, "s2-g": limited}
+
+    async def settled() -> bool:
+        return (
+            await pipeline.count("SELECT count(*) FROM orders WHERE status = 'RESERVED'") == 0
+            and await pipeline.count("SELECT reserved FROM product_stock") == 0
+        )
+
+    await pipeline.wait_for("every order settled", settled, timeout=90)
+    final = {r["order_id"]: r["status"] for r in await pipeline.query("SELECT * FROM orders")}
+    assert sorted(o for o, s in final.items() if s == "CONFIRMED") == ["s1-b", "s2-b", "s2-f"]
+    await _assert_conserved(pipeline, {order_id: [(NEW_SALE, 1)] for order_id in final})
+
+
 ADDRESS = {
     "name": "Ada Lovelace",
     "line1": "12 Rue de la Paix",

@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, dict[str, Any]]] = {
     "limit removed": ('{"max_per_user": 0}', {"operation": "update", "max_per_user": 0}),
     "exponent and zeros": ('{"price": 1.50e2}', {"operation": "update", "price": "150"}),
     "integer price": ('{"set": 0, "price": 7}', {"operation": "set", "quantity": 0, "price": "7"}),
+    "a new sale": (
+        '{"set": 50, "new_sale": true}',
+        {"operation": "set", "quantity": 50, "new_sale": True},
+    ),
 }
 
 
@@ -66,6 +70,8 @@ REFUSED = {
     "a price that is no number": ('{"price": "cheap"}', "valid decimal"),
     "a currency that is no code": ('{"price": 1, "currency": "eur"}', "pattern"),
     "a misspelt field": ('{"prize": 1, "set": 1}', "Extra inputs"),
+    "a new sale without its stock": ('{"add": 5, "new_sale": true}', "new_sale goes with set"),
+    "a new sale that is no boolean": ('{"set": 5, "new_sale": "yes"}', "valid boolean"),
 }
 
 

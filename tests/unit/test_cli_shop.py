@@ -44,6 +44,15 @@ def test_a_price_is_the_exact_decimal_written() -> None:
     assert parsed("set", "p", "1", "--price", "9999999999.9999").price == Decimal("9999999999.9999")
 
 
+def test_a_new_sale_is_a_set_that_says_so() -> None:
+    command = parsed("set", "drop-1", "50", "--new-sale")
+    assert command.new_sale is True
+    assert describe_command(command).endswith("as a new sale (per-user counts from zero)")
+    assert "new_sale" not in json.loads(parsed("set", "drop-1", "50").model_dump_json())
+    with pytest.raises(SystemExit):  # add and update have no --new-sale
+        parsed("add", "drop-1", "5", "--new-sale")
+
+
 def test_currency_defaults_to_the_settings_and_goes_with_the_price() -> None:
     assert parsed("add", "p", "3", "--price", "5", currency="USD").currency == "USD"
     assert parsed("add", "p", "3", "--price", "5", "--currency", "JPY").currency == "JPY"

@@ -33,6 +33,16 @@ def test_malformed_requests_say_why(raw: bytes | None, fragment: str) -> None:
     assert fragment in caught.value.reason
 
 
+def test_a_new_sale_begins_with_a_set_only() -> None:
+    raw = b'{"product_id":"p","operation":"set","quantity":5,"new_sale":true}'
+    assert decode(StockCommand, raw).new_sale is True
+    for operation in (b"add", b"update", b"commit"):
+        with pytest.raises(InvalidMessageError, match="new_sale goes with set"):
+            decode(StockCommand, raw.replace(b"set", operation))
+    with pytest.raises(InvalidMessageError, match="boolean"):
+        decode(StockCommand, raw.replace(b"true", b'"yes"'))
+
+
 def test_stock_command_operation_is_checked() -> None:
     with pytest.raises(InvalidMessageError, match="operation"):
         decode(StockCommand, b'{"product_id":"p","operation":"steal","quantity":1}')

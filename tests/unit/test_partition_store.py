@@ -450,6 +450,7 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
     each prefix.
     """
     rng = random.Random(41)
+    sales = random.Random(5)  # its own: the rest of the stream stays what it was
     window_s = 30
     settings = Settings(
         partitions=8,
@@ -472,10 +473,13 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
         live_after.append(dict(live.stock))
 
     def command(operation: str, product_id: str, quantity: int, now_ms: int) -> SourceRecord:
-        value = b'{"product_id":"%s","operation":"%s","quantity":%d}' % (
+        # Now and then a set begins a new sale: the users' counts start from zero.
+        new_sale = operation == "set" and commands and sales.random() < 0.4
+        value = b'{"product_id":"%s","operation":"%s","quantity":%d%s}' % (
             product_id.encode(),
             operation.encode(),
             quantity,
+            b',"new_sale":true' if new_sale else b"",
         )
         return SourceRecord(STOCK_COMMANDS, 0, len(commands), now_ms, None, value)
 
@@ -587,6 +591,7 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
     assert any(hold.status is OrderStatus.RESERVED for _, hold in written)
     assert sum(key[:1] == STOCK_KEY for key, _, _ in log) > 10
     assert registry.get_sample_value("orderstream_duplicate_requests_total")
+    assert sum(level.sale_started > 0 for level in live_after[-1].values()) >= 1  # new sales
     assert any(hold.settled is LineStatus.COMMITTED for _, hold in written)
     assert any(hold.settled is LineStatus.RELEASED for _, hold in written)
     settled_keys = {key for key, hold in written if hold.settled is not None}
@@ -621,15 +626,19 @@ def test_restore_matches_the_live_store_after_every_prefix_of_its_changelog(
         for key in hold_keys:
             assert restored.hold(key) == present.get(key)
         holds = [decode_hold(value) for value in present.values() if value]
-        # What each user holds or bought: the last record of each of its holds, expired
-        # (final) ones included, counting reserved and committed lines.
+        # What each user holds or bought in the product's current sale: the last record
+        # of each of its holds, expired (final) ones included, counting reserved and
+        # committed lines reserved since the sale began.
         last: dict[bytes, Hold] = {}
         for key, value, _ in prefix:
             if key[:1] == HOLD_KEY and value is not None:
                 last[key] = decode_hold(value)
         counted: dict[tuple[str, str], int] = {}
         for hold in last.values():
-            if hold.line_status in (LineStatus.RESERVED, LineStatus.COMMITTED):
+            if hold.line_status not in (LineStatus.RESERVED, LineStatus.COMMITTED):
+                continue
+            assert hold.stock_version is not None
+            if restored.stock[hold.product_id].in_current_sale(hold.stock_version):
                 user_product = (hold.user_id, hold.product_id)
                 counted[user_product] = counted.get(user_product, 0) + hold.quantity
         for user_id in ("u0", "u1", "u2", "u3"):
@@ -775,3 +784,73 @@ def test_close_removes_the_directory(tmp_path: Path) -> None:
     assert path.is_dir()
     partition_store.close()
     assert not path.exists()
+
+
+def test_a_new_sale_counts_from_zero_in_every_restore_of_its_changelog(tmp_path: Path) -> None:
+    """A user buys up to the limit, a new sale begins, the user buys again; a line of the
+    first sale given back after that frees no place in the second. Wherever the changelog
+    is cut, the restored store counts what the live one counted there."""
+    settings = Settings(partitions=1, topic_prefix="", max_line_quantity=4)
+    processor = StockProcessor(settings, WorkerMetrics.register(CollectorRegistry()))
+    live = PartitionStore(tmp_path / "live")
+    changelog = Changelog()
+    counted: dict[int, int] = {}  # changelog length after a record's effects -> u1's count
+    offsets = iter(range(1_000))
+
+    def feed(topic: str, value: bytes) -> OrderStatus | None:
+        changelog.now_ms += 10
+        record = SourceRecord(topic, 0, next(offsets), changelog.now_ms, None, value)
+        effects = processor.process(record, live, changelog.now_ms)
+        for product_id, event in effects.stock:
+            live.apply(product_id, event, changelog)
+        for key, hold in effects.holds:
+            live.put_hold(key, hold, changelog)
+        for user_id, product_id, quantity in effects.held:
+            live.change_held(user_id, product_id, quantity)
+        live.snapshot_changed(changelog)
+        counted[len(changelog.records)] = live.held("u1", "p1")
+        return effects.holds[0][1].status if topic == ORDER_REQUESTS else None
+
+    def buy(order_id: str) -> OrderStatus | None:
+        return feed(
+            ORDER_REQUESTS,
+            b'{"order_id":"%s","user_id":"u1","product_id":"p1","quantity":1}' % order_id.encode(),
+        )
+
+    def stock(operation: str, order_id: str = "", extra: bytes = b"") -> None:
+        order = b',"order_id":"%s"' % order_id.encode() if order_id else b""
+        feed(STOCK_COMMANDS, b'{"product_id":"p1","operation":"%s"%s%s}' % (
+            operation.encode(), order, extra
+        ))  # fmt: skip
+
+    stock("set", extra=b',"quantity":10,"max_per_user":2')
+    assert [buy("a"), buy("b"), buy("c")] == [OrderStatus.RESERVED] * 2 + [OrderStatus.REJECTED]
+    stock("set", extra=b',"quantity":10,"new_sale":true')
+    assert live.held("u1", "p1") == 0
+    assert buy("d") is OrderStatus.RESERVED
+    stock("release", "a")  # a line of the first sale: its unit back, no place in this sale
+    stock("commit", "b")
+    assert live.held("u1", "p1") == 1
+    assert [buy("e"), buy("f")] == [OrderStatus.RESERVED, OrderStatus.REJECTED]
+    stock("release", "d")  # this sale's: a place again
+    assert [buy("g"), buy("h")] == [OrderStatus.RESERVED, OrderStatus.REJECTED]
+    live.close()
+
+    log = changelog.records
+    for cut in range(1, len(log) + 1):
+        restored = PartitionStore(tmp_path / f"restored-{cut}")
+        restore(restored, *log[:cut])
+        # u1's lines of the current sale in the prefix, as their last records say.
+        last = {key: value for key, value, _ in log[:cut] if key[:1] == HOLD_KEY and value}
+        level = restored.stock["p1"]
+        expected = sum(
+            hold.quantity
+            for hold in map(decode_hold, last.values())
+            if hold.line_status in (LineStatus.RESERVED, LineStatus.COMMITTED)
+            and level.in_current_sale(hold.stock_version or 0)
+        )
+        assert restored.held("u1", "p1") == expected, f"cut after record {cut}"
+        if cut in counted:  # between two records' effects: what the live store counted
+            assert expected == counted[cut], f"cut after record {cut}"
+        restored.close()
+    assert len(counted) == 13  # every record had effects

@@ -348,3 +348,22 @@ def test_fold_newer_applies_only_newer_events_in_version_order() -> None:
 def test_fold_newer_of_nothing_newer_returns_the_level() -> None:
     level = stocked(3)
     assert fold_newer(level, [Reserved(1, level.version)]) == (level, 0)
+
+
+def test_a_new_sale_starts_at_its_set_and_only_a_set_starts_one() -> None:
+    level = evolve(None, StockSet(10, 1, offset=0))
+    assert level.sale_started == 0
+    reserved = evolve(level, Reserved(2, 2))
+    event = stock_command(reserved, StockOperation.SET, 5, 1, new_sale=True)
+    assert isinstance(event, StockSet)
+    new_sale = evolve(reserved, event)
+    assert (new_sale.sale_started, new_sale.available, new_sale.reserved) == (3, 5, 2)
+    assert not new_sale.in_current_sale(2)  # the line reserved before it
+    assert new_sale.in_current_sale(4)
+    # Later changes keep the sale; a plain set does not begin another.
+    assert evolve(new_sale, StockAdded(1, 4, offset=2)).sale_started == 3
+    again = stock_command(new_sale, StockOperation.SET, 5, 3)
+    assert again is not None
+    assert evolve(new_sale, again).sale_started == 3
+    with pytest.raises(ValueError, match="begins with a stock set"):
+        stock_command(new_sale, StockOperation.ADD, 5, 4, new_sale=True)

@@ -74,6 +74,7 @@ class StockCommands:
                 record.offset,
                 command.catalog(),
                 command_id=command.command_id,
+                new_sale=bool(command.new_sale),
             )
         except ValueError as exc:
             raise InvalidMessageError(str(exc)) from None
@@ -123,9 +124,8 @@ class StockCommands:
                 f"{order_id!r}, whose line holds {hold.quantity}"
             )
         line, quantity = (hold.line_status, hold.quantity) if hold is not None else (None, 0)
-        outcome, event = settle_line(
-            state.level(command.product_id), command.operation, line, quantity
-        )
+        level = state.level(command.product_id)
+        outcome, event = settle_line(level, command.operation, line, quantity)
         self._metrics.stock_commands.labels(command.operation.value, outcome.value).inc()
         log.log(
             _SETTLE_LOG_LEVEL[outcome],
@@ -150,7 +150,15 @@ class StockCommands:
             return
         effects.stock.append((command.product_id, event))
         effects.holds.append((key, hold.settled_by(event, now_ms)))
-        if isinstance(event, Released):
+        reserved_at = hold.stock_version
+        if (
+            isinstance(event, Released)
+            and level is not None
+            and reserved_at is not None
+            and level.in_current_sale(reserved_at)
+        ):
+            # A line of an earlier sale gives back its units, not a place in this
+            # sale's per-user count.
             effects.held.append((hold.user_id, hold.product_id, -hold.quantity))
 
 
@@ -165,7 +173,7 @@ def _change_of(event: StockEvent) -> str:
 
 def _catalog_of(command: StockCommand) -> str:
     """Return the catalog a stock command set, for its log line ('' when none)."""
-    parts = []
+    parts = ["a new sale: per-user counts from zero"] if command.new_sale else []
     if command.price is not None:
         parts.append(f"price {command.price} {command.currency}")
     if command.max_per_user is not None:

@@ -132,7 +132,14 @@ class PartitionStore:
     def held(self, user_id: str, product_id: str) -> int:
         """Return what ``user_id`` holds (reserved) or bought of ``product_id``."""
         count = self._held.get(held_key(user_id, product_id))
-        return count.held if count is not None else 0
+        if count is None or count.sale != self._sale_of(product_id):
+            return 0  # nothing yet, or only in an earlier sale of the product
+        return count.held
+
+    def _sale_of(self, product_id: str) -> int:
+        """Return the stock version at which the product's current sale began."""
+        level = self.stock.get(product_id)
+        return level.sale_started if level is not None else 0
 
     # --- writing ----------------------------------------------------------------------
 
@@ -168,12 +175,13 @@ class PartitionStore:
         """
         key = held_key(user_id, product_id)
         current = self._held.get(key)
-        held = (current.held if current is not None else 0) + delta
+        sale = self._sale_of(product_id)
+        held = (current.held if current is not None and current.sale == sale else 0) + delta
         if held < 0:
             log.error("user %s would hold %d of %s; counted as 0", user_id, held, product_id)
             held = 0
         version = current.version if current is not None else 0
-        self._held[key] = HeldCount(held=held, version=version)
+        self._held[key] = HeldCount(held=held, version=version, sale=sale)
         self._dirty_held.setdefault(product_id, set()).add(key)
 
     def snapshot_changed(self, append: Append) -> list[tuple[str, StockLevel]]:
@@ -194,7 +202,7 @@ class PartitionStore:
         snapshot that are newer than the count (see finish_restore).
         """
         for key in self._dirty_held.pop(product_id, ()):
-            count = HeldCount(held=self._held[key].held, version=version)
+            count = self._held[key].model_copy(update={"version": version})
             self._held[key] = count
             append(HELD_KEY + key, count.model_dump_json().encode())
 
@@ -289,12 +297,18 @@ class PartitionStore:
         return report
 
     def _fold_held(self, holds: Iterable[tuple[Hold, list[StockEvent]]]) -> None:
-        """Add to each user's count the reservations and releases newer than it."""
+        """Add to each user's count the reservations and releases newer than it, of the
+        product's current sale (a line of an earlier sale counts in none)."""
         for hold, events in holds:
+            level = self.stock[hold.product_id]
+            if hold.stock_version is None or not level.in_current_sale(hold.stock_version):
+                continue
             key = held_key(hold.user_id, hold.product_id)
             count = self._held.get(key)
             since = count.version if count is not None else 0
-            held = count.held if count is not None else 0
+            sale = level.sale_started
+            current = count is not None and count.sale == sale
+            held = count.held if count is not None and current else 0
             for event in events:
                 if event.version <= since:
                     continue
@@ -302,9 +316,9 @@ class PartitionStore:
                     held += event.quantity
                 elif isinstance(event, Released):
                     held -= event.quantity
-            if count is None or held != count.held:
+            if count is None or not current or held != count.held:
                 # Dirty: written before the product's next snapshot, with its version.
-                self._held[key] = HeldCount(held=max(held, 0), version=since)
+                self._held[key] = HeldCount(held=max(held, 0), version=since, sale=sale)
                 self._dirty_held.setdefault(hold.product_id, set()).add(key)
 
     def close(self) -> None:

@@ -89,6 +89,14 @@ class StockLevel(BaseModel):
     price: Price | None = None
     currency: Currency | None = None
     max_per_user: int | None = Field(default=None, ge=1)
+    # The stock version at which the product's current sale began (a stock set with
+    # new_sale): what a user holds or bought counts from there. A line reserved before
+    # it (a lower stock version) belongs to an earlier sale.
+    sale_started: int = Field(default=0, ge=0)
+
+    def in_current_sale(self, reserved_version: int) -> bool:
+        """Whether a line reserved at stock version ``reserved_version`` is of this sale."""
+        return reserved_version > self.sale_started
 
     @property
     def is_conserved(self) -> bool:

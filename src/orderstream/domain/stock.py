@@ -78,6 +78,8 @@ class StockSet:
     offset: int
     catalog: CatalogPatch | None = None
     command_id: str | None = None
+    # A new sale of the product begins: per-user counts start again from zero.
+    new_sale: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +163,9 @@ def evolve(level: StockLevel | None, event: StockEvent) -> StockLevel:
             pass
     if min(available, reserved, sold, total_in) < 0:
         raise ValueError(f"{event} cannot apply to {current}")
+    sale_started = current.sale_started
+    if isinstance(event, StockSet) and event.new_sale:
+        sale_started = event.version
     if isinstance(event, StockSet | StockAdded | CatalogUpdated) and event.command_id:
         recent = (*recent, event.command_id)[-RECENT_COMMANDS:]
     price, currency, max_per_user = current.price, current.currency, current.max_per_user
@@ -180,6 +185,7 @@ def evolve(level: StockLevel | None, event: StockEvent) -> StockLevel:
         price=price,
         currency=currency,
         max_per_user=max_per_user,
+        sale_started=sale_started,
     )
 
 
@@ -249,14 +255,18 @@ def stock_command(
     catalog: CatalogPatch | None = None,
     *,
     command_id: str | None = None,
+    new_sale: bool = False,
 ) -> StockSet | StockAdded | CatalogUpdated | None:
     """Return the event of the stock command at ``offset``; ``None`` if applied before:
     at or below the last command's offset, or ``command_id`` among the recent commands'.
 
     Raise ValueError for a quantity the operation cannot take, an update of a product
     that has no stock yet or that changes nothing, or an operation that settles an
-    order's line (commit, release: see ``settle_line``).
+    order's line (commit, release: see ``settle_line``), or a new sale begun by anything
+    but a set.
     """
+    if new_sale and operation is not StockOperation.SET:
+        raise ValueError(f"a new sale begins with a stock set, not a stock {operation}")
     if operation.settles_line:
         raise ValueError(f"stock {operation} settles an order's line: see settle_line")
     if level is not None and offset <= level.last_command_offset:
@@ -276,7 +286,7 @@ def stock_command(
     if operation is StockOperation.SET:
         if quantity < 0:
             raise ValueError(f"stock cannot be set below zero, got {quantity}")
-        return StockSet(quantity, version, offset, catalog, command_id)
+        return StockSet(quantity, version, offset, catalog, command_id, new_sale)
     if quantity < 1:
         raise ValueError(f"stock add needs a quantity >= 1, got {quantity}")
     return StockAdded(quantity, version, offset, catalog, command_id)

@@ -111,6 +111,15 @@ class ProductChange(BaseModel):
         strict=True,
         description="The most one user may hold or buy; 0 removes the product's own limit.",
     )
+    new_sale: bool = Field(
+        default=False,
+        strict=True,
+        description=(
+            "With set only: a new sale of the product begins, what each user holds or"
+            " bought of it counts from zero again (reservations of the last sale keep"
+            " their holds)."
+        ),
+    )
 
     @field_validator("price")
     @classmethod
@@ -126,6 +135,8 @@ class ProductChange(BaseModel):
             raise ValueError("give set or add, not both")
         if self.currency is not None and self.price is None:
             raise ValueError("a currency goes with a price")
+        if self.new_sale and self.set_to is None:
+            raise ValueError("new_sale goes with set: a new sale begins with its stock")
         if all(value is None for value in (self.set_to, self.add, self.price, self.max_per_user)):
             raise ValueError("nothing to change: give set, add, price or max_per_user")
         return self
@@ -146,6 +157,7 @@ class ProductChange(BaseModel):
             price=self.price,
             currency=(self.currency or default_currency) if priced else None,
             max_per_user=self.max_per_user,
+            new_sale=True if self.new_sale else None,
         )
 
 
