@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
 
 from orderstream import tracing
 from orderstream.agents.stock_commands import StockCommands
@@ -31,7 +30,7 @@ from orderstream.domain import (
 )
 from orderstream.errors import InvalidMessageError
 from orderstream.logs import record_context
-from orderstream.metrics import WorkerMetrics
+from orderstream.metrics import DecisionTally, WorkerMetrics
 from orderstream.settings import Settings
 from orderstream.tables import Hold, decode_hold, hold_key
 from orderstream.topics import (
@@ -55,6 +54,7 @@ _OWNER_CACHE = 100_000
 # ignored, but a forward re-sends it whole); sent on, the broker would refuse it and the
 # agent could never get past it. It is dead-lettered instead.
 FORWARD_MAX_BYTES = 1_000_000
+_OUTCOMES = {status: status.value.lower() for status in OrderStatus}
 
 
 class StockProcessor:
@@ -68,9 +68,12 @@ class StockProcessor:
         self._line_outcomes = settings.topic(LINE_OUTCOMES)
         self._window_ms = int(settings.dedup_window_s * 1000)
         self._owners: dict[str, int] = {}  # product id -> owning partition (murmur2 is slow)
-        # prometheus' labels() lookup costs more than the increment: keep the children.
-        self._decisions: dict[tuple[str, str], Any] = {}
+        self._tally = DecisionTally(metrics.decisions, metrics.decision_latency)
         self._commands = StockCommands(metrics)
+
+    def flush_metrics(self) -> None:
+        """Add the decisions made since the last call to the metrics (once per batch)."""
+        self._tally.flush()
 
     def process(self, record: SourceRecord, state: PartitionView, now_ms: int) -> Effects:
         """Return the effects of ``record``; a record that cannot succeed is dead-lettered."""
@@ -185,12 +188,11 @@ class StockProcessor:
         decision, event = reserve_line(
             level, line, self._settings.max_line_quantity, held, self._settings.max_per_user
         )
-        labels = (decision.status.value.lower(), decision.reason.value if decision.reason else "")
-        counter = self._decisions.get(labels)
-        if counter is None:
-            counter = self._decisions[labels] = self._metrics.decisions.labels(*labels)
-        counter.inc()
-        self._metrics.decision_latency.observe(max(0, now_ms - record.timestamp_ms) / 1000)
+        self._tally.add(
+            _OUTCOMES[decision.status],
+            decision.reason.value if decision.reason else "",
+            max(0, now_ms - record.timestamp_ms) / 1000,
+        )
         version = event.version if event is not None else None
         return Hold.of(
             request, decision, record.timestamp_ms, now_ms, stock_version=version, level=level

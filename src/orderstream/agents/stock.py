@@ -341,6 +341,7 @@ class StockAgent(Service):
                         timestamp_ms=output.timestamp_ms,
                     )
             batch.offsets[tp] = records[-1].offset + 1
+            self._processor.flush_metrics()
             for product_id, level in store.snapshot_changed(append):
                 self._busy[product_id] = self._busy.get(product_id, 0) + 1
                 change = StockChange.of(product_id, level, now_ms)

@@ -204,6 +204,8 @@ def reserve_line(
     """
     if level is None:
         return _reject(RejectReason.UNKNOWN_PRODUCT, "no stock was ever set for this product")
+    if line.quantity < 1:
+        raise ValueError(f"a line of {line.quantity} units: requests are validated before this")
     if line.quantity > max_line_quantity:
         return _reject(
             RejectReason.LIMIT_EXCEEDED,
