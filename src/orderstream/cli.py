@@ -76,10 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     command("serve", _serve, "run the HTTP status service only")
     command("orders", _orders, "run the order lifecycle only (the order and payment agents)")
     command("settings", _settings, "print the effective settings as ORDERSTREAM_NAME=value")
-    command(
+    audit = command(
         "audit",
         _audit,
         "check the invariants against PostgreSQL and the stock changelog; exit 1 on a violation",
+    )
+    audit.add_argument(
+        "--textfile",
+        metavar="PATH",
+        help="also write the verdict as Prometheus metrics to PATH (for node_exporter's "
+        "textfile collector; deploy/alerts.yml alerts on a violation or a stale audit)",
     )
 
     stock = command("stock", _no_subcommand, "set or add a product's stock, change its catalog")
@@ -119,6 +125,10 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(check_topics(settings))  # a missing changelog is a setup error, said plainly
     report = asyncio.run(audit(settings))  # progress on long reads goes to the log
     print("\n".join(report.lines()))
+    if args.textfile:
+        from orderstream.audit.report import write_textfile
+
+        write_textfile(report, args.textfile)
     return 0 if report.ok else 1
 
 

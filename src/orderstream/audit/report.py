@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
 # Each failed check shows this many examples.
 EXAMPLES = 5
 
@@ -91,6 +93,25 @@ class AuditReport:
             lines += check.lines()
         verdict = "ok" if self.ok else f"{self.violations} violation(s)"
         return [*lines, f"audit: {verdict}"]
+
+
+def write_textfile(report: AuditReport, path: str) -> None:
+    """Write the report's verdict as Prometheus metrics to ``path`` (replaced whole)."""
+    registry = CollectorRegistry()
+    violations = Gauge(
+        "orderstream_audit_violations",
+        "Invariant violations the last audit found, by check.",
+        ["check"],
+        registry=registry,
+    )
+    for check in report.checks:
+        violations.labels(check.title).set(check.violations)
+    Gauge(
+        "orderstream_audit_last_run_timestamp_seconds",
+        "When the last audit finished (Unix time).",
+        registry=registry,
+    ).set_to_current_time()
+    write_to_textfile(path, registry)  # a temporary file renamed over it: never half read
 
 
 def describe_lag(lag: Mapping[str, int]) -> str:
