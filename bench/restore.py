@@ -39,6 +39,7 @@ from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS
 REPO = Path(__file__).resolve().parents[1]
 PRODUCT = "sku-restore"
 _RESTORED = re.compile(r"restored partitions \[[0-9, ]+\] in ([0-9.]+) s")
+_RESTORED_WHICH = re.compile(r"restored partitions \[([0-9, ]+)\] in")
 
 
 def log(message: str) -> None:
@@ -125,8 +126,35 @@ async def first_decision_after(settings: Settings, order_id: str, deadline_s: fl
         await consumer.stop()
 
 
+def owner_of(workers: list[Worker], partition: int) -> Worker:
+    """Return the worker that restored ``partition`` last (its current owner)."""
+    latest: tuple[str, Worker] | None = None
+    for worker in workers:
+        for line in worker.log_path.read_text(errors="replace").splitlines():
+            found = _RESTORED_WHICH.search(line)
+            owns = found is not None and str(partition) in found.group(1).split(", ")
+            if owns and (latest is None or line[:23] > latest[0]):
+                latest = (line[:23], worker)
+    if latest is None:
+        raise RuntimeError(f"no worker restored partition {partition}")
+    return latest[1]
+
+
+async def wait_for_log(worker: Worker, pattern: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while pattern not in worker.log_path.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{worker.log_path.name} never said {pattern!r}")
+        await asyncio.sleep(0.2)
+
+
 async def measure(
-    base: Settings, requests: int, stock: int, workdir: Path, worker_id: str | None
+    base: Settings,
+    requests: int,
+    stock: int,
+    workdir: Path,
+    worker_id: str | None,
+    standby: bool = False,
 ) -> dict[str, float]:
     run_id = f"r{uuid.uuid4().hex[:8]}"
     settings = base.model_copy(
@@ -135,6 +163,7 @@ async def measure(
             "app_id": f"orderstream-{run_id}",
             "data_dir": workdir / run_id,
             "worker_id": worker_id,
+            "standby_replicas": 1 if standby else 0,
         }
     )
     await create_topics(settings)
@@ -146,6 +175,21 @@ async def measure(
         log(f"{requests} requests: publishing the sale")
         await publish_sale(settings, requests)
         await wait_for_events(settings, requests, "first worker")
+        survivor: Worker | None = None
+        if standby:
+            # A second worker joins: the group splits the partitions, each worker stands
+            # by for the other's. The owner of the sale's partition is killed once the
+            # other's standby of it has read the whole changelog.
+            workers.append(
+                Worker(settings.model_copy(update={"worker_id": None}), workdir, f"{run_id}-second")
+            )
+            partition = owner_partition(PRODUCT, settings.partitions)
+            await wait_for_log(workers[1], "restored partitions", 120)
+            await asyncio.sleep(1)
+            first = owner_of(workers, partition)
+            survivor = next(worker for worker in workers if worker is not first)
+            await wait_for_log(survivor, f"standby of partition {partition} caught up", 300)
+            log(f"{requests} requests: {survivor.log_path.name} stands by, caught up")
         await asyncio.sleep(2)  # a commit interval or two: the kill lands after commits
 
         # A watcher subscribes first, so that it sees the decision whatever the timing.
@@ -154,8 +198,11 @@ async def measure(
         killed_at = time.time()
         first.process.send_signal(signal.SIGKILL)
         first.process.wait()
-        replacement = Worker(settings, workdir, f"{run_id}-replacement")
-        workers.append(replacement)
+        if survivor is None:
+            replacement = Worker(settings, workdir, f"{run_id}-replacement")
+            workers.append(replacement)
+        else:
+            replacement = survivor  # takes the partition over after the session timeout
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
         await producer.start()
         try:
@@ -175,6 +222,7 @@ async def measure(
             "restore_s": restore_s if restore_s is not None else float("nan"),
             "kill_to_first_decision_s": decided_at - killed_at,
             "session_timeout_s": settings.session_timeout_s,
+            "standby": standby,
         }
         log(f"{requests} requests: {result}")
         return result
@@ -195,9 +243,11 @@ async def main(args: argparse.Namespace) -> None:
     workdir = REPO / ".stack" / "bench-restore"
     workdir.mkdir(parents=True, exist_ok=True)
     results = [
-        await measure(Settings(), n, args.stock, workdir, args.worker_id) for n in args.requests
+        await measure(Settings(), n, args.stock, workdir, args.worker_id, args.standby)
+        for n in args.requests
     ]
-    print("| requests in the sale | holds in the partition | restore | kill -9 -> first decision |")
+    how = "standby" if args.standby else "restore"
+    print(f"| requests in the sale | holds in the partition | {how} | kill -9 -> first decision |")
     print("|---:|---:|---:|---:|")
     for r in results:
         print(
@@ -213,5 +263,10 @@ if __name__ == "__main__":
     parser.add_argument("--stock", type=int, default=10_000)
     parser.add_argument(
         "--worker-id", help="ORDERSTREAM_WORKER_ID of both workers (static membership)"
+    )
+    parser.add_argument(
+        "--standby",
+        action="store_true",
+        help="a second worker with standbys (ORDERSTREAM_STANDBY_REPLICAS=1) takes over",
     )
     asyncio.run(main(parser.parse_args()))

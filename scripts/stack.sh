@@ -118,7 +118,8 @@ share.coordinator.state.topic.min.isr=1
 
 # Test-friendly: consumer groups form at once, sessions may be short.
 group.initial.rebalance.delay.ms=0
-group.min.session.timeout.ms=6000
+# Down to 2 s: a worker with a standby may fail over in ~3 s (ORDERSTREAM_SESSION_TIMEOUT_S).
+group.min.session.timeout.ms=2000
 
 # Faster restarts: after a restart the controller keeps the old broker
 # registration alive for broker.session.timeout.ms (default 9 s) and refuses the

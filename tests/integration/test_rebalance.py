@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -66,3 +67,46 @@ async def test_partitions_move_between_workers_mid_sale(pipeline: Pipeline) -> N
     levels = await pipeline.query("SELECT product_id, available FROM product_stock")
     assert all(row["available"] == 0 for row in levels), levels  # demand exceeded stock
     await assert_invariants(pipeline, stock_in, accepted)
+
+
+async def test_a_standby_takes_a_killed_workers_partitions_over_from_where_it_read(
+    pipeline: Pipeline,
+) -> None:
+    data = pipeline.workdir / "data"
+    standby = {"ORDERSTREAM_STANDBY_REPLICAS": "1"}
+    for worker in ("a", "b"):
+        (data / worker).mkdir(parents=True)
+    pipeline.start("sink")
+    pipeline.start("worker", "worker-a", ORDERSTREAM_DATA_DIR=str(data / "a"), **standby)
+    pipeline.start("worker", "worker-b", ORDERSTREAM_DATA_DIR=str(data / "b"), **standby)
+    for product in PRODUCTS:
+        await pipeline.set_stock(product, STOCK)
+    for product in PRODUCTS:
+        await pipeline.wait_for_stock(product, STOCK)
+    phases = [requests(n) for n in range(10, 12)]
+    accepted: set[str] = set()
+
+    async def publish(phase: int) -> None:
+        await pipeline.publish([(key, value) for _, key, value in phases[phase]])
+        accepted.update(order for order, _, _ in phases[phase])
+
+    await publish(0)
+    await pipeline.wait_for_orders(CHUNK)
+    # kill -9: worker-b takes every partition; those it stood by for go on from its
+    # standby's offset, not from the changelog's start.
+    pipeline.kill("worker-a")
+    await publish(1)
+    await pipeline.wait_for_orders(2 * CHUNK)
+    b_log = "\n".join(
+        path.read_text(errors="replace") for path in pipeline.workdir.glob("worker-b-*.log")
+    )
+    takeovers = [line for line in b_log.splitlines() if "from their standbys at offsets" in line]
+    assert takeovers, pipeline.logs()
+    # The standbys' offsets at the takeover after the kill: well past the changelog's
+    # start (the first sale's records were read before the kill).
+    offsets = [int(n) for n in re.findall(r"\d+: (\d+)", takeovers[-1].rsplit("offsets", 1)[1])]
+    assert offsets, takeovers[-1]
+    assert max(offsets) > 0, takeovers[-1]
+    levels = await pipeline.query("SELECT product_id, available FROM product_stock")
+    assert all(row["available"] == 0 for row in levels), levels  # demand exceeded stock
+    await assert_invariants(pipeline, dict.fromkeys(PRODUCTS, STOCK), accepted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,18 +22,40 @@ _PROGRESS_S = 5.0
 
 
 async def restore_partitions(
-    reader: AIOKafkaConsumer, changelog: str, partitions: list[int], root: Path
+    reader: AIOKafkaConsumer,
+    changelog: str,
+    partitions: list[int],
+    root: Path,
+    standbys: Mapping[int, tuple[PartitionStore, int]] | None = None,
 ) -> dict[int, PartitionStore]:
     """Return a store per partition, rebuilt from ``changelog`` with ``reader`` (no group).
 
-    The stores are new (under ``root``/<partition>): the changelog is the truth.
+    The stores are new (under ``root``/<partition>): the changelog is the truth. A
+    partition with a standby (its store, and the offset it has read to) goes on from
+    there instead.
     """
     started = time.monotonic()
-    stores = {partition: PartitionStore(root / str(partition)) for partition in partitions}
+    standbys = standbys or {}
+    stores = {
+        partition: standbys[partition][0]
+        if partition in standbys
+        else PartitionStore(root / str(partition))
+        for partition in partitions
+    }
     assigned = [TopicPartition(changelog, p) for p in partitions]
     reader.assign(assigned)
     await reader.seek_to_beginning(*assigned)
     starts = await reader.beginning_offsets(assigned)
+    for tp in assigned:
+        if tp.partition in standbys:
+            starts[tp] = max(starts[tp], standbys[tp.partition][1])
+            reader.seek(tp, starts[tp])
+    if standbys:
+        log.info(
+            "taking over partitions %s from their standbys at offsets %s",
+            sorted(standbys),
+            {p: offset for p, (_, offset) in sorted(standbys.items())},
+        )
     ends = await reader.end_offsets(assigned)
     total = sum(ends[tp] - starts[tp] for tp in assigned)
     read = 0

@@ -40,6 +40,7 @@ from mode import Service
 from orderstream.agents.outbox import Outbox
 from orderstream.agents.processor import SourceRecord, StockProcessor
 from orderstream.agents.restore import RESTORE_FETCH_BYTES, restore_partitions
+from orderstream.agents.standby import Standbys
 from orderstream.agents.store import Append, PartitionStore
 from orderstream.consumer_lag import consumer_lag
 from orderstream.domain import StockLevel
@@ -121,6 +122,10 @@ class StockAgent(Service):
         self._producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
         self._reader: AIOKafkaConsumer
+        self._root = settings.data_dir / settings.app_id / "stock"
+        self._standbys = (
+            Standbys(settings, self._changelog, self._root) if settings.standby_replicas else None
+        )
 
     async def on_start(self) -> None:
         # aiokafka clients bind to the running loop, so they are made here.
@@ -161,6 +166,8 @@ class StockAgent(Service):
         )
         await self._producer.start()
         await self._reader.start()
+        if self._standbys is not None:
+            await self._standbys.start()
         self._consumer.subscribe([self._requests, self._commands], listener=_Listener(self))
         await self._consumer.start()
         log.info(
@@ -178,6 +185,8 @@ class StockAgent(Service):
                 await self._commit()
         except (TimeoutError, KafkaError) as exc:
             log.warning("stopping without a final commit (%r); a restart redelivers", exc)
+        if self._standbys is not None:
+            await self._standbys.stop()
         for client in (self._consumer, self._reader, self._producer):
             try:
                 async with asyncio.timeout(_CLIENT_STOP_TIMEOUT_S):
@@ -398,11 +407,24 @@ class StockAgent(Service):
                 # The group moved on without us (a missed heartbeat): the new owner
                 # redelivers from the last commit, which the holds make harmless.
                 log.warning("could not commit before handing partitions over: %s", exc)
+            given_up: dict[int, PartitionStore] = {}
             for partition in {tp.partition for tp in revoked}:
                 self._epochs.pop(partition, None)
                 store = self._stores.pop(partition, None)
                 if store is not None:
+                    given_up[partition] = store
+            if self._standbys is not None and given_up:
+                # Whole up to the changelog's end (every batch's records acknowledged):
+                # kept as standbys, a rebalance that hands them back reads nothing.
+                ends = await self._reader.end_offsets(
+                    [TopicPartition(self._changelog, p) for p in given_up]
+                )
+                offsets = {tp.partition: offset for tp, offset in ends.items()}
+                await self._standbys.adopt(given_up, offsets)
+            else:
+                for store in given_up.values():
                     store.close()
+            await self._stand_by()
 
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         """Take partitions over: rebuild their state from the changelog first."""
@@ -413,6 +435,7 @@ class StockAgent(Service):
             # Nothing is decided until the state it is decided against is whole.
             async with self._deciding:
                 await self._restore(partitions)
+            await self._stand_by()
         except Exception as exc:
             # aiokafka logs and swallows what a rebalance listener raises, which would
             # leave these partitions owned and never decided: crash instead, so that
@@ -421,10 +444,23 @@ class StockAgent(Service):
             await self.crash(exc)
 
     async def _restore(self, partitions: list[int]) -> None:
-        root = self._settings.data_dir / self._settings.app_id / "stock"
-        stores = await restore_partitions(self._reader, self._changelog, partitions, root)
+        standbys = {}
+        if self._standbys is not None:
+            for partition in partitions:
+                taken = await self._standbys.take(partition)
+                if taken is not None:
+                    standbys[partition] = taken
+        stores = await restore_partitions(
+            self._reader, self._changelog, partitions, self._root, standbys
+        )
         await self._fence(stores)
         self._stores.update(stores)
+
+    async def _stand_by(self) -> None:
+        """Stand by for every partition this worker does not own (if standbys are on)."""
+        if self._standbys is not None:
+            owned = set(self._stores)
+            await self._standbys.follow(set(range(self._settings.partitions)) - owned)
 
     async def _fence(self, stores: dict[int, PartitionStore]) -> None:
         """Write this owner's epoch to each partition's changelog before deciding there.
