@@ -79,6 +79,16 @@ async def test_a_standby_takes_a_killed_workers_partitions_over_from_where_it_re
     pipeline.start("sink")
     pipeline.start("worker", "worker-a", ORDERSTREAM_DATA_DIR=str(data / "a"), **standby)
     pipeline.start("worker", "worker-b", ORDERSTREAM_DATA_DIR=str(data / "b"), **standby)
+
+    def log_of(worker: str) -> str:
+        paths = pipeline.workdir.glob(f"{worker}-*.log")
+        return "\n".join(path.read_text(errors="replace") for path in paths)
+
+    async def both_own_partitions() -> bool:
+        return all("restored partitions [" in log_of(w) for w in ("worker-a", "worker-b"))
+
+    # Each owns half the partitions and stands by for the other half.
+    await pipeline.wait_for("both workers owning partitions", both_own_partitions, timeout=60)
     for product in PRODUCTS:
         await pipeline.set_stock(product, STOCK)
     for product in PRODUCTS:
@@ -92,21 +102,19 @@ async def test_a_standby_takes_a_killed_workers_partitions_over_from_where_it_re
 
     await publish(0)
     await pipeline.wait_for_orders(CHUNK)
-    # kill -9: worker-b takes every partition; those it stood by for go on from its
-    # standby's offset, not from the changelog's start.
+    # kill -9: worker-b takes every partition over, each from a store it kept: those it
+    # stood by for from the standby's offset, its own (given up in the rebalance, kept
+    # as standbys) from where it had written them; none from the changelog's start.
     pipeline.kill("worker-a")
     await publish(1)
     await pipeline.wait_for_orders(2 * CHUNK)
-    b_log = "\n".join(
-        path.read_text(errors="replace") for path in pipeline.workdir.glob("worker-b-*.log")
-    )
-    takeovers = [line for line in b_log.splitlines() if "from their standbys at offsets" in line]
+    takeovers = [
+        line for line in log_of("worker-b").splitlines() if "from their standbys at" in line
+    ]
     assert takeovers, pipeline.logs()
-    # The standbys' offsets at the takeover after the kill: well past the changelog's
-    # start (the first sale's records were read before the kill).
-    offsets = [int(n) for n in re.findall(r"\d+: (\d+)", takeovers[-1].rsplit("offsets", 1)[1])]
-    assert offsets, takeovers[-1]
-    assert max(offsets) > 0, takeovers[-1]
+    taken = dict(re.findall(r"(\d+): (\d+)", takeovers[-1].rsplit("offsets", 1)[1]))
+    assert sorted(map(int, taken)) == list(range(pipeline.settings.partitions)), takeovers[-1]
+    assert all(int(offset) > 0 for offset in taken.values()), takeovers[-1]
     levels = await pipeline.query("SELECT product_id, available FROM product_stock")
     assert all(row["available"] == 0 for row in levels), levels  # demand exceeded stock
     await assert_invariants(pipeline, dict.fromkeys(PRODUCTS, STOCK), accepted)
