@@ -43,6 +43,12 @@ from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS, StockCommand
 SYSTEM = "orderstream"
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1]
+    utime, stime = fields.split()[11:13]  # fields 14 and 15 of proc(5)
+    return float(int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Deployment:
     """One isolated orderstream deployment: settings and its worker and sink processes."""
@@ -93,9 +99,31 @@ class Deployment:
 
     def cpu_s(self, role: str) -> float:
         """Return the CPU seconds (user + system) a role's process has used so far."""
-        fields = Path(f"/proc/{self.processes[role].pid}/stat").read_text().rsplit(")", 1)[1]
-        utime, stime = fields.split()[11:13]  # fields 14 and 15 of proc(5)
-        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+        return _cpu_s(self.processes[role].pid)
+
+    def cpu_by_command(self, role: str) -> dict[str, float]:
+        """Return the CPU seconds of a role's process and of each process it started,
+        by their orderstream command (``orderstream run`` starts one per role)."""
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+        family, todo = [], [self.processes[role].pid]
+        while todo:
+            pid = todo.pop()
+            family.append(pid)
+            todo += [child for child, parent in parents.items() if parent == pid]
+        spent: dict[str, float] = {}
+        for pid in family:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                command = argv[argv.index(b"orderstream") + 1].decode()
+                spent[command] = spent.get(command, 0.0) + _cpu_s(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+        return spent
 
     def alive(self, role: str) -> bool:
         return self.processes[role].poll() is None

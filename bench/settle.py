@@ -52,6 +52,8 @@ class SettleResult:
     final_after_last_request_s: float
     settled_per_s: float  # reserved orders settled / (decided -> final) ... see below
     statuses: dict[str, int] = field(default_factory=dict)
+    # CPU milliseconds per unit sold or released, by process (run, worker, sink, orders...)
+    cpu_ms_per_unit: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     audits: list[str] = field(default_factory=list)  # when, exit code, last line
 
@@ -166,6 +168,7 @@ async def run_settle(
         await set_stock(deployment, workload.stock)
         # A drop starts once the lifecycle has joined its group and restored its table.
         await deployment.wait_until("the order lifecycle", deployment.lifecycle_ready)
+        cpu_start = deployment.cpu_by_command("run")
         burst = await publish_burst(
             settings.kafka_bootstrap,
             settings.topic(ORDER_REQUESTS),
@@ -193,6 +196,14 @@ async def run_settle(
             1,
         )
         log(label, f"every order final after {final_at - burst.first_send:.2f} s")
+        # CPU per unit on sale (a reserved order each) of each process of the sale: less
+        # at the mercy of the machine's other work than a rate is.
+        cpu_end = deployment.cpu_by_command("run")
+        cpu_ms = {
+            command: round((spent - cpu_start.get(command, 0.0)) * 1000 / units, 3)
+            for command, spent in cpu_end.items()
+        }
+        log(label, f"CPU ms per unit on sale, by process: {cpu_ms}")
         rows = await deployment.scalar(
             "SELECT count(*) FROM orders WHERE status <> 'REJECTED' OR reason <> 'OUT_OF_STOCK'"
         )
@@ -220,6 +231,7 @@ async def run_settle(
         # expired) per second of the whole sale, first send to the last one final.
         settled_per_s=round(rows / settle_window, 1),
         statuses=statuses,
+        cpu_ms_per_unit=cpu_ms,
         problems=problems,
         audits=audits,
     )
