@@ -18,8 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import signal
+import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import uvloop
@@ -148,9 +152,7 @@ async def _clients(
                 await asyncio.sleep(RETRY_AFTER_S)
             rows.append((order_id, due, now(), status))
 
-        queue: asyncio.Queue[tuple[tuple[int, str, str, str, int], float] | None] = (
-            asyncio.Queue()
-        )
+        queue: asyncio.Queue[tuple[tuple[int, str, str, str, int], float] | None] = asyncio.Queue()
 
         async def client() -> None:
             while (item := await queue.get()) is not None:
@@ -182,3 +184,71 @@ async def _clients(
         else:
             await asyncio.gather(dispatch_open_loop(rate), *(client() for _ in range(connections)))
     return rows, retries
+
+
+WRK_SCRIPT = Path(__file__).with_name("wrk_orders.lua")
+
+
+class WrkLoad:
+    """Send every request once as POST /orders with wrk, flat out (closed loop).
+
+    wrk (C, epoll) costs the shared cores far less per request than a Python client, so
+    a flat-out phase measures the door rather than the generator. It runs until
+    ``stop`` (the caller knows when it has what it waits for); its threads stop sending
+    once their POSTs are answered.
+    """
+
+    def __init__(self, url: str, requests: Sequence[Request], connections: int, threads: int):
+        self._url, self._connections, self._threads = url, connections, threads
+        self._bodies = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)  # noqa: SIM115
+        with self._bodies:
+            for r in requests:
+                order = {
+                    "order_id": r.order_id,
+                    "user_id": r.user_id,
+                    "product_id": r.product_id,
+                    "quantity": r.quantity,
+                }
+                self._bodies.write(json.dumps(order) + "\n")
+        self._process: subprocess.Popen[str] | None = None
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.started = now()
+        self._process = subprocess.Popen(
+            [
+                "wrk",
+                "-s",
+                str(WRK_SCRIPT),
+                "-t",
+                str(self._threads),
+                "-c",
+                str(self._connections),
+                "-d",
+                "600s",
+                self._url,
+                "--",
+                self._bodies.name,
+                str(self._threads),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def stop(self) -> dict[int, int]:
+        """End wrk; return the POSTs' answers by status."""
+        process = self._process
+        if process is None:
+            return {}
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+        Path(self._bodies.name).unlink(missing_ok=True)
+        statuses: dict[int, int] = {}
+        for line in output.splitlines():
+            if line.startswith("status "):
+                _, code, count = line.split()
+                statuses[int(code)] = int(count)
+        if not statuses:
+            raise RuntimeError(f"wrk said no answers:\n{output}")
+        return statuses
