@@ -392,9 +392,9 @@ def report(results: list[Result]) -> str:
     lines += [
         "",
         "orders/s in PG: requests / (first request sent -> last order row in PostgreSQL): "
-        "orderstream (HTTP) and (producer) as seen by a "
-        f"{POLL_INTERVAL_S * 1000:.0f} ms poll; aiohttp+pg-rowlock at its last answer "
-        "(each answered after its COMMIT).",
+        "every system as seen by a "
+        f"{POLL_INTERVAL_S * 1000:.0f} ms poll of PostgreSQL. vs producer: over orderstream "
+        "fed by one plain Kafka producer (a burst of record batches), same workload.",
         "Latency: a second stream of the same shape, open loop at the rate shown (half of what "
         "aiohttp+pg-rowlock did flat out on the workload, unless --latency-rate), each "
         "request from its due time to its HTTP answer (202), and to its orders row seen by "

@@ -39,9 +39,7 @@ def create_app(
     ``stock_figures``: figures fed by the caller (a test) instead of the live view that
     the service otherwise keeps of the stock-changes topic.
     """
-    app = web.Application(
-        middlewares=[json_errors, rate_limit.rate_limits], client_max_size=MAX_BODY_BYTES
-    )
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[REGISTRY] = registry
     app[METRICS] = status_metrics(registry)
