@@ -7,14 +7,13 @@ Per workload (bench/workload.py: hot, spread), in one run, on one machine:
   (bench/orderstream_bench.py, as `make bench`): orderstream's own rate, the reference;
 - **orderstream (HTTP)**: `orderstream worker`, `orderstream sink` and `orderstream serve`
   (ORDERSTREAM_HTTP_PROCESSES processes on one port, one per core by default), every
-  request sent as POST /orders by the load generator (bench/http_load.py: processes of
-  its own, keep-alive connections), flat out, timed from the first request sent to the
-  last order row seen in PostgreSQL;
+  request sent as POST /orders by the load generator (bench/http_load.py: wrk, or
+  Python processes; keep-alive connections), flat out, timed from the first request
+  sent to the last order row seen in PostgreSQL;
 - **aiohttp+pg-rowlock**: bench/baseline_http_rowlock.py, as many processes on one port,
-  each POST running the row-lock transaction, driven the same way, timed to the last
-  answer (the answer comes after the COMMIT).
+  each POST running the row-lock transaction, driven and timed the same way.
 Then each HTTP system gets a second request stream of the same shape open loop at a fixed
-rate, each request timed from its due time to its answer, and to its row in PostgreSQL.
+rate (half of what the row-lock service did flat out: a rate it sustains), each request timed from its due time to its answer, and to its row in PostgreSQL.
 Every system is checked: one orders row per request, reserved = min(stock, demand), stock
 conserved, nothing negative.
 """
