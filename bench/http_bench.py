@@ -13,7 +13,8 @@ Per workload (bench/workload.py: hot, spread), in one run, on one machine:
 - **aiohttp+pg-rowlock**: bench/baseline_http_rowlock.py, as many processes on one port,
   each POST running the row-lock transaction, driven and timed the same way.
 Then each HTTP system gets a second request stream of the same shape open loop at a fixed
-rate (half of what the row-lock service did flat out: a rate it sustains), each request timed from its due time to its answer, and to its row in PostgreSQL.
+rate (half of what the row-lock service did flat out: a rate it sustains), each request
+timed from its due time to its answer, and to its row in PostgreSQL.
 Every system is checked: one orders row per request, reserved = min(stock, demand), stock
 conserved, nothing negative.
 """
