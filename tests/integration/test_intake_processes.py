@@ -89,3 +89,34 @@ async def test_two_intake_processes_both_serve_and_one_survives_the_other(
 
     await pipeline.wait_for_orders(len(accepted))
     await assert_invariants(pipeline, {PRODUCT: STOCK}, accepted)
+
+
+async def test_serve_alone_runs_its_processes_each_with_its_own_checks(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.start("worker")
+    pipeline.start("sink")
+    serve = pipeline.start("serve", ORDERSTREAM_HTTP_PROCESSES="2")
+    await pipeline.set_stock(PRODUCT, STOCK)
+    await pipeline.wait_for_stock(PRODUCT, STOCK, timeout=120)
+    base = await pipeline.wait_for_status_service()
+    seen: dict[int, dict[str, Any]] = {}
+
+    async def both_answered() -> bool:
+        status, body = await _fresh("GET", f"{base}/readyz")
+        if status == 200:
+            seen[body["process"]] = body
+        return len(seen) == 2
+
+    await pipeline.wait_for("both serve processes to answer /readyz", both_answered, watch="serve")
+    assert serve.pid in seen, seen
+    assert all("roles" not in body for body in seen.values()), seen  # alone: no roles
+
+    accepted: set[str] = set()
+    for n in range(10):
+        order = {"order_id": f"s-{n}", "user_id": f"s-{n}", "product_id": PRODUCT, "quantity": 1}
+        status, body = await _fresh("POST", f"{base}/orders", json=order)
+        assert status == 202, body
+        accepted.add(f"s-{n}")
+    await pipeline.wait_for_orders(len(accepted))
+    await assert_invariants(pipeline, {PRODUCT: STOCK}, accepted)
