@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install stack-up stack-down run test test-unit test-integration lint compose-check bench bench-quick bench-settle bench-restore faults clean
+.PHONY: help install stack-up stack-down run test test-unit test-integration lint compose-check bench bench-quick bench-http bench-settle bench-restore faults clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench: stack-up ## full benchmark: orderstream vs row lock, Redis Lua, group com
 
 bench-quick: stack-up ## the same benchmark with small counts (about two minutes)
 	$(BIN)/python -m bench.run --quick
+
+bench-http: stack-up ## POST /orders: orderstream's door vs an aiohttp + row-lock service, and vs its own producer rate (~10 min; needs wrk: apt-get install wrk)
+	$(BIN)/python -m bench.http_bench
 
 faults: stack-up ## fault matrix: kill -9, failover, broker and PostgreSQL down, storms, replay (~15 min)
 	$(BIN)/python -m bench.faults

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mode import Worker as ServiceWorker
@@ -73,7 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     command("run", _run, "run the worker, the sink and the status service in one process")
     command("worker", _worker, "run the stream worker (stock agent) only")
     command("sink", _sink, "run the PostgreSQL sink only")
-    command("serve", _serve, "run the HTTP status service only")
+    serve = command("serve", _serve, "run the HTTP status service only")
+    serve.add_argument(
+        "--processes",
+        type=_positive,
+        help="processes sharing the port (default: ORDERSTREAM_HTTP_PROCESSES, else one per core)",
+    )
+    # Set by the first intake process on the others it starts (intake_processes.py).
+    serve.add_argument("--intake", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--roles-file", type=Path, help=argparse.SUPPRESS)
     command("orders", _orders, "run the order lifecycle only (the order and payment agents)")
     command("settings", _settings, "print the effective settings as ORDERSTREAM_NAME=value")
     audit = command(
@@ -107,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
         handler=_create_topics
     )
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def _no_subcommand(settings: Settings, args: argparse.Namespace) -> int:
@@ -179,12 +195,16 @@ def _order(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from orderstream.http.roles import RoleRegistry
+    from orderstream.intake_processes import intake_roles, shared_roles_file
     from orderstream.metrics import SinkMetrics
-    from orderstream.services import SINK, STATUS_SERVICE, SinkService, StatusService
+    from orderstream.services import SINK, SinkService
 
     _tracing("orderstream")
     registry = CollectorRegistry()
-    roles = RoleRegistry()
+    processes = settings.intake_processes()
+    # The other intake processes answer /readyz with this process's roles, shared there.
+    roles_file = shared_roles_file() if processes > 1 else None
+    roles = RoleRegistry(share_at=roles_file)
     sink_metrics = SinkMetrics.register(registry)  # once: every sink attempt counts here
     return _run_worker(
         settings,
@@ -192,7 +212,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         roles,
         {
             SINK: lambda: SinkService(settings, sink_metrics),
-            STATUS_SERVICE: lambda: StatusService(settings, registry, roles),
+            **intake_roles(settings, registry, processes, roles, roles_file),
             **(_lifecycle_process(settings) if settings.run_lifecycle else {}),
         },
     )
@@ -294,12 +314,19 @@ def _lifecycle(settings: Settings, registry: CollectorRegistry) -> dict[str, Rol
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from orderstream.services import STATUS_SERVICE, StatusService
+    from orderstream.http.roles import SharedRoles
+    from orderstream.intake_processes import intake_roles, member_roles
 
     _tracing("orderstream-status")
     registry = CollectorRegistry()
+    processes = args.processes or settings.intake_processes()
+    if args.intake is not None:  # one of the processes another one started
+        roles = SharedRoles(args.roles_file) if args.roles_file is not None else None
+        return _run_services(
+            settings, member_roles(settings, registry, args.intake, processes, roles)
+        )
     # Alone, the service has no other roles to report: /readyz shows its own checks.
-    return _run_services(settings, {STATUS_SERVICE: lambda: StatusService(settings, registry)})
+    return _run_services(settings, intake_roles(settings, registry, processes))
 
 
 def _tracing(service_name: str) -> None:

@@ -28,6 +28,8 @@ class KafkaLink:
 
     async def producer(self) -> AIOKafkaProducer:
         """Return a started producer, or raise ConnectionError when Kafka does not answer."""
+        if self._producer is not None:  # every request asks: no lock once it is started
+            return self._producer
         async with self._lock:
             if self._producer is None:
                 producer = AIOKafkaProducer(

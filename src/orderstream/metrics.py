@@ -317,6 +317,8 @@ class StatusMetrics:
     rate_limited: Counter
     view_products: Gauge
     view_caught_up: Gauge
+    publishes_in_flight: Gauge
+    busy_refusals: Counter
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> StatusMetrics:
@@ -342,6 +344,18 @@ class StatusMetrics:
                 "orderstream_stock_view_caught_up",
                 "1 once the live stock view has read stock-changes to its end (the door"
                 " refuses sold-out orders only then), else 0.",
+                registry=registry,
+            ),
+            publishes_in_flight=Gauge(
+                "orderstream_intake_publishes_in_flight",
+                "POST /orders records sent to Kafka and not acknowledged yet, in this"
+                " process (at most ORDERSTREAM_HTTP_MAX_IN_FLIGHT).",
+                registry=registry,
+            ),
+            busy_refusals=Counter(
+                "orderstream_intake_busy_refusals",
+                "Orders answered 503 at the door because ORDERSTREAM_HTTP_MAX_IN_FLIGHT"
+                " publishes were in flight (never published).",
                 registry=registry,
             ),
         )

@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, TypeAlias
@@ -85,10 +85,17 @@ class StatusService(Service):
     """Serve the status service over HTTP."""
 
     def __init__(
-        self, settings: Settings, registry: CollectorRegistry, roles: RoleRegistry | None = None
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        roles: RoleRegistry | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: share the port with the service's other processes."""
         super().__init__()
         self._settings = settings
+        self._reuse_port = reuse_port
         self._runner = web.AppRunner(
             create_app(settings, registry, roles=roles),
             access_log=None,
@@ -99,7 +106,7 @@ class StatusService(Service):
     async def on_start(self) -> None:
         host, port = self._settings.http_host, self._settings.http_port
         await self._runner.setup()
-        self._server = await listen(self._runner, host, port)
+        self._server = await listen(self._runner, host, port, reuse_port=self._reuse_port)
         log.info("status service on http://%s:%d", host, port)
 
     async def on_stop(self) -> None:
@@ -146,9 +153,10 @@ class ChildProcess(Service):
     run` leaves no orphan in the consumer group. Its exit is this role's failure.
     """
 
-    def __init__(self, command: str, env: Mapping[str, str]) -> None:
+    def __init__(self, command: str, env: Mapping[str, str], args: Sequence[str] = ()) -> None:
         super().__init__()
         self._command = command
+        self._args = list(args)
         self._env = dict(env)
         self._process: asyncio.subprocess.Process | None = None
 
@@ -158,6 +166,7 @@ class ChildProcess(Service):
             "-m",
             "orderstream",
             self._command,
+            *self._args,
             env=self._env,
             preexec_fn=_die_with_parent,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -33,6 +34,21 @@ class Settings(BaseSettings):
     database_schema: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")] = "public"
     http_host: str = "0.0.0.0"  # noqa: S104 - the status service is meant to be reached
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # Processes serving the status service on http_port (SO_REUSEPORT: the kernel spreads
+    # connections over them), each with its own Kafka producer, stock view, rate limits
+    # and metrics. None: one per core this process may run on. `orderstream serve
+    # --processes N` overrides it.
+    http_processes: int | None = Field(default=None, ge=1, le=256)
+    # With more than one, process k (0, 1, ...) also serves its own /metrics on this port
+    # + k, for Prometheus to scrape each one; 0: not served (the shared port's /metrics
+    # answers for whichever process took the connection).
+    http_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # POST /orders publishes in flight (sent, not acknowledged yet) per process; past it
+    # the door answers 503 with Retry-After at once instead of queueing behind Kafka.
+    http_max_in_flight: int = Field(default=1000, ge=1)
+    # Whether POST /orders answers 409 SOLD_OUT from the live stock view (a hint; the
+    # stock agent decides every order that passes). Off: every valid order is published.
+    http_sold_out_hint: bool = True
 
     # Prepended to every topic name, so that several pipelines (or tests) share a broker.
     topic_prefix: Annotated[str, Field(pattern=r"^[a-z0-9_.-]*$")] = ""
@@ -218,6 +234,14 @@ class Settings(BaseSettings):
                 " within the window is re-sent its decision, which must find its order"
             )
         return self
+
+    def intake_processes(self) -> int:
+        """Return how many processes serve http_port: the setting, or one per usable core."""
+        if self.http_processes is not None:
+            return self.http_processes
+        if hasattr(os, "sched_getaffinity"):  # the cores this process may use (Linux)
+            return max(1, len(os.sched_getaffinity(0)))
+        return os.cpu_count() or 1
 
     def topic(self, name: str) -> str:
         """Return the full name of a topic, with this deployment's prefix."""

@@ -76,6 +76,9 @@ async def pipeline(base_settings: Settings, tmp_path: Path) -> AsyncIterator[Pip
             "worker_metrics_port": 0,
             "sink_metrics_port": 0,
             "orders_metrics_port": 0,
+            # One status service process: tests count what one process refused or saw
+            # (rate limits, metrics, roles); test_intake_processes runs several.
+            "http_processes": 1,
             # The stock path's tests watch orders stay where the stock agent put them;
             # the lifecycle's tests turn it on (ORDERSTREAM_RUN_LIFECYCLE=1).
             "run_lifecycle": False,

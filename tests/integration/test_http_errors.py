@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
@@ -145,7 +146,11 @@ async def test_an_unexpected_error_is_logged_and_answers_500_json(
 
 async def test_readyz_alone_shows_only_its_checks(client: TestClient[Any, Any]) -> None:
     response = await client.get("/readyz")
-    assert await response.json() == {"ready": True, "checks": {"postgres": "ok", "kafka": "ok"}}
+    assert await response.json() == {
+        "ready": True,
+        "checks": {"postgres": "ok", "kafka": "ok"},
+        "process": os.getpid(),  # the test server runs in this process
+    }
 
 
 async def test_the_running_service_answers_json_timestamps_and_refuses_in_json(

@@ -38,8 +38,9 @@ from orderstream.agents.resilience import CircuitBreaker, RetryPolicy
 from orderstream.domain import StockLevel
 from orderstream.http import intake
 from orderstream.http.keys import KAFKA, SETTINGS
+from orderstream.http.publishing import ORDER_PUBLISHER, OrderPublisher
 from orderstream.http.stock_view import STOCK_FIGURES, StockFigures
-from orderstream.metrics import LifecycleMetrics, SinkMetrics, WorkerMetrics
+from orderstream.metrics import LifecycleMetrics, SinkMetrics, StatusMetrics, WorkerMetrics
 from orderstream.settings import Settings
 from orderstream.sink.base import SinkBatch
 from orderstream.sink.runner import SinkRunner
@@ -72,11 +73,13 @@ class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[Sent] = []
 
-    async def send_and_wait(
+    async def send(
         self, topic: str, *, key: bytes, value: bytes, headers: Any = None
-    ) -> Placed:
+    ) -> asyncio.Future[Placed]:
         self.sent.append(Sent(topic, key, value, list(headers or ())))
-        return Placed(partition=0, offset=len(self.sent) - 1)
+        placed: asyncio.Future[Placed] = asyncio.get_running_loop().create_future()
+        placed.set_result(Placed(partition=0, offset=len(self.sent) - 1))
+        return placed
 
 
 @dataclass
@@ -213,6 +216,8 @@ async def test_one_trace_from_the_intake_to_the_sink(spans: InMemorySpanExporter
     app = web.Application()
     app[SETTINGS] = settings
     app[KAFKA] = link  # type: ignore[assignment]
+    in_flight = StatusMetrics.register(CollectorRegistry()).publishes_in_flight
+    app[ORDER_PUBLISHER] = OrderPublisher(link, 10, in_flight)  # type: ignore[arg-type]
     app[STOCK_FIGURES] = StockFigures()  # a view that knows no product: nothing is refused
     app.router.add_post("/orders", intake.post_order)
     async with TestClient(TestServer(app)) as client:

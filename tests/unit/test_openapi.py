@@ -303,13 +303,14 @@ SERVED: dict[str, BaseModel] = {
     ),
     "health": Health(status="ok"),
     "ready alone": Readiness.model_validate(
-        {"ready": True, "checks": {"postgres": "ok", "kafka": "ok"}}
+        {"ready": True, "checks": {"postgres": "ok", "kafka": "ok"}, "process": 4242}
     ),
     "not ready beside roles": Readiness.model_validate(
         {
             "ready": False,
             "checks": {"postgres": "ok", "kafka": "failed: ConnectionError()"},
             "roles": {"sink": "running"},
+            "process": 4242,
         }
     ),
     "error": error_body("order not found", order_id="o-1"),

@@ -13,6 +13,7 @@ from orderstream.db import make_pool
 from orderstream.http import rate_limit, routes, shoppers
 from orderstream.http.errors import json_errors
 from orderstream.http.keys import KAFKA, METRICS, POOL, REGISTRY, ROLES, SETTINGS
+from orderstream.http.publishing import ORDER_PUBLISHER, OrderPublisher
 from orderstream.http.queue import QUEUE, QueueProgress
 from orderstream.http.roles import RoleRegistry
 from orderstream.http.stock_view import STOCK_FIGURES, StockFigures, StockView
@@ -38,9 +39,7 @@ def create_app(
     ``stock_figures``: figures fed by the caller (a test) instead of the live view that
     the service otherwise keeps of the stock-changes topic.
     """
-    app = web.Application(
-        middlewares=[json_errors, rate_limit.rate_limits], client_max_size=MAX_BODY_BYTES
-    )
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[REGISTRY] = registry
     app[METRICS] = status_metrics(registry)
@@ -76,8 +75,12 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     # The HTTP intake publishes requests, and /readyz asks whether Kafka answers. The
     # link connects lazily, so a service started before Kafka becomes ready without a
     # restart once Kafka is up.
-    link = KafkaLink(app[SETTINGS].kafka_bootstrap, **kafka_security(app[SETTINGS]))
+    settings = app[SETTINGS]
+    link = KafkaLink(settings.kafka_bootstrap, **kafka_security(settings))
     app[KAFKA] = link
+    app[ORDER_PUBLISHER] = OrderPublisher(
+        link, settings.http_max_in_flight, app[METRICS].publishes_in_flight
+    )
     yield
     await link.close()
 

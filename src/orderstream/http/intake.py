@@ -8,6 +8,7 @@ the stock agent (a read_committed consumer) sees all of its lines or none.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
@@ -18,9 +19,10 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orderstream import tracing
-from orderstream.http.encoding import JSON, error, model_response
+from orderstream.http.encoding import JSON, error, error_body, model_response
 from orderstream.http.idempotency import IdempotencyKeys, order_digest
-from orderstream.http.keys import KAFKA, METRICS, POOL, SETTINGS
+from orderstream.http.keys import METRICS, POOL, SETTINGS
+from orderstream.http.publishing import BUSY_RETRY_AFTER_S, ORDER_PUBLISHER, PublisherBusyError
 from orderstream.http.rate_limit import limit_user
 from orderstream.http.schemas import OrderPublished, SoldOut
 from orderstream.http.shoppers import shopper
@@ -42,6 +44,10 @@ LINES_PUBLISHER = web.AppKey("lines_publisher", OrderLinesPublisher)
 IDEMPOTENCY_KEYS = web.AppKey("idempotency_keys", IdempotencyKeys)
 
 _INVALID = "invalid order request"
+
+# Characters that quote() and quote_plus() leave as they are: an id of only these is
+# its own URL spelling.
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]+")
 
 # Fields of a one-line body that a body with items must not have: which would count?
 SINGLE_LINE_FIELDS = ("product_id", "quantity", "line_count")
@@ -138,13 +144,17 @@ async def _publish_order(request: web.Request) -> web.Response:
     # Retrying with the same order_id is safe: the stock agent decides an order line once.
     # The answer depends on the validated order alone: a retry gets the first one's.
     order_id = lines[0].order_id
-    status_url = f"/orders/{quote(order_id, safe='')}"
+    status_url = f"/orders/{_quoted(order_id)}"
     if place is None:
         answer = OrderPublished(order_id=order_id, status_url=status_url, lines=len(lines))
     else:
         partition, offset = place
-        query = urlencode(
-            {"partition": partition, "offset": offset, "product_id": lines[0].product_id}
+        product = lines[0].product_id
+        # urlencode's own spelling (quote_plus), without its cost for the usual plain id.
+        query = (
+            f"partition={partition}&offset={offset}&product_id={product}"
+            if _PLAIN.fullmatch(product)
+            else urlencode({"partition": partition, "offset": offset, "product_id": product})
         )
         answer = OrderPublished(
             order_id=order_id,
@@ -162,19 +172,35 @@ async def _publish(request: web.Request, lines: list[OrderRequest]) -> tuple[int
     try:
         if len(lines) == 1:
             # One message is atomic already: no transaction on the flash-sale path.
-            producer = await request.app[KAFKA].producer()
-            metadata = await producer.send_and_wait(
+            line = lines[0]
+            return await request.app[ORDER_PUBLISHER].publish(
                 settings.topic(ORDER_REQUESTS),
-                key=lines[0].product_id.encode(),
-                value=lines[0].model_dump_json().encode(),
-                headers=tracing.inject(),
+                key=line.product_id.encode(),
+                value=line.model_dump_json().encode(),
             )
-            return metadata.partition, metadata.offset
         await request.app[LINES_PUBLISHER].publish(lines)
+    except PublisherBusyError:
+        request.app[METRICS].busy_refusals.inc()
+        raise _busy() from None
     except (ConnectionError, KafkaError) as exc:
         log.warning("order %s not published: %r", lines[0].order_id, exc)
         raise error(web.HTTPServiceUnavailable, "Kafka unavailable, retry later") from None
     return None
+
+
+def _busy() -> web.HTTPException:
+    body = error_body(
+        f"too many orders in flight to Kafka: retry after {BUSY_RETRY_AFTER_S} s",
+    )
+    return web.HTTPServiceUnavailable(
+        text=body.model_dump_json(),
+        content_type=JSON,
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+    )
+
+
+def _quoted(order_id: str) -> str:
+    return order_id if _PLAIN.fullmatch(order_id) else quote(order_id, safe="")
 
 
 def _refuse_sold_out(request: web.Request, lines: list[OrderRequest]) -> None:
@@ -183,6 +209,8 @@ def _refuse_sold_out(request: web.Request, lines: list[OrderRequest]) -> None:
     A hint, never a decision: before the view has caught up, or for a product it does
     not know, the order is published and the stock agent decides it, as always.
     """
+    if not request.app[SETTINGS].http_sold_out_hint:
+        return
     product_id = request.app[STOCK_FIGURES].sold_out([line.product_id for line in lines])
     if product_id is not None:
         request.app[METRICS].sold_out_refusals.inc()

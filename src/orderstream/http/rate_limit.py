@@ -78,6 +78,8 @@ def install(app: web.Application) -> None:
         app[ADDRESS_LIMITER] = RateLimiter(
             settings.rate_limit_address_per_s, settings.rate_limit_address_burst
         )
+        # Only then: a middleware costs every request a call, limited or not.
+        app.middlewares.append(rate_limits)
 
 
 def client_address(request: web.Request, trusted_proxies: int) -> str:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 
 from orderstream.http.schemas import iso_timestamp
+
+log = logging.getLogger(__name__)
 
 # An error's text in /readyz stays short: the log has the traceback.
 _ERROR_MAX_CHARS = 300
@@ -48,13 +54,27 @@ def describe_error(error: BaseException) -> str:
 
 
 class RoleRegistry:
-    """The roles of this process by name, written by the supervisor, read by /readyz."""
+    """The roles of this process by name, written by the supervisor, read by /readyz.
 
-    def __init__(self) -> None:
+    ``share_at``: a file that also gets the roles' states on every change, for the
+    status service's other processes (``SharedRoles``) to answer /readyz as this one does.
+    """
+
+    def __init__(self, share_at: Path | None = None) -> None:
         self._states: dict[str, RoleState] = {}
+        self._share_at = share_at
 
     def set(self, role: str, state: RoleState) -> None:
         self._states[role] = state
+        if self._share_at is not None:
+            self._share(self._share_at)
+
+    def _share(self, path: Path) -> None:
+        # Renamed into place: a reader sees the previous states or these, never half.
+        body = json.dumps({"roles": self.describe(), "all_running": self.all_running()})
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(body)
+        partial.replace(path)
 
     def get(self, role: str) -> RoleState | None:
         return self._states.get(role)
@@ -65,3 +85,29 @@ class RoleRegistry:
 
     def all_running(self) -> bool:
         return all(state.phase is Phase.RUNNING for state in self._states.values())
+
+
+class SharedRoles(RoleRegistry):
+    """The roles of another process (`orderstream run`), as its registry shares them.
+
+    A status service process started beside `orderstream run` answers /readyz with the
+    roles of the process that started it, whichever process takes the connection.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._path = path
+
+    def _read(self) -> tuple[dict[str, str], bool]:
+        try:
+            shared = json.loads(self._path.read_text())
+            return dict(shared["roles"]), bool(shared["all_running"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("the roles shared at %s cannot be read: %r", self._path, exc)
+            return {}, False
+
+    def describe(self) -> dict[str, str]:
+        return self._read()[0]
+
+    def all_running(self) -> bool:
+        return self._read()[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -201,6 +202,7 @@ async def readyz(request: web.Request) -> web.Response:
         ready=ready,
         checks=ReadinessChecks(postgres=postgres, kafka=kafka),
         roles=None if roles is None else roles.describe(),
+        process=os.getpid(),
     )
     return model_response(answer, status=200 if ready else 503)
 

@@ -281,3 +281,8 @@ class Readiness(Body):
         description="Each role of the process and its state; absent when the service runs alone.",
         examples=[{"stock-agent": "running", "sink": "running", "status-service": "running"}],
     )
+    process: int = Field(
+        description="The id of the process that answered: one of the service's processes"
+        " sharing the port (ORDERSTREAM_HTTP_PROCESSES).",
+        examples=[4242],
+    )

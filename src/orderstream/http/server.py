@@ -69,12 +69,23 @@ def _reason(exc: BaseException | None) -> str:
     return "bad request"
 
 
-async def listen(runner: web.AppRunner, host: str, port: int) -> asyncio.Server:
-    """Serve the set-up ``runner``'s application on ``host:port``; close the result to stop."""
+async def listen(
+    runner: web.AppRunner, host: str, port: int, *, reuse_port: bool = False
+) -> asyncio.Server:
+    """Serve the set-up ``runner``'s application on ``host:port``; close the result to stop.
+
+    ``reuse_port``: share the port with the other processes that listen on it with the
+    option (SO_REUSEPORT); the kernel spreads new connections over them. Only set when
+    several processes serve: a single one keeps "address already in use" for a port
+    another program holds.
+    """
     server = runner.server
     if server is None:
         raise RuntimeError("set the runner up before listening")
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: JsonErrorRequestHandler(server, loop=loop, **_HANDLER_OPTIONS), host, port
+        lambda: JsonErrorRequestHandler(server, loop=loop, **_HANDLER_OPTIONS),
+        host,
+        port,
+        reuse_port=reuse_port or None,
     )
