@@ -218,8 +218,35 @@ async def run_http_orderstream(
         for poller in pollers:
             await poller.stop()
         await deployment.stop()
+    return _result(
+        HTTP,
+        (workload, latency_workload),
+        args,
+        elapsed,
+        (rate, to_pg, paced, retries),
+        problems,
+        {
+            "door_processes": processes,
+            "http_max_in_flight": settings.http_max_in_flight,
+            "poll_interval_ms": POLL_INTERVAL_S * 1000,
+        },
+    )
+
+
+def _result(
+    system: str,
+    workloads: tuple[Workload, Workload],
+    args: argparse.Namespace,
+    elapsed: float,
+    latency: tuple[float, list[float], LoadRun, int],
+    problems: list[str],
+    settings: dict[str, object],
+) -> Result:
+    """One system's result over HTTP: flat out, then its open-loop latency phase."""
+    workload, latency_workload = workloads
+    rate, to_pg, paced, retries = latency
     return Result(
-        system=HTTP,
+        system=system,
         workload=workload.name,
         mode=f"POST /orders, {args.connections} connections",
         requests=len(workload.requests),
@@ -231,12 +258,10 @@ async def run_http_orderstream(
         latency_to_pg=Latency.of(to_pg),
         problems=problems,
         settings={
-            "door_processes": processes,
+            **settings,
             "load_generator": _generator(args),
             "retries_503": retries + paced.retries,
             "latency_to_answer": asdict(Latency.of(paced.latencies())),
-            "http_max_in_flight": settings.http_max_in_flight,
-            "poll_interval_ms": POLL_INTERVAL_S * 1000,
         },
     )
 
@@ -306,26 +331,14 @@ async def run_http_rowlock(
             except subprocess.TimeoutExpired:
                 server.kill()
         await admin.close()
-    return Result(
-        system=baseline_http_rowlock.SYSTEM,
-        workload=workload.name,
-        mode=f"POST /orders, {args.connections} connections",
-        requests=len(workload.requests),
-        elapsed_s=elapsed,
-        rate_per_s=len(workload.requests) / elapsed,
-        correct=not problems,
-        latency_rate_per_s=rate,
-        latency_requests=len(latency_workload.requests),
-        latency_to_pg=Latency.of(to_pg),
-        problems=problems,
-        settings={
-            "service_processes": processes,
-            "pg_connections": args.pg_connections,
-            "load_generator": _generator(args),
-            "retries_503": retries + paced.retries,
-            "latency_to_answer": asdict(Latency.of(paced.latencies())),
-            **pg,
-        },
+    return _result(
+        baseline_http_rowlock.SYSTEM,
+        (workload, latency_workload),
+        args,
+        elapsed,
+        (rate, to_pg, paced, retries),
+        problems,
+        {"service_processes": processes, "pg_connections": args.pg_connections, **pg},
     )
 
 
