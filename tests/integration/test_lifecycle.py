@@ -250,9 +250,11 @@ async def test_cancel_races_payment_and_exactly_one_wins(pipeline: Pipeline) -> 
         ORDERSTREAM_PAYMENT_SUCCESS_RATE="1",
         # From quicker to slower than a reservation takes to reach PostgreSQL (where
         # the test sees it and cancels) and the cancel the order agent: cancels and
-        # payments arrive at the order agent together, and each wins some.
+        # payments arrive at the order agent together, and each wins some. Up to 2 s:
+        # on a loaded machine (the whole suite on 2 cores) a reservation can take
+        # longer than 0.4 s to show, and every payment then won.
         ORDERSTREAM_PAYMENT_DELAY_MIN_S="0",
-        ORDERSTREAM_PAYMENT_DELAY_MAX_S="0.4",
+        ORDERSTREAM_PAYMENT_DELAY_MAX_S="2",
     )
     requests = _requests(200, list(stock))
     order_ids = {order_id for order_id, _, _ in requests}
