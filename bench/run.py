@@ -227,7 +227,7 @@ def main() -> int:
     args.size = "quick" if args.quick else "full"
 
     if args.output is None:
-        # A quick run never overwrites the full results that the README shows.
+        # A quick run never overwrites the full results that docs/benchmarks.md shows.
         args.output = RESULTS / ("quick.json" if args.quick else "latest.json")
     if baseline_redis.SYSTEM in args.system:
         subprocess.run(["bash", str(REPO / "scripts" / "redis.sh"), "up"], check=True)

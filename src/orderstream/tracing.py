@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Span names, one per step (the README lists them).
+# Span names, one per step (docs/operations.md lists them).
 INTAKE_SPAN = "POST /orders"
 STOCK_DECIDE_SPAN = "stock.decide"
 STOCK_COMMAND_SPAN = "stock.command"

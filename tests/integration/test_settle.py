@@ -128,7 +128,7 @@ async def test_two_lifecycle_processes_share_a_sale_and_survive_a_kill_9(
 
     # Scaled out as an operator does: a second process joins a running one. (Two started
     # within milliseconds of each other have been seen to leave one out of the group
-    # for good: an open issue, see the README's reliability section.)
+    # for good: an open issue, see docs/operations.md, Reliability.)
     await pipeline.wait_for("the first lifecycle process", lambda: members(1), timeout=60)
     pipeline.start("orders", name="orders-b", **env)
     await pipeline.wait_for("two members in the lifecycle's group", lambda: members(2), timeout=60)

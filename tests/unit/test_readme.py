@@ -1,4 +1,5 @@
-"""The README says what the code does: every setting documented, every link resolving."""
+"""The README and docs/ say what the code does: every setting documented, every link
+resolving."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from orderstream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 
 def _anchor(heading: str) -> str:
@@ -32,11 +34,18 @@ def _documented(section: str) -> set[str]:
 
 
 def test_every_setting_is_in_the_configuration_table_and_nothing_else_is() -> None:
-    section = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    section = OPERATIONS.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
     fields = {name.upper() for name in Settings.model_fields}
     documented = _documented(section)
     assert fields - documented == set(), "settings missing from the README's table"
     assert documented - fields == set(), "the README's table names settings that do not exist"
+
+
+def test_the_readme_is_short_and_starts_with_its_two_commands() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 260, "the README is read in five minutes: the rest goes to docs/"
+    assert lines[2].strip().startswith("make run")
+    assert lines[3].strip().startswith("make test")
 
 
 def test_every_relative_link_and_anchor_resolves() -> None:

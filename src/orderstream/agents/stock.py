@@ -18,7 +18,7 @@ previous one waits for the broker.
 Why not a Faust agent: Faust spends ~0.6 ms of CPU per event in its per-event machinery
 and writes one changelog record per table write, to two tables whose changelogs a crash
 can leave out of step. Deciding a batch at a time costs ~50 us per request in all
-(README, "Why the stock agent is not a Faust agent").
+(docs/architecture.md, "Why the stock agent is not a Faust agent").
 """
 
 from __future__ import annotations
