@@ -15,7 +15,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from orderstream.agents.processor import SourceRecord, StockProcessor
+from orderstream.agents.stock.processor import SourceRecord, StockProcessor
 from orderstream.domain import StockLevel, evolve
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings

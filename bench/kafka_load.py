@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.timing import Progress, at, log, now
 from bench.workload import Request
-from orderstream.agents.outbox import Outbox
+from orderstream.agents.stock.batcher import Outbox
 from orderstream.domain import owner_partition
 
 BURST_CHUNK = 5_000

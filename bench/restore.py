@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from orderstream.admin import all_topic_specs, create_topics
-from orderstream.agents.outbox import Outbox
+from orderstream.agents.stock.batcher import Outbox
 from orderstream.domain import owner_partition
 from orderstream.producer import publish_stock_command
 from orderstream.settings import Settings

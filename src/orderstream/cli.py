@@ -305,7 +305,7 @@ def _orders(settings: Settings, args: argparse.Namespace) -> int:
 
 def _lifecycle(settings: Settings, registry: CollectorRegistry) -> dict[str, RoleFactory]:
     """Return the order lifecycle (a Faust app: order and payment agents) as a role."""
-    from orderstream.agents.faust_app import new_lifecycle_app
+    from orderstream.agents.lifecycle.faust_app import new_lifecycle_app
     from orderstream.metrics import LifecycleMetrics
     from orderstream.services import ORDER_LIFECYCLE
 

@@ -2,7 +2,7 @@
 cluster asks for it, SASL (SCRAM or PLAIN) over plaintext or TLS.
 
 Every producer, consumer and admin client is built with ``kafka_options(settings)``, the
-Faust app with the same as Faust credentials (agents/faust_app.py). Locally (the stack,
+Faust app with the same as Faust credentials (agents/lifecycle/faust_app.py). Locally (the stack,
 the tests) it is plaintext; a deployment with ACLs gives orderstream a principal of its
 own (docs/operations.md, "Kafka access") and shops another that may only write order-requests.
 """

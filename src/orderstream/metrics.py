@@ -2,7 +2,7 @@
 
 Labels stay bounded: outcomes, reasons, topics and groups, never a user or order id. A
 product id labels only the stock gauges, whose label set is replaced on every update by
-at most ten products (agents/stock.py).
+at most ten products (agents/stock/agent.py).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ STOCK_AGENT = "stock-agent"
 SINK = "sink"
 STATUS_SERVICE = "status-service"
 METRICS_SERVER = "metrics-server"
-ORDER_LIFECYCLE = "order-lifecycle"  # a Faust app: agents/faust_app.py
+ORDER_LIFECYCLE = "order-lifecycle"  # a Faust app: agents/lifecycle/faust_app.py
 
 # SIGTERM must end a process within 30 s whatever is down. Roles stop at the same time,
 # each within this bound; closing the event loop afterwards takes the mode Worker ~2 s.

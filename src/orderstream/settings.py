@@ -109,13 +109,13 @@ class Settings(BaseSettings):
     # sales. Reservations are kept until they are final, whatever the window.
     dedup_window_s: float = Field(default=86_400.0, ge=1)
 
-    # Worker tuning (see agents/stock.py for why each value).
+    # Worker tuning (see agents/stock/agent.py for why each value).
     commit_interval_s: float = Field(default=0.5, gt=0)
     # Below 6 s only where the broker allows it (group.min.session.timeout.ms: Kafka's
     # default is 6000; the local stack and docker-compose.yml set 2000).
     session_timeout_s: float = Field(default=10.0, ge=2)
     # 1: every worker tails the stock changelog partitions it does not own into standby
-    # stores, so a takeover reads only what the standby had not (agents/standby.py).
+    # stores, so a takeover reads only what the standby had not (agents/stock/standby.py).
     standby_replicas: int = Field(default=0, ge=0, le=1)
 
     # Sink batching: up to this many records, or whatever arrived within the wait. With

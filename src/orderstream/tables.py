@@ -35,7 +35,7 @@ from orderstream.topics import TopicSpec
 # HOLD_KEY + hold_key(...) -> Hold JSON. A restore that reads it in order never sees a
 # reservation before the restock that allowed it.
 STOCK_CHANGELOG = "stock-changelog"
-# The order lifecycle's Faust table: order id -> StoredOrder JSON (agents/orders.py).
+# The order lifecycle's Faust table: order id -> StoredOrder JSON (agents/lifecycle/orders.py).
 ORDERS_TABLE = "orders"
 LIFECYCLE_APP_SUFFIX = "-orders"
 STOCK_KEY = b"s"

@@ -37,8 +37,8 @@ ORDER_REQUESTS = "order-requests"  # key: product id
 STOCK_COMMANDS = "stock-commands"  # key: product id (co-partitioned with order-requests)
 ORDER_EVENTS = "order-events"  # key: order id
 STOCK_CHANGES = "stock-changes"  # key: product id
-# The order lifecycle (agents/orders.py, agents/payment.py): keyed by order id, so an
-# order's inputs and its table partition meet in one agent.
+# The order lifecycle (agents/lifecycle/orders.py and payment.py): keyed by order id,
+# so an order's inputs and its table partition meet in one agent.
 ORDER_COMMANDS = "order-commands"  # key: order id
 PAYMENT_REQUESTS = "payment-requests"  # key: order id
 PAYMENT_RESULTS = "payment-results"  # key: order id

@@ -20,7 +20,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from orderstream.admin import create_topics
-from orderstream.agents.faust_app import lifecycle_datadir
+from orderstream.agents.lifecycle.faust_app import lifecycle_datadir
 from orderstream.services import ORDER_LIFECYCLE
 from orderstream.sink import migrate
 from orderstream.tables import ORDERS_TABLE, orders_changelog

@@ -31,10 +31,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from orderstream import tracing
-from orderstream.agents import orders, payment
-from orderstream.agents.processor import Output, SourceRecord, StockProcessor
-from orderstream.agents.provider import MockPaymentProvider
-from orderstream.agents.resilience import CircuitBreaker, RetryPolicy
+from orderstream.agents.lifecycle import orders, payment
+from orderstream.agents.lifecycle.provider import MockPaymentProvider
+from orderstream.agents.lifecycle.resilience import CircuitBreaker, RetryPolicy
+from orderstream.agents.stock.processor import Output, SourceRecord, StockProcessor
 from orderstream.domain import StockLevel
 from orderstream.http import intake
 from orderstream.http.keys import KAFKA, SETTINGS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from orderstream.agents.deadlines import DeadlineIndex
+from orderstream.agents.lifecycle.deadlines import DeadlineIndex
 
 RETRY = 1_000
 

@@ -1,4 +1,5 @@
-"""Faust's commit offset with the guard of agents/faust_commits.py, on Faust's own code."""
+"""Faust's commit offset with the guard of agents/lifecycle/faust_commits.py, on Faust's
+own code."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from faust.transport.consumer import Consumer
 from intervaltree import IntervalTree
 
-from orderstream.agents import faust_commits
+from orderstream.agents.lifecycle import faust_commits
 
 TP = ("payment-requests", 4)
 

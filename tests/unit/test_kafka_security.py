@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orderstream.agents.faust_app import faust_credentials
+from orderstream.agents.lifecycle.faust_app import faust_credentials
 from orderstream.kafka_security import kafka_options
 from orderstream.settings import Settings
 

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from orderstream.agents.processor import SourceRecord, StockProcessor
+from orderstream.agents.stock.processor import SourceRecord, StockProcessor
 from orderstream.dead_letters import MAX_BYTES
 from orderstream.domain import StockLevel, owner_partition
 from orderstream.logs import JsonFormatter

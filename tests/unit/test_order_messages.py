@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from orderstream.agents.order_messages import (
+from orderstream.agents.lifecycle.order_messages import (
     announced_here,
     line_outcome,
     order_event,

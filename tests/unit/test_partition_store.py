@@ -13,8 +13,8 @@ import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orderstream.agents.processor import SourceRecord, StockProcessor
-from orderstream.agents.store import PartitionStore, RestoreReport
+from orderstream.agents.stock.processor import SourceRecord, StockProcessor
+from orderstream.agents.stock.store import PartitionStore, RestoreReport
 from orderstream.domain import (
     Committed,
     LineStatus,
@@ -425,7 +425,7 @@ def test_unknown_keys_are_ignored_with_a_warning(
     store: PartitionStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = snapshot("p1", available=3, version=1)
-    with caplog.at_level(logging.WARNING, logger="orderstream.agents.store"):
+    with caplog.at_level(logging.WARNING, logger="orderstream.agents.stock.store"):
         report = restore(
             store,
             first,

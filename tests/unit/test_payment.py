@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from orderstream.agents.payment import PaymentClient, PaymentUnavailableError
-from orderstream.agents.provider import MockPaymentProvider, ProviderError
-from orderstream.agents.resilience import BreakerState, CircuitBreaker, RetryPolicy
+from orderstream.agents.lifecycle.payment import PaymentClient, PaymentUnavailableError
+from orderstream.agents.lifecycle.provider import MockPaymentProvider, ProviderError
+from orderstream.agents.lifecycle.resilience import BreakerState, CircuitBreaker, RetryPolicy
 from orderstream.domain import RejectReason
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orderstream.agents.processor import Effects, Output, SourceRecord, StockProcessor
+from orderstream.agents.stock.processor import Effects, Output, SourceRecord, StockProcessor
 from orderstream.codec import encode_json
 from orderstream.domain import (
     Committed,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from orderstream.agents.stock import StockAgent
-from orderstream.agents.store import PartitionStore
+from orderstream.agents.stock.agent import StockAgent
+from orderstream.agents.stock.store import PartitionStore
 from orderstream.domain import StockLevel
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings

@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from orderstream import tracing
-from orderstream.agents.processor import SourceRecord, StockProcessor
+from orderstream.agents.stock.processor import SourceRecord, StockProcessor
 from orderstream.domain import StockLevel
 from orderstream.errors import ConfigurationError
 from orderstream.metrics import WorkerMetrics

@@ -1,7 +1,7 @@
 """The stock agent: single writer of the stock of its partitions, a fetched batch at a time.
 
-This module is transport only: fetch, let the processor decide (agents/processor.py),
-let the store append the effects to the changelog (agents/store.py), announce the
+This module is transport only: fetch, let the processor decide (agents/stock/processor.py),
+let the store append the effects to the changelog (agents/stock/store.py), announce the
 outputs once the changelog has them, commit. What it guarantees:
 - single writer: one consumer of the group owns partition p of both source topics (the
   range assignor keeps co-partitioned topics together), and p's state lives only there;
@@ -37,11 +37,11 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
-from orderstream.agents.outbox import Outbox
-from orderstream.agents.processor import SourceRecord, StockProcessor
-from orderstream.agents.restore import RESTORE_FETCH_BYTES, restore_partitions
-from orderstream.agents.standby import Standbys
-from orderstream.agents.store import Append, PartitionStore
+from orderstream.agents.stock.batcher import Outbox
+from orderstream.agents.stock.processor import SourceRecord, StockProcessor
+from orderstream.agents.stock.restore import RESTORE_FETCH_BYTES, restore_partitions
+from orderstream.agents.stock.standby import Standbys
+from orderstream.agents.stock.store import Append, PartitionStore
 from orderstream.consumer_lag import consumer_lag
 from orderstream.domain import StockLevel
 from orderstream.kafka_security import kafka_options
@@ -135,7 +135,7 @@ class StockAgent(Service):
             # Retries never reorder or double a partition's records: a restore reads the
             # changelog in order and trusts that order.
             enable_idempotence=True,
-            # Decided batches are handed over whole (agents/outbox.py): no linger needed.
+            # Decided batches are handed over whole (agents/stock/batcher.py): no linger needed.
             max_batch_size=256 * 1024,  # a decided batch goes out in few produce requests
         )
         self._consumer = AIOKafkaConsumer(

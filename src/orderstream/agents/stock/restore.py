@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from orderstream.agents.store import PartitionStore, RestoreReport
+from orderstream.agents.stock.store import PartitionStore, RestoreReport
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from orderstream.agents.restore import RESTORE_FETCH_BYTES
-from orderstream.agents.store import PartitionStore
+from orderstream.agents.stock.restore import RESTORE_FETCH_BYTES
+from orderstream.agents.stock.store import PartitionStore
 from orderstream.kafka_security import kafka_options
 from orderstream.settings import Settings
 

@@ -1,12 +1,12 @@
 """The stock agent's one seam: a source record and its partition's state in, effects out.
 
 The processor decides; it never touches Kafka or the store. What it returns (new holds,
-stock events, output records; the types are in agents/stock_seam.py) the store appends
+stock events, output records; the types are in agents/stock/seam.py) the store appends
 to the changelog in order and the engine announces once the changelog has them. Every
 rule about a record is applied here once: decoding, the dedup window, forwarding a
 misrouted record to its owner, re-sending a duplicate's recorded decision, and
 dead-lettering what can never succeed. A stock command for a product owned here is
-handed to agents/stock_commands.py, which applies it or settles a reserved line
+handed to agents/stock/commands.py, which applies it or settles a reserved line
 (commit, release) once.
 """
 
@@ -16,8 +16,8 @@ import logging
 from dataclasses import replace
 
 from orderstream import tracing
-from orderstream.agents.stock_commands import StockCommands
-from orderstream.agents.stock_seam import Effects, Output, PartitionView, SourceRecord
+from orderstream.agents.stock.commands import StockCommands
+from orderstream.agents.stock.seam import Effects, Output, PartitionView, SourceRecord
 from orderstream.codec import RequestLine, decode_request, encode_json
 from orderstream.dead_letters import dead_letter_of
 from orderstream.domain import (

@@ -18,8 +18,8 @@ import faust
 from pydantic import BaseModel, ConfigDict
 
 from orderstream import tracing
-from orderstream.agents.faust_io import delivered
-from orderstream.agents.order_messages import announced_here, order_event
+from orderstream.agents.lifecycle.faust_io import delivered
+from orderstream.agents.lifecycle.order_messages import announced_here, order_event
 from orderstream.domain import StockOperation
 from orderstream.domain.orders import Transition
 from orderstream.topics import Message, PaymentAction, PaymentRequest, StockCommand

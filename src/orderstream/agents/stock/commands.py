@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from orderstream.agents.stock_seam import Effects, PartitionView, SourceRecord
+from orderstream.agents.stock.seam import Effects, PartitionView, SourceRecord
 from orderstream.domain import (
     Released,
     SettleOutcome,

@@ -7,7 +7,7 @@ each input it applies the state machine and does what the transition names: orde
 events, stock commits and releases (per line, to the partition of the line's product),
 the payment request, a refund. A single-line order's first event is the stock agent's;
 every other event is announced here. What a transition sends is built in
-agents/order_effects.py.
+agents/lifecycle/order_effects.py.
 
 A batch at a time: the inputs one fetch brings are applied in order (per order, in the
 order they came), each changed order written once to the table with its outbox (every
@@ -27,7 +27,7 @@ or not at all one hop earlier: its lines are published in one transaction on
 ``order-requests``, which the stock agent reads read_committed.
 
 The expiry timer only sends: it keeps when each local order is next due (the end of its
-TTL, or of its retention once final: agents/deadlines.py) and sends an ``expire``
+TTL, or of its retention once final: agents/lifecycle/deadlines.py) and sends an ``expire``
 command for each one due; the agent decides (expires it, or forgets a final order).
 """
 
@@ -44,15 +44,21 @@ import faust
 from pydantic import BaseModel, ConfigDict
 
 from orderstream import tracing
-from orderstream.agents.deadlines import DeadlineIndex
-from orderstream.agents.faust_io import as_current, dead_letter, delivered, send, until_delivered
-from orderstream.agents.order_effects import (
+from orderstream.agents.lifecycle.deadlines import DeadlineIndex
+from orderstream.agents.lifecycle.faust_io import (
+    as_current,
+    dead_letter,
+    delivered,
+    send,
+    until_delivered,
+)
+from orderstream.agents.lifecycle.order_effects import (
     Outgoing,
     RecordProducer,
     send_outbox,
     transition_outbox,
 )
-from orderstream.agents.order_messages import announced_here, line_outcome
+from orderstream.agents.lifecycle.order_messages import announced_here, line_outcome
 from orderstream.domain.orders import (
     Cancel,
     Expire,
@@ -113,7 +119,7 @@ class OrderAgentContext:
     dead_letters: Mapping[str, faust.TopicT]  # source topic name -> its dead-letter topic
     # Orders whose outbox this process has sent (bounded: forgetting one costs a resend).
     sent: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    # When each local order next needs the expiry timer (agents/deadlines.py).
+    # When each local order next needs the expiry timer (agents/lifecycle/deadlines.py).
     deadlines: DeadlineIndex = field(default_factory=lambda: DeadlineIndex(_EXPIRE_RETRY_MS))
 
     @property

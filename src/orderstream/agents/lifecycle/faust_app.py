@@ -16,12 +16,12 @@ import faust
 from aiokafka.helpers import create_ssl_context
 from faust.types import TableT
 
-from orderstream.agents import faust_commits, faust_recovery
-from orderstream.agents.faust_io import DirectProducer, raw_topic
-from orderstream.agents.lifecycle_lag import LifecycleLag
-from orderstream.agents.orders import OrderAgentContext, register_order_agent
-from orderstream.agents.payment import PaymentClient, register_payment_agent
-from orderstream.agents.provider import MockPaymentProvider, PaymentProvider
+from orderstream.agents.lifecycle import faust_commits, faust_recovery
+from orderstream.agents.lifecycle.faust_io import DirectProducer, raw_topic
+from orderstream.agents.lifecycle.lag import LifecycleLag
+from orderstream.agents.lifecycle.orders import OrderAgentContext, register_order_agent
+from orderstream.agents.lifecycle.payment import PaymentClient, register_payment_agent
+from orderstream.agents.lifecycle.provider import MockPaymentProvider, PaymentProvider
 from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
 from orderstream.tables import ORDERS_TABLE, lifecycle_app_id
@@ -103,7 +103,7 @@ def build_lifecycle_app(
         datadir=str(lifecycle_datadir(settings)),
         store="rocksdb://",
         # exactly_once has open bugs that lose or double table updates after a crash;
-        # at least once plus idempotent effects (agents/orders.py) is what we rely on.
+        # at least once plus idempotent effects (agents/lifecycle/orders.py) is what we rely on.
         processing_guarantee="at_least_once",
         # Co-partitioning is explicit: sources and the changelog share one count.
         topic_partitions=settings.partitions,

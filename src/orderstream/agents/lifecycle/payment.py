@@ -22,9 +22,14 @@ import faust
 from aiokafka import AIOKafkaProducer
 
 from orderstream import tracing
-from orderstream.agents.faust_io import dead_letter, until_delivered
-from orderstream.agents.provider import PaymentProvider, ProviderError
-from orderstream.agents.resilience import BreakerState, CircuitBreaker, RetryPolicy, TokenBucket
+from orderstream.agents.lifecycle.faust_io import dead_letter, until_delivered
+from orderstream.agents.lifecycle.provider import PaymentProvider, ProviderError
+from orderstream.agents.lifecycle.resilience import (
+    BreakerState,
+    CircuitBreaker,
+    RetryPolicy,
+    TokenBucket,
+)
 from orderstream.domain import RejectReason
 from orderstream.errors import InvalidMessageError, OrderstreamError
 from orderstream.logs import record_context

@@ -1,7 +1,7 @@
 """The stock processor's seam types: a source record and its partition's state in, effects out.
 
-agents/processor.py returns the effects, agents/store.py appends them to the changelog,
-and agents/stock.py sends the outputs once the changelog has them.
+agents/stock/processor.py returns the effects, agents/stock/store.py appends them to the changelog,
+and agents/stock/agent.py sends the outputs once the changelog has them.
 """
 
 from __future__ import annotations
