@@ -10,7 +10,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from orderstream.errors import TopicMismatchError
-from orderstream.kafka_security import kafka_options
+from orderstream.kafka_clients import admin_client
 from orderstream.settings import Settings
 from orderstream.tables import changelog_specs
 from orderstream.topics import TopicSpec, topic_specs
@@ -28,7 +28,7 @@ def all_topic_specs(settings: Settings) -> list[TopicSpec]:
 async def create_topics(settings: Settings) -> list[str]:
     """Create every missing topic; return the names created. Existing ones are checked."""
     specs = all_topic_specs(settings)
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    admin = admin_client(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -62,7 +62,7 @@ async def config_drift(settings: Settings) -> list[str]:
     ``stock-changes`` from before it was compacted) is reported, with the command to fix it.
     """
     specs = [spec for spec in all_topic_specs(settings) if spec.config]
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    admin = admin_client(settings)
     await admin.start()
     try:
         resources = [ConfigResource(ConfigResourceType.TOPIC, spec.name) for spec in specs]
@@ -98,7 +98,7 @@ async def delete_topics(settings: Settings) -> list[str]:
     starts with the app id. For tests and benchmarks, which make a deployment of their
     own with a unique app id.
     """
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    admin = admin_client(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -114,7 +114,7 @@ async def delete_topics(settings: Settings) -> list[str]:
 
 async def check_topics(settings: Settings) -> None:
     """Raise TopicMismatchError unless every topic exists with the configured partitions."""
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    admin = admin_client(settings)
     await admin.start()
     try:
         await _check_partitions(admin, all_topic_specs(settings))

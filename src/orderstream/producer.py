@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError
 
 from orderstream import tracing
 from orderstream.domain import StockOperation
-from orderstream.kafka_security import kafka_options
+from orderstream.kafka_clients import durable_producer
 from orderstream.settings import Settings
 from orderstream.topics import (
     MAX_LINE_COUNT,
@@ -52,7 +52,7 @@ async def publish_stock_commands(
     own = producer is None
     if producer is None:
         # Idempotent producer: a retried send is written once, so a command is applied once.
-        producer = AIOKafkaProducer(**kafka_options(settings), acks="all", enable_idempotence=True)
+        producer = durable_producer(settings)
     try:
         if own:
             await producer.start()
@@ -160,12 +160,10 @@ class OrderLinesPublisher:
 
     async def _started(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                **kafka_options(self._settings),
+            producer = durable_producer(
+                self._settings,
                 transactional_id=self._transactional_id,
                 transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-                acks="all",
-                enable_idempotence=True,
             )
             try:
                 await producer.start()

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 
-from aiokafka import AIOKafkaProducer
-
 from orderstream.domain import StockOperation
-from orderstream.kafka_security import kafka_options
+from orderstream.kafka_clients import durable_producer
 from orderstream.producer import publish_stock_commands
 from orderstream.settings import Settings
 from orderstream.topics import StockCommand
@@ -50,12 +48,7 @@ async def publish_catalog(
 ) -> None:
     """Publish ``commands`` through one producer, calling ``progress(done)`` per chunk."""
     # As publish_stock_commands' own: idempotent, so a retried send is applied once.
-    producer = AIOKafkaProducer(
-        **kafka_options(settings),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-    )
+    producer = durable_producer(settings, linger_ms=5)
     try:
         await producer.start()  # inside: a producer that failed to start is stopped too
         for start in range(0, len(commands), CHUNK):

@@ -22,10 +22,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
-
-from orderstream.audit.kafka import FETCH_BYTES, consumer_lag, read_changelog
+from orderstream.audit.kafka import consumer_lag, read_changelog
 from orderstream.audit.postgres import read_postgres
 from orderstream.audit.report import AuditReport, Check, StockFigures, describe_lag
 from orderstream.audit.stock import (
@@ -34,7 +31,7 @@ from orderstream.audit.stock import (
     check_reserved_items,
     check_sold_items,
 )
-from orderstream.kafka_security import kafka_options
+from orderstream.kafka_clients import admin_client, reader
 from orderstream.settings import Settings
 
 __all__ = ["AuditReport", "Check", "StockFigures", "audit"]
@@ -44,14 +41,8 @@ log = logging.getLogger(__name__)
 
 async def audit(settings: Settings) -> AuditReport:
     """Read the lag, PostgreSQL and the stock changelog, in this order; check the invariants."""
-    consumer = AIOKafkaConsumer(
-        **kafka_options(settings),
-        enable_auto_commit=False,
-        fetch_max_bytes=FETCH_BYTES,
-        max_partition_fetch_bytes=FETCH_BYTES,
-        check_crcs=False,  # the broker checked them when they were written
-    )
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    consumer = reader(settings)
+    admin = admin_client(settings)
     await consumer.start()
     try:
         await admin.start()

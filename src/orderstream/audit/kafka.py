@@ -34,8 +34,6 @@ from orderstream.topics import (
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY_S = 5.0
-# Large fetches: reading the changelog is all the audit waits for on Kafka.
-FETCH_BYTES = 16 * 1024**2
 
 
 async def consumer_lag(

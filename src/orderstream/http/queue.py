@@ -19,7 +19,7 @@ from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from orderstream.kafka_security import kafka_options
+from orderstream.kafka_clients import admin_client
 from orderstream.settings import Settings
 from orderstream.topics import ORDER_REQUESTS
 
@@ -52,7 +52,7 @@ class QueueProgress:
     async def _refresh(self) -> None:
         try:
             if self._admin is None:
-                self._admin = AIOKafkaAdminClient(**kafka_options(self._settings))
+                self._admin = admin_client(self._settings)
                 await self._admin.start()
             committed = await self._admin.list_consumer_group_offsets(self._settings.app_id)
         except (KafkaError, OSError) as exc:

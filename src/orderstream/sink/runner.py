@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from orderstream import tracing
@@ -29,7 +29,7 @@ from orderstream.codec import WireStockChange, decode_event, decode_stock_change
 from orderstream.consumer_lag import consumer_lag
 from orderstream.dead_letters import dead_letter_of
 from orderstream.errors import InvalidMessageError
-from orderstream.kafka_security import kafka_options
+from orderstream.kafka_clients import durable_producer, group_consumer
 from orderstream.metrics import SinkMetrics
 from orderstream.settings import Settings
 from orderstream.sink.base import (
@@ -164,17 +164,11 @@ class SinkRunner:
         self._metrics = metrics
         self._events_topic = settings.topic(ORDER_EVENTS)
         self._stock_topic = settings.topic(STOCK_CHANGES)
-        self._consumer = AIOKafkaConsumer(
-            self._events_topic,
-            self._stock_topic,
-            **kafka_options(settings),
-            group_id=settings.sink_group,
-            enable_auto_commit=False,  # we commit after PostgreSQL does
-            auto_offset_reset="earliest",
-            session_timeout_ms=int(settings.session_timeout_s * 1000),
-            heartbeat_interval_ms=1000,
+        # Offsets are committed after PostgreSQL commits.
+        self._consumer = group_consumer(
+            settings, self._events_topic, self._stock_topic, group_id=settings.sink_group
         )
-        self._producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
+        self._producer = durable_producer(settings)  # dead letters
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
         self._task: asyncio.Task[object] | None = None

@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from orderstream.consumer_lag import group_lag
+from orderstream.kafka_clients import admin_client
 from orderstream.kafka_security import kafka_options
 from orderstream.metrics import LifecycleMetrics
 from orderstream.settings import Settings
@@ -60,7 +61,7 @@ class LifecycleLag(Service):
             await self.sleep(LAG_EVERY_S)
 
     async def _connect(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
-        self._admin = AIOKafkaAdminClient(**kafka_options(self._settings))
+        self._admin = admin_client(self._settings)
         self._consumer = AIOKafkaConsumer(**kafka_options(self._settings), enable_auto_commit=False)
         await self._admin.start()
         await self._consumer.start()

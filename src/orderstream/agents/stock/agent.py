@@ -39,12 +39,12 @@ from mode import Service
 
 from orderstream.agents.stock.batcher import Outbox
 from orderstream.agents.stock.processor import SourceRecord, StockProcessor
-from orderstream.agents.stock.restore import RESTORE_FETCH_BYTES, restore_partitions
+from orderstream.agents.stock.restore import restore_partitions
 from orderstream.agents.stock.standby import Standbys
 from orderstream.agents.stock.store import Append, PartitionStore
 from orderstream.consumer_lag import consumer_lag
 from orderstream.domain import StockLevel
-from orderstream.kafka_security import kafka_options
+from orderstream.kafka_clients import durable_producer, group_consumer, reader
 from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
@@ -129,41 +129,23 @@ class StockAgent(Service):
 
     async def on_start(self) -> None:
         # aiokafka clients bind to the running loop, so they are made here.
-        self._producer = AIOKafkaProducer(
-            **kafka_options(self._settings),
-            acks="all",
-            # Retries never reorder or double a partition's records: a restore reads the
-            # changelog in order and trusts that order.
-            enable_idempotence=True,
-            # Decided batches are handed over whole (agents/stock/batcher.py): no linger needed.
+        self._producer = durable_producer(
+            self._settings,
+            # Decided batches are handed over whole (agents/stock/batcher.py): no linger.
             max_batch_size=256 * 1024,  # a decided batch goes out in few produce requests
         )
-        self._consumer = AIOKafkaConsumer(
-            **kafka_options(self._settings),
+        self._consumer = group_consumer(
+            self._settings,
             group_id=self._settings.app_id,
             group_instance_id=self._settings.worker_id,
-            enable_auto_commit=False,  # committed after the outputs are acknowledged
-            auto_offset_reset="earliest",  # requests published before the start count too
             # An order of several lines is published in one transaction: its lines are
             # decided all or none, never those of an aborted order.
             isolation_level="read_committed",
             # Range assignment gives one member partition p of both source topics.
             partition_assignment_strategy=(RangePartitionAssignor,),
-            # Kafka's 45 s session timeout leaves a killed worker's partitions idle that
-            # long; 10 s with 1 s heartbeats fails over fast without flapping on pauses.
-            session_timeout_ms=int(self._settings.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(min(1.0, self._settings.session_timeout_s / 5) * 1000),
             max_poll_records=self._settings.batch_max_records,
         )
-        self._reader = AIOKafkaConsumer(
-            **kafka_options(self._settings),
-            enable_auto_commit=False,
-            fetch_max_bytes=RESTORE_FETCH_BYTES,
-            max_partition_fetch_bytes=RESTORE_FETCH_BYTES,
-            # The broker checked every batch's CRC when it was written; checking again in
-            # Python costs a restore more than the network does.
-            check_crcs=False,
-        )
+        self._reader = reader(self._settings)
         await self._producer.start()
         await self._reader.start()
         if self._standbys is not None:

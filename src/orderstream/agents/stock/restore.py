@@ -13,11 +13,8 @@ from orderstream.agents.stock.store import PartitionStore, RestoreReport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RESTORE_FETCH_BYTES", "restore_partitions"]
+__all__ = ["restore_partitions"]
 
-# Restore reads the changelog in large fetches: it is the only thing a restoring
-# partition waits for.
-RESTORE_FETCH_BYTES = 16 * 1024**2
 _PROGRESS_S = 5.0
 
 

@@ -17,9 +17,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from orderstream.agents.stock.restore import RESTORE_FETCH_BYTES
 from orderstream.agents.stock.store import PartitionStore
-from orderstream.kafka_security import kafka_options
+from orderstream.kafka_clients import reader
 from orderstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,15 +41,8 @@ class Standbys:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._reader = AIOKafkaConsumer(
-            **kafka_options(self._settings),
-            enable_auto_commit=False,
-            # Offset 0 of a compacted or trimmed changelog may be gone: its start then.
-            auto_offset_reset="earliest",
-            fetch_max_bytes=RESTORE_FETCH_BYTES,
-            max_partition_fetch_bytes=RESTORE_FETCH_BYTES,
-            check_crcs=False,  # the broker checked them when they were written
-        )
+        # Offset 0 of a compacted or trimmed changelog may be gone: its start then.
+        self._reader = reader(self._settings, auto_offset_reset="earliest")
         await self._reader.start()
         self._task = asyncio.create_task(self._tail(), name="standby-tail")
 
