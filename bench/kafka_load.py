@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.timing import Progress, at, log, now
 from bench.workload import Request
-from orderstream.agents.stock.batcher import Outbox
+from orderstream.agents.stock.batcher import RecordBatcher
 from orderstream.domain import owner_partition
 
 BURST_CHUNK = 5_000
@@ -60,15 +60,15 @@ async def publish_burst(
         owners: dict[str, int] = {}
         first_send = now()
         for start in range(0, len(requests), BURST_CHUNK):
-            outbox = Outbox(partitions)
+            batcher = RecordBatcher(partitions)
             for request in requests[start : start + BURST_CHUNK]:
                 partition = owners.get(request.product_id)
                 if partition is None:
                     partition = owners[request.product_id] = owner_partition(
                         request.product_id, partitions
                     )
-                outbox.add(topic, request.product_id.encode(), encode(request), partition)
-            await asyncio.gather(*await outbox.send(producer))
+                batcher.add(topic, request.product_id.encode(), encode(request), partition)
+            await asyncio.gather(*await batcher.send(producer))
         last_acked = now()
     finally:
         await producer.stop()

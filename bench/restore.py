@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from orderstream.admin import all_topic_specs, create_topics
-from orderstream.agents.stock.batcher import Outbox
+from orderstream.agents.stock.batcher import RecordBatcher
 from orderstream.domain import owner_partition
 from orderstream.producer import publish_stock_command
 from orderstream.settings import Settings
@@ -86,10 +86,10 @@ async def publish_sale(settings: Settings, requests: int) -> None:
     topic, partition = settings.topic(ORDER_REQUESTS), owner_partition(PRODUCT, settings.partitions)
     try:
         for start in range(0, requests, 5000):
-            outbox = Outbox(settings.partitions)
+            batcher = RecordBatcher(settings.partitions)
             for n in range(start, min(start + 5000, requests)):
-                outbox.add(topic, PRODUCT.encode(), request(n), partition)
-            await asyncio.gather(*await outbox.send(producer))
+                batcher.add(topic, PRODUCT.encode(), request(n), partition)
+            await asyncio.gather(*await batcher.send(producer))
     finally:
         await producer.stop()
 

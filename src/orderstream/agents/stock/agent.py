@@ -37,7 +37,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
-from orderstream.agents.stock.batcher import Outbox
+from orderstream.agents.stock.batcher import RecordBatcher
 from orderstream.agents.stock.processor import SourceRecord, StockProcessor
 from orderstream.agents.stock.restore import restore_partitions
 from orderstream.agents.stock.standby import Standbys
@@ -77,8 +77,8 @@ _BUSIEST = 10
 class Batch:
     """What deciding one fetched batch produced."""
 
-    changelog: Outbox  # holds, stock snapshots and tombstones, by source partition
-    outputs: Outbox  # sent once the changelog records are acknowledged
+    changelog: RecordBatcher  # holds, stock snapshots and tombstones, by source partition
+    outputs: RecordBatcher  # sent once the changelog records are acknowledged
     changelog_sent: list[asyncio.Future[Any]] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read
 
@@ -195,8 +195,8 @@ class StockAgent(Service):
                 continue
             async with self._deciding:
                 batch = Batch(
-                    changelog=Outbox(self._settings.partitions),
-                    outputs=Outbox(self._settings.partitions),
+                    changelog=RecordBatcher(self._settings.partitions),
+                    outputs=RecordBatcher(self._settings.partitions),
                 )
                 self._decide(batch, fetched)
                 if expire:

@@ -21,7 +21,7 @@ Headers = list[tuple[str, bytes]]  # aiokafka's C batch builder takes a list, no
 _NO_HEADERS: Headers = []  # shared, never mutated
 
 
-class Outbox:
+class RecordBatcher:
     """Records waiting to be sent, in order per (topic, partition)."""
 
     def __init__(self, partitions: int) -> None:
