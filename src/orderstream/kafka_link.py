@@ -13,15 +13,18 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from orderstream.kafka_clients import durable_producer
+from orderstream.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
 class KafkaLink:
     """Hand out a started producer; if Kafka was down, try again on the next call."""
 
-    def __init__(self, bootstrap: str, **options: Any) -> None:
-        """``options`` go to AIOKafkaProducer, beside acks=all and idempotence."""
-        self._bootstrap = bootstrap
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        """``options`` go to the durable producer (kafka_clients.py) beside its rules."""
+        self._settings = settings
         self._options = options
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
@@ -32,18 +35,13 @@ class KafkaLink:
             return self._producer
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._bootstrap,
-                    acks="all",  # durable on every in-sync replica before it counts
-                    # Retries never reorder or double a partition's records.
-                    enable_idempotence=True,
-                    **self._options,
-                )
+                producer = durable_producer(self._settings, **self._options)
                 try:
                     await producer.start()
                 except (KafkaError, OSError) as exc:
                     await producer.stop()
-                    raise ConnectionError(f"Kafka at {self._bootstrap}: {exc!r}") from exc
+                    bootstrap = self._settings.kafka_bootstrap
+                    raise ConnectionError(f"Kafka at {bootstrap}: {exc!r}") from exc
                 self._producer = producer
             return self._producer
 

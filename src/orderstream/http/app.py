@@ -19,7 +19,6 @@ from orderstream.http.roles import RoleRegistry
 from orderstream.http.stock_view import STOCK_FIGURES, StockFigures, StockView
 from orderstream.http.validation import MAX_BODY_BYTES
 from orderstream.kafka_link import KafkaLink
-from orderstream.kafka_security import kafka_security
 from orderstream.metrics import status_metrics
 from orderstream.settings import Settings
 
@@ -76,7 +75,7 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     # link connects lazily, so a service started before Kafka becomes ready without a
     # restart once Kafka is up.
     settings = app[SETTINGS]
-    link = KafkaLink(settings.kafka_bootstrap, **kafka_security(settings))
+    link = KafkaLink(settings)
     app[KAFKA] = link
     app[ORDER_PUBLISHER] = OrderPublisher(
         link, settings.http_max_in_flight, app[METRICS].publishes_in_flight

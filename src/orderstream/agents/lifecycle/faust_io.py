@@ -19,7 +19,6 @@ from mode import Service
 from orderstream import tracing
 from orderstream.dead_letters import dead_letter_of
 from orderstream.kafka_link import KafkaLink
-from orderstream.kafka_security import kafka_security
 from orderstream.settings import Settings
 from orderstream.tracing import Headers
 
@@ -53,12 +52,7 @@ class DirectProducer(Service):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         # A batch's records are handed over together: a millisecond's linger is enough.
-        self._link = KafkaLink(
-            settings.kafka_bootstrap,
-            linger_ms=1,
-            max_batch_size=256 * 1024,
-            **kafka_security(settings),
-        )
+        self._link = KafkaLink(settings, linger_ms=1, max_batch_size=256 * 1024)
 
     async def producer(self) -> AIOKafkaProducer:
         """Return the started producer; ConnectionError (retried) when Kafka is down."""
