@@ -29,6 +29,7 @@ from orderstream.topics import (
     OrderEvent,
     OrderRequest,
     StockChange,
+    check_items,
     decode,
 )
 
@@ -193,13 +194,7 @@ class WireOrderEvent(msgspec.Struct, kw_only=True, frozen=True):
     def __post_init__(self) -> None:
         _check_amount(_PRICE, self.unit_price)
         _check_amount(_TOTAL, self.total)
-        if self.items is None:
-            return
-        first = self.items[0]
-        if (first.product_id, first.quantity) != (self.product_id, self.quantity):
-            raise ValueError("product_id and quantity must be those of the first item")
-        if len({item.product_id for item in self.items}) != len(self.items):
-            raise ValueError("items name a product more than once")
+        check_items(self.product_id, self.quantity, self.items)
 
 
 _json = msgspec.json.Encoder(decimal_format="string")

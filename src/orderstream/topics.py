@@ -6,10 +6,11 @@ where they enter a process; unknown fields are ignored so producers can add fiel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, Protocol, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -273,14 +274,27 @@ class OrderEvent(OrderMetadata):
 
     @model_validator(mode="after")
     def _items_fit(self) -> Self:
-        if self.items is None:
-            return self
-        first = self.items[0]
-        if (first.product_id, first.quantity) != (self.product_id, self.quantity):
-            raise ValueError("product_id and quantity must be those of the first item")
-        if len({item.product_id for item in self.items}) != len(self.items):
-            raise ValueError("items name a product more than once")
+        check_items(self.product_id, self.quantity, self.items)
         return self
+
+
+class _Line(Protocol):
+    @property
+    def product_id(self) -> str: ...
+    @property
+    def quantity(self) -> int: ...
+
+
+def check_items(product_id: str, quantity: int, items: Sequence[_Line] | None) -> None:
+    """Raise ValueError unless an event's items fit it: the first is its product_id and
+    quantity, none names a product twice (OrderEvent's rule, and codec.WireOrderEvent's)."""
+    if items is None:
+        return
+    first = items[0]
+    if (first.product_id, first.quantity) != (product_id, quantity):
+        raise ValueError("product_id and quantity must be those of the first item")
+    if len({item.product_id for item in items}) != len(items):
+        raise ValueError("items name a product more than once")
 
 
 class LineDecision(OrderMetadata):
