@@ -201,15 +201,7 @@ async def run_http_orderstream(
         latency = RowPoller(url, settings.database_schema, latency_workload.order_ids(), label)
         pollers.append(latency)
         await latency.start()
-        log(label, f"latency phase: {len(latency_workload.requests):,} POSTs at {rate:,.0f}/s")
-        paced = await asyncio.to_thread(
-            send,
-            orders,
-            latency_workload.requests,
-            connections=args.connections,
-            processes=args.generators,
-            rate=rate,
-        )
+        paced = await _paced(orders, latency_workload, args, rate, label)
         problems += _answered(paced, label)
         await latency.wait(deployment.dead)
         to_pg = [latency.seen[order_id] - due for order_id, due, _, _ in paced.rows]
@@ -306,15 +298,7 @@ async def run_http_rowlock(
             database_url, ROWLOCK_SCHEMA, latency_workload.order_ids(), f"{label} latency"
         )
         await poller.start()
-        log(label, f"latency phase: {len(latency_workload.requests):,} POSTs at {rate:,.0f}/s")
-        paced = await asyncio.to_thread(
-            send,
-            orders,
-            latency_workload.requests,
-            connections=args.connections,
-            processes=args.generators,
-            rate=rate,
-        )
+        paced = await _paced(orders, latency_workload, args, rate, label)
         problems += _answered(paced, label)
         await poller.wait()
         to_pg = [poller.seen[order_id] - due for order_id, due, _, _ in paced.rows]
@@ -339,6 +323,21 @@ async def run_http_rowlock(
         (rate, to_pg, paced, retries),
         problems,
         {"service_processes": processes, "pg_connections": args.pg_connections, **pg},
+    )
+
+
+async def _paced(
+    orders: str, latency_workload: Workload, args: argparse.Namespace, rate: float, label: str
+) -> LoadRun:
+    """Send the latency phase's POSTs open loop at ``rate`` from the generator processes."""
+    log(label, f"latency phase: {len(latency_workload.requests):,} POSTs at {rate:,.0f}/s")
+    return await asyncio.to_thread(
+        send,
+        orders,
+        latency_workload.requests,
+        connections=args.connections,
+        processes=args.generators,
+        rate=rate,
     )
 
 
