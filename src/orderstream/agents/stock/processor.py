@@ -67,7 +67,7 @@ class StockProcessor:
         self._order_events = settings.topic(ORDER_EVENTS)
         self._line_outcomes = settings.topic(LINE_OUTCOMES)
         self._window_ms = int(settings.dedup_window_s * 1000)
-        self._owners: dict[str, int] = {}  # product id -> owning partition (murmur2 is slow)
+        self._owners: dict[str, int] = {}  # product id -> owning partition (no encode + hash)
         self._tally = DecisionTally(metrics.decisions, metrics.decision_latency)
         self._commands = StockCommands(metrics)
 
