@@ -248,22 +248,25 @@ async def test_cancel_races_payment_and_exactly_one_wins(pipeline: Pipeline) -> 
         pipeline,
         stock,
         ORDERSTREAM_PAYMENT_SUCCESS_RATE="1",
-        # From quicker to slower than a reservation takes to reach PostgreSQL (where
-        # the test sees it and cancels) and the cancel the order agent: cancels and
-        # payments arrive at the order agent together, and each wins some. Up to 2 s:
-        # on a loaded machine (the whole suite on 2 cores) a reservation can take
-        # longer than 0.4 s to show, and every payment then won.
+        # Payments take 0-2 s; each order's cancel leaves at its own point of a ladder
+        # from at once to 8 s after PostgreSQL shows the order RESERVED. The early
+        # cancels beat most payments and the late ones lose to them, however slow the
+        # machine makes the path from a reservation to PostgreSQL or the payments'.
         ORDERSTREAM_PAYMENT_DELAY_MIN_S="0",
         ORDERSTREAM_PAYMENT_DELAY_MAX_S="2",
     )
     requests = _requests(200, list(stock))
     order_ids = {order_id for order_id, _, _ in requests}
+    ladder = (0.0, 0.0, 0.1, 0.3, 0.6, 1.0, 2.0, 3.0, 5.0, 8.0)
+    cancel_after = {request[0]: ladder[i % len(ladder)] for i, request in enumerate(requests)}
     base = f"http://127.0.0.1:{pipeline.settings.http_port}"
     answers: dict[str, int] = {}
+    sending: dict[str, asyncio.Task[None]] = {}
 
     async with aiohttp.ClientSession() as http:
 
         async def cancel(order_id: str) -> None:
+            await asyncio.sleep(cancel_after[order_id])
             async with http.post(f"{base}/orders/{order_id}/cancel") as response:
                 answers[order_id] = response.status
                 body = await response.json()
@@ -274,13 +277,16 @@ async def test_cancel_races_payment_and_exactly_one_wins(pipeline: Pipeline) -> 
                     assert "only a RESERVED order can be cancelled" in body["error"], body
 
         async def cancel_as_reserved() -> bool:
-            # Cancel every order as soon as PostgreSQL shows it RESERVED: the payment
-            # is on its way at the same time.
+            # Start each order's cancel as soon as PostgreSQL shows it RESERVED: its
+            # payment is on its way at the same time.
             rows = await pipeline.query("SELECT order_id FROM orders WHERE status = 'RESERVED'")
-            fresh = [row["order_id"] for row in rows if row["order_id"] not in answers]
-            await asyncio.gather(*(cancel(order_id) for order_id in fresh))
+            for row in rows:
+                if row["order_id"] not in sending:
+                    sending[row["order_id"]] = asyncio.create_task(cancel(row["order_id"]))
+            for task in [task for task in sending.values() if task.done()]:
+                task.result()  # a wrong answer fails the test here
             settled = await pipeline.count("SELECT count(*) FROM orders WHERE status <> 'RESERVED'")
-            return settled == len(order_ids)
+            return settled == len(order_ids) and all(task.done() for task in sending.values())
 
         await _publish(pipeline, requests)
         await pipeline.wait_for("every order to settle", cancel_as_reserved, timeout=75)
