@@ -192,6 +192,20 @@ class StockCommand(Message):
         return CatalogPatch(self.price, self.currency, self.max_per_user)
 
 
+# A product's stock figures, named once: the stock level's, a stock change's and the
+# status service's answer (GET /products/{id}) copy them by these names.
+STOCK_FIGURES = (
+    "available",
+    "reserved",
+    "sold",
+    "total_in",
+    "version",
+    "price",
+    "currency",
+    "max_per_user",
+)
+
+
 class StockChange(Message):
     """A product's stock after a change, on ``stock-changes``; ``version`` grows per product."""
 
@@ -209,18 +223,12 @@ class StockChange(Message):
     @classmethod
     def of(cls, product_id: str, level: StockLevel, changed_at_ms: int) -> StockChange:
         """Return the snapshot of a product's stock level."""
-        return cls(
-            product_id=product_id,
-            available=level.available,
-            reserved=level.reserved,
-            sold=level.sold,
-            total_in=level.total_in,
-            version=level.version,
-            changed_at_ms=changed_at_ms,
-            price=level.price,
-            currency=level.currency,
-            max_per_user=level.max_per_user,
-        )
+        figures = {name: getattr(level, name) for name in STOCK_FIGURES}
+        return cls(product_id=product_id, changed_at_ms=changed_at_ms, **figures)
+
+    def figures(self) -> dict[str, Any]:
+        """Return the stock figures of this change (STOCK_FIGURES), by name."""
+        return {name: getattr(self, name) for name in STOCK_FIGURES}
 
 
 class OrderItem(Message):

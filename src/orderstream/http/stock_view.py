@@ -64,14 +64,7 @@ class StockFigure:
         change = self.change
         return ProductStock(
             product_id=change.product_id,
-            available=change.available,
-            reserved=change.reserved,
-            sold=change.sold,
-            total_in=change.total_in,
-            version=change.version,
-            price=change.price,
-            currency=change.currency,
-            max_per_user=change.max_per_user,
+            **change.figures(),
             updated_at=datetime.fromtimestamp(change.changed_at_ms / 1000, tz=UTC),
             # Another host's clock may run ahead of ours: never a negative age.
             age_ms=max(0, now_ms - change.changed_at_ms),
