@@ -51,6 +51,9 @@ class SettleResult:
     final_s: float  # first send -> every order terminal, nothing reserved
     final_after_last_request_s: float
     settled_per_s: float  # reserved orders settled / (decided -> final) ... see below
+    # --lifecycle-later: the lifecycle started once every order was decided; reserved
+    # orders settled per second from its readiness to every order final (its own pace).
+    lifecycle_alone_per_s: float | None = None
     statuses: dict[str, int] = field(default_factory=dict)
     # CPU milliseconds per unit sold or released, by process (run, worker, sink, orders...)
     cpu_ms_per_unit: dict[str, float] = field(default_factory=dict)
@@ -68,7 +71,12 @@ class SettleResult:
             f"decided {self.decided_s:.1f} s, every order final {self.final_s:.1f} s "
             f"({self.final_after_last_request_s:.1f} s after the last request), "
             f"{self.settled_per_s:,.0f} reserved orders settled/s, "
-            f"EXPIRED {self.statuses.get('EXPIRED', 0)}, "
+            + (
+                f"the lifecycle alone {self.lifecycle_alone_per_s:,.0f}/s, "
+                if self.lifecycle_alone_per_s is not None
+                else ""
+            )
+            + f"EXPIRED {self.statuses.get('EXPIRED', 0)}, "
             f"{'correct' if self.correct else 'INCORRECT'}"
         )
 
@@ -152,6 +160,7 @@ async def run_settle(
     instant: bool,
     ttl_s: float | None,
     audit: bool = False,
+    lifecycle_later: bool = False,
 ) -> SettleResult:
     label = "orderstream/settle"
     workload = hot(requests, units, seed=3, prefix="settle-")
@@ -160,14 +169,19 @@ async def run_settle(
         updates |= {"payment_delay_min_s": 0.0, "payment_delay_max_s": 0.001}
     if ttl_s is not None:
         updates["order_ttl_s"] = ttl_s
+    if lifecycle_later:
+        # The lifecycle in its own process, started once the sale is decided: its pace
+        # alone, not shared with the stock agent's deciding.
+        updates["run_lifecycle"] = False
     WORKDIR.mkdir(parents=True, exist_ok=True)
     deployment = await Deployment.create(base.model_copy(update=updates), WORKDIR)
     settings = deployment.settings
     try:
         deployment.start("run")
         await set_stock(deployment, workload.stock)
-        # A drop starts once the lifecycle has joined its group and restored its table.
-        await deployment.wait_until("the order lifecycle", deployment.lifecycle_ready)
+        if not lifecycle_later:
+            # A drop starts once the lifecycle has joined its group and restored its table.
+            await deployment.wait_until("the order lifecycle", deployment.lifecycle_ready)
         cpu_start = deployment.cpu_by_command("run")
         burst = await publish_burst(
             settings.kafka_bootstrap,
@@ -181,6 +195,11 @@ async def run_settle(
         )
         log(label, f"every order decided in PostgreSQL after {decided_at - burst.first_send:.2f} s")
         audits = [await _audit(deployment, "mid-sale (every order decided)")] if audit else []
+        if lifecycle_later:
+            deployment.start("orders")
+            await deployment.wait_until("the order lifecycle", deployment.lifecycle_ready)
+            lifecycle_from = now()
+            log(label, "the lifecycle is ready; settling the decided sale")
         final_at = await _wait(
             deployment,
             label,
@@ -199,6 +218,8 @@ async def run_settle(
         # CPU per unit on sale (a reserved order each) of each process of the sale: less
         # at the mercy of the machine's other work than a rate is.
         cpu_end = deployment.cpu_by_command("run")
+        if lifecycle_later:
+            cpu_end |= deployment.cpu_by_command("orders")
         cpu_ms = {
             command: round((spent - cpu_start.get(command, 0.0)) * 1000 / units, 3)
             for command, spent in cpu_end.items()
@@ -234,6 +255,9 @@ async def run_settle(
         cpu_ms_per_unit=cpu_ms,
         problems=problems,
         audits=audits,
+        lifecycle_alone_per_s=(
+            round(rows / max(final_at - lifecycle_from, 1e-9), 1) if lifecycle_later else None
+        ),
     )
 
 
@@ -244,10 +268,23 @@ def main() -> int:
     parser.add_argument("--instant", action="store_true", help="mock payment answers at once")
     parser.add_argument("--ttl", type=float, help="ORDERSTREAM_ORDER_TTL_S for the run")
     parser.add_argument("--audit", action="store_true", help="orderstream audit mid-sale and after")
+    parser.add_argument(
+        "--lifecycle-later",
+        action="store_true",
+        help="start the lifecycle once every order is decided: time its pace alone",
+    )
     parser.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args()
     result = uvloop.run(
-        run_settle(Settings(), args.units, args.requests, args.instant, args.ttl, args.audit)
+        run_settle(
+            Settings(),
+            args.units,
+            args.requests,
+            args.instant,
+            args.ttl,
+            args.audit,
+            args.lifecycle_later,
+        )
     )
     print(result.line())
     for audit in result.audits:
