@@ -172,6 +172,7 @@ class SinkRunner:
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
         self._task: asyncio.Task[object] | None = None
+        self._committing: asyncio.Task[None] | None = None  # the last batch's offset commit
         self._paused = False
         self._catch_up = CatchUp()
 
@@ -222,7 +223,11 @@ class SinkRunner:
                 progress = self._catch_up.update(time.monotonic(), len(records), lag)
                 if progress is not None:
                     log.info("%s", progress)
+            await self._committed()  # stopped between batches: the last one's offsets too
         finally:
+            if self._committing is not None:
+                # Cancelled mid-batch: a commit not made replays a written batch (harmless).
+                self._committing.cancel()
             self._finished.set()
 
     async def _process(self, records: list[Record]) -> None:
@@ -356,12 +361,28 @@ class SinkRunner:
                 await asyncio.wait_for(self._stopping.wait(), min(remaining, _PAUSED_POLL_S))
 
     async def _commit(self, records: list[Record]) -> None:
+        """Commit a written batch's offsets while the next batch is read and written.
+
+        The commit's round trip (~7 ms on the local broker, half of a small batch's time)
+        is then off the path of the next records. Commits stay in order: each starts once
+        the one before is done, and what that one raised is raised here. One that never
+        lands (a crash) replays a written batch, which the idempotent writes make harmless.
+        """
+        await self._committed()
         # Only partitions still assigned: a rebalance during the batch may have moved some
         # to another consumer, which rewrites their records (harmless, idempotent).
         assigned = self._consumer.assignment()
         offsets = {tp: o for tp, o in _next_offsets(records).items() if tp in assigned}
-        if not offsets:
-            return
+        if offsets:
+            self._committing = asyncio.create_task(self._commit_offsets(offsets))
+
+    async def _committed(self) -> None:
+        """Wait for the last batch's offset commit, if one is under way."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            await committing
+
+    async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             await self._consumer.commit(offsets)
         except CommitFailedError:
