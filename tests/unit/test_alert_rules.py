@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -66,3 +67,32 @@ def test_every_alert_names_an_exported_metric(tmp_path: Path) -> None:
             continue
         assert used, name
         assert used <= exported, (name, used - exported)
+
+
+def test_prometheus_scrapes_every_door_process_of_the_compose_status_service(
+    tmp_path: Path,
+) -> None:
+    deploy = RULES.parent
+    compose = yaml.safe_load((deploy.parent / "docker-compose.yml").read_text())
+    env = compose["services"]["status"]["environment"]
+    processes, first_port = (
+        int(env["ORDERSTREAM_HTTP_PROCESSES"]),
+        int(env["ORDERSTREAM_HTTP_METRICS_PORT"]),
+    )
+    config = yaml.safe_load((deploy / "prometheus.yml").read_text())
+    [job] = [job for job in config["scrape_configs"] if job["job_name"] == "orderstream-status"]
+    scraped = {(sd["names"][0], sd["port"]) for sd in job["dns_sd_configs"]}
+    assert scraped == {("status", first_port + k) for k in range(processes)}
+    # And the config loads (its rule file where compose mounts it, here beside it).
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("ORDERSTREAM_REQUIRE_STACK") == "1":
+            pytest.fail("promtool not found: install Debian's prometheus package")
+        pytest.skip("promtool not found (Debian's prometheus package has it)")
+    config["rule_files"] = [str(RULES)]
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config))
+    checked = subprocess.run(
+        [promtool, "check", "config", str(local)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
