@@ -81,8 +81,9 @@ class Deployment:
     def start(self, role: str) -> None:
         out = self.log(role).open("wb")
         command = [sys.executable, "-m", "orderstream", role]
-        profile = os.environ.get("BENCH_PROFILE_WORKER")
-        if profile and role == "worker":
+        # BENCH_PROFILE=<file> (BENCH_PROFILE_ROLE: worker unless set): cProfile one role.
+        profile = os.environ.get("BENCH_PROFILE")
+        if profile and role == os.environ.get("BENCH_PROFILE_ROLE", "worker"):
             # cProfile writes its stats when the worker exits on SIGTERM (at the end).
             command = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "orderstream", role]
         self.processes[role] = subprocess.Popen(
