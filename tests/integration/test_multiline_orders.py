@@ -222,13 +222,15 @@ async def _assert_whole(
 async def test_an_order_missing_lines_for_good_is_turned_down_and_its_stock_released(
     pipeline: Pipeline,
 ) -> None:
-    """A producer that says three lines and sends two: after the TTL the order agent
-    rejects the order and releases the lines that came, instead of holding them forever."""
+    """A producer that says three lines and sends two: after the wait for its lines the
+    order agent rejects the order and releases the lines that came, instead of holding
+    them forever. (test_partial_orders waits the default 30 s.)"""
     await _start(
         pipeline,
         **LIFECYCLE_ENV,
         ORDERSTREAM_RUN_LIFECYCLE="true",
         ORDERSTREAM_ORDER_TTL_S="2",
+        ORDERSTREAM_LINES_WAIT_S="2",
         ORDERSTREAM_EXPIRY_INTERVAL_S="0.5",
     )
 
