@@ -286,6 +286,12 @@ class Sale:
             outcome.final_s = time.monotonic() - (self.fault_at or time.monotonic())
         else:
             left = ", ".join(f"{what}: {n}" for what, n in pending.items() if n)
+            # Where the lifecycle left them: RESERVED (no payment answer), PAID (no commit).
+            for row in await self.pipe.query(
+                f"SELECT status, count(*) AS n FROM orders WHERE status NOT IN {TERMINAL}"
+                " GROUP BY status ORDER BY status"
+            ):
+                left += f", {row['status']}: {row['n']}"
             outcome.problems.append(
                 f"not every order final within {SETTLE_TIMEOUT_S:.0f} s ({left})"
             )
