@@ -60,7 +60,7 @@ class Outcome:
     decided: int = 0
     lost: int = 0
     duplicated: int = 0
-    oversold: int = 0  # products whose books do not hold (see Sale.books)
+    oversold: int = 0  # products out of balance, or sold != CONFIRMED (Sale.books)
     recover_s: float | None = None
     final: bool | None = None  # every order in a terminal state, nothing reserved
     final_s: float | None = None  # from the fault to every order final
@@ -326,17 +326,21 @@ class Sale:
         for row in await self.pipe.query("SELECT * FROM product_stock ORDER BY product_id"):
             level = (row["available"], row["reserved"], row["sold"])
             bought = confirmed.get(row["product_id"], 0)
+            figures = (
+                f"(available {level[0]}, reserved {level[1]}, sold {level[2]},"
+                f" put in {row['total_in']})"
+            )
             wrong = [
                 *([] if sum(level) == row["total_in"] == STOCK else ["stock not conserved"]),
                 *(["a figure negative"] if min(level) < 0 else []),
-                *([f"{row['reserved']} reserved"] if row["reserved"] else []),
                 *([f"sold {row['sold']}, CONFIRMED {bought}"] if row["sold"] != bought else []),
             ]
             if wrong:
                 outcome.oversold += 1
+                outcome.problems.append(f"{row['product_id']}: {', '.join(wrong)} {figures}")
+            elif row["reserved"]:  # an order not final: the "every order final" column
                 outcome.problems.append(
-                    f"{row['product_id']}: {', '.join(wrong)} (available {level[0]}, reserved"
-                    f" {level[1]}, sold {level[2]}, put in {row['total_in']})"
+                    f"{row['product_id']}: {row['reserved']} reserved {figures}"
                 )
 
     async def audit(self, outcome: Outcome) -> None:

@@ -17,9 +17,10 @@ SIGTERM while the broker is down, a problem from 30 s.
 After every fault the sale must settle (bench/fault_sale.py, ``Sale.settle``): every
 order final in PostgreSQL and nothing reserved, timed from the fault; then the books
 (every accepted order once, lost = missing, duplicated = extra rows, a status twice in
-an order's history or two terminal states; per product: stock conserved, none
-negative, none reserved, sold = the quantity of its CONFIRMED lines, else "oversold")
-and `orderstream audit`, which must exit 0.
+an order's history or two terminal states; "oversold" = products whose stock is not
+conserved, is negative, or whose sold differs from the quantity of their CONFIRMED
+lines; stock still reserved is a problem too, and makes the sale not final) and
+`orderstream audit`, which must exit 0.
 
 The broker and PostgreSQL faults stop the stack's servers (scripts/stack.sh kafka-kill,
 pg-stop, of the checkout given by --stack): run it where nothing else uses the stack.
