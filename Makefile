@@ -60,7 +60,7 @@ bench-quick: stack-up ## the same benchmark with small counts (about two minutes
 bench-http: stack-up ## POST /orders: orderstream's door vs an aiohttp + row-lock service, and vs its own producer rate (~10 min; needs wrk: apt-get install wrk)
 	$(BIN)/python -m bench.http_bench
 
-faults: stack-up ## fault matrix: kill -9, failover, broker and PostgreSQL down, storms, replay (~15 min)
+faults: stack-up ## fault matrix, the lifecycle on: kill -9, failover, broker and PostgreSQL down, storms, replay (~21 min)
 	$(BIN)/python -m bench.faults
 
 bench-settle: stack-up ## a 10,000-unit sale timed to every order's final state (~1 min)

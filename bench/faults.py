@@ -1,327 +1,107 @@
 """The fault matrix: each fault, several times, during a sale on the real local stack.
 
-    python -m bench.faults [--runs 3] [--requests 5000] [--fault NAME ...]   (make faults)
+    python -m bench.faults [--runs 3] [--requests 5000] [--fault NAME ...] [--stack DIR]
+    (make faults)
 
-Each run is its own deployment (topics, groups, schema, data dir): `orderstream worker`
-and `orderstream sink` as processes, 20 products with 100 units each, and a sale of
---requests distinct orders published at a steady pace while the fault happens. Then the
-books are checked in PostgreSQL: every accepted order decided once (lost = accepted
-orders missing, duplicated = extra rows or events), no product oversold or out of
-balance (available + reserved + sold = stock put in, none negative, reserved = the
-RESERVED orders' quantity). "Seconds to recover" is from the fault (or its end: the
-broker back, PostgreSQL back) to the decision of a probe request published then on
-every product's partition, or for PostgreSQL to the sink having written everything;
-for "SIGTERM with the broker down" it is the seconds the worker and the sink take to exit
-(the slower of the two) on SIGTERM while the broker is down, a problem from 30 s.
+Each run is its own deployment (topics, groups, schema, data dir): `orderstream run` on
+its defaults as a process (stock agent, sink, status service, and the order lifecycle in
+a child process; the mock provider pays 90 % of orders in 50-300 ms), 20 products with
+100 units each, and a sale of --requests distinct orders published at a steady pace
+while the fault happens. "Seconds to recover" is from the fault (or its end: the broker
+back, PostgreSQL back) to the decision of a probe request published then on every
+product's partition, or for PostgreSQL to the sink having written everything; for the
+lifecycle's kill, to its restarted child having restored every order partition; for
+"SIGTERM with the broker down" it is the seconds `orderstream run` takes to exit on
+SIGTERM while the broker is down, a problem from 30 s.
+
+After every fault the sale must settle (bench/fault_sale.py, ``Sale.settle``): every
+order final in PostgreSQL and nothing reserved, timed from the fault; then the books
+(every accepted order once, lost = missing, duplicated = extra rows, a status twice in
+an order's history or two terminal states; "oversold" = products whose stock is not
+conserved, is negative, or whose sold differs from the quantity of their CONFIRMED
+lines; stock still reserved is a problem too, and makes the sale not final) and
+`orderstream audit`, which must exit 0.
 
 The broker and PostgreSQL faults stop the stack's servers (scripts/stack.sh kafka-kill,
-pg-stop): run it where nothing else uses the stack.
+pg-stop, of the checkout given by --stack): run it where nothing else uses the stack.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-from tests.integration.pipeline import REPO, Pipeline, request_json
+from tests.integration.pipeline import REPO
 from tests.integration.test_replay import reset_sink_offsets, sink_caught_up, snapshot, truncate
 
-from bench.orderstream_bench import drop_deployment
-from orderstream.admin import create_topics
+from bench.fault_sale import Outcome, Sale, log
 from orderstream.settings import Settings
-from orderstream.sink import migrate
-from orderstream.topics import ORDER_EVENTS, ORDER_REQUESTS
 
-PRODUCTS = [f"sku-{n}" for n in range(20)]
-STOCK = 100
-PACE_PER_S = 1_500  # requests/s: a 5,000-request sale lasts ~3.5 s, long enough to hit
-HOSTILE = [
-    request_json("nul\x00order", "u", PRODUCTS[0]),
-    request_json("o-nul-user", "nul\x00user", PRODUCTS[0]),
-    json.dumps({"order_id": "o-huge", "user_id": "u", "product_id": PRODUCTS[0],
-                "quantity": 9223372036854775808}).encode(),
-    request_json("m" * 1_000_000, "u", PRODUCTS[0]),
-    b"\xff\xfenot json",
-]  # fmt: skip
-
-
-def log(message: str) -> None:
-    print(f"[faults] {message}", file=sys.stderr, flush=True)
-
-
-def stack(command: str) -> None:
-    subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), command], check=True)
-
-
-@dataclass
-class Outcome:
-    """One run of one fault."""
-
-    requests: int = 0
-    decided: int = 0
-    lost: int = 0
-    duplicated: int = 0
-    oversold: int = 0
-    recover_s: float | None = None
-    problems: list[str] = field(default_factory=list)
-
-
-class Sale:
-    """One deployment and its sale: start the roles, publish, probe, check the books."""
-
-    def __init__(self, base: Settings, workdir: Path, requests: int) -> None:
-        run_id = f"f{uuid.uuid4().hex[:8]}"
-        self.settings = base.model_copy(
-            update={
-                "topic_prefix": f"{run_id}.",
-                "app_id": f"orderstream-{run_id}",
-                "sink_group": f"sink-{run_id}",
-                "database_schema": run_id,
-                "data_dir": workdir / run_id,
-                "worker_metrics_port": 0,  # two workers at once in one fault
-                "sink_metrics_port": 0,
-            }
-        )
-        (workdir / run_id).mkdir(parents=True)
-        self.pipe = Pipeline(self.settings, workdir / run_id)  # its logs in a folder of its own
-        self.orders = [f"o-{n}" for n in range(requests)]
-        self.accepted: set[str] = set()
-        self.probes = 0
-        self._probe: asyncio.Task[float]
-
-    async def setup(self) -> None:
-        await create_topics(self.settings)
-        await migrate(self.settings)
-        for product in PRODUCTS:
-            await self.pipe.set_stock(product, STOCK)
-
-    async def ready(self) -> None:
-        """Wait until the worker decided the stock and the sink wrote it: both are up, so
-        a fault lands on a running pipeline."""
-
-        async def stocked() -> bool:
-            return await self.pipe.count("SELECT count(*) FROM product_stock") == len(PRODUCTS)
-
-        await self.pipe.wait_for("the stock in PostgreSQL", stocked, 120, watch=None)
-
-    def start(self, role: str, name: str | None = None, **env: str) -> None:
-        data = self.settings.data_dir / (name or role)
-        data.mkdir(parents=True, exist_ok=True)
-        self.pipe.start(role, name, ORDERSTREAM_DATA_DIR=str(data), **env)
-
-    async def publish(
-        self,
-        copies: int = 1,
-        hostile_every: int = 0,
-        at: Callable[[float], Awaitable[None]] | None = None,
-    ) -> None:
-        """Publish the sale at a steady pace; ``at(fraction)`` runs as it passes 30 %."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all")
-        await producer.start()
-        topic = self.settings.topic(ORDER_REQUESTS)
-        fired = at is None
-        started = time.monotonic()
-        try:
-            for n, order in enumerate(self.orders):
-                product = PRODUCTS[n % len(PRODUCTS)]
-                value = request_json(order, f"user-{n % 997}", product)
-                for _ in range(copies):
-                    await producer.send(topic, key=product.encode(), value=value)
-                self.accepted.add(order)
-                if hostile_every and n % hostile_every == 0:
-                    bad = HOSTILE[(n // hostile_every) % len(HOSTILE)]
-                    await producer.send(topic, key=PRODUCTS[0].encode(), value=bad)
-                if not fired and n >= len(self.orders) * 0.3 and at is not None:
-                    fired = True
-                    await producer.flush()
-                    await at(time.monotonic())
-                delay = started + (n + 1) / PACE_PER_S - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await producer.flush()
-        finally:
-            await producer.stop()
-
-    def probe_from(self, since: float) -> None:
-        """Start a probe now, timed from ``since``; ``probed()`` waits for it."""
-        self._probe = asyncio.create_task(self.probe(since))
-
-    async def probed(self) -> float:
-        return await self._probe
-
-    async def probe(self, since: float, timeout_s: float = 120.0) -> float:
-        """Publish one request per product; return seconds from ``since`` to the last
-        decision event."""
-        self.probes += 1
-        orders = {f"probe-{self.probes}-{p}": p for p in PRODUCTS}
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap)
-        await producer.start()
-        try:
-            for order, product in orders.items():
-                await producer.send(
-                    self.settings.topic(ORDER_REQUESTS),
-                    key=product.encode(),
-                    value=request_json(order, "prober", product),
-                )
-            await producer.flush()
-        finally:
-            await producer.stop()
-        self.accepted.update(orders)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            seen = {
-                r.key.decode() for r in await self.pipe.read_topic(ORDER_EVENTS) if r.key
-            } & set(orders)
-            if len(seen) == len(orders):
-                return time.monotonic() - since
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"probe {self.probes} not decided within {timeout_s} s")
-
-    async def drained(self, timeout_s: float = 300.0) -> None:
-        async def all_there() -> bool:
-            return await self.pipe.count("SELECT count(*) FROM orders") >= len(self.accepted)
-
-        await self.pipe.wait_for("every order in PostgreSQL", all_there, timeout_s, watch=None)
-
-    async def settled(self, outcome: Outcome, timeout_s: float = 300.0) -> None:
-        """With the lifecycle running: wait until every order is final and nothing is
-        reserved, then check that each product sold what its CONFIRMED orders bought."""
-        terminal = "('CONFIRMED', 'REJECTED', 'CANCELLED', 'EXPIRED')"
-
-        async def all_final() -> bool:
-            open_ = await self.pipe.count(
-                f"SELECT count(*) FROM orders WHERE status NOT IN {terminal}"
-            )
-            held = await self.pipe.count("SELECT count(*) FROM product_stock WHERE reserved > 0")
-            known = await self.pipe.count("SELECT count(*) FROM orders")
-            return known >= len(self.accepted) and not open_ and not held
-
-        await self.pipe.wait_for("every order final", all_final, timeout_s, watch=None)
-        confirmed = {
-            row["product_id"]: int(row["q"])
-            for row in await self.pipe.query(
-                "SELECT i.product_id, sum(i.quantity) AS q FROM orders o JOIN order_items i"
-                " USING (order_id) WHERE o.status = 'CONFIRMED' GROUP BY 1"
-            )
-        }
-        for row in await self.pipe.query("SELECT product_id, sold FROM product_stock"):
-            if row["sold"] != confirmed.get(row["product_id"], 0):
-                outcome.oversold += 1
-                outcome.problems.append(
-                    f"{row['product_id']}: sold {row['sold']}, CONFIRMED"
-                    f" {confirmed.get(row['product_id'], 0)}"
-                )
-
-    async def books(self, outcome: Outcome) -> None:
-        """Check what PostgreSQL shows against what was published."""
-        outcome.requests = len(self.accepted)
-        rows = await self.pipe.query("SELECT order_id FROM orders")
-        seen = [row["order_id"] for row in rows]
-        outcome.decided = len(set(seen) & self.accepted)
-        outcome.lost = len(self.accepted - set(seen))
-        outcome.duplicated = (len(seen) - len(set(seen))) + len(set(seen) - self.accepted)
-        # An order's status twice in its history: decided, or settled, twice (with the
-        # lifecycle an order has several events, each status once).
-        events = await self.pipe.count(
-            "SELECT count(DISTINCT order_id) FROM (SELECT order_id FROM order_events"
-            " GROUP BY order_id, status HAVING count(*) > 1) AS twice"
-        )
-        outcome.duplicated += events
-        reserved = {
-            row["product_id"]: int(row["q"])
-            for row in await self.pipe.query(
-                "SELECT i.product_id, sum(i.quantity) AS q FROM orders o JOIN order_items i"
-                " USING (order_id) WHERE o.status = 'RESERVED' GROUP BY 1"
-            )
-        }
-        for row in await self.pipe.query("SELECT * FROM product_stock"):
-            level = (row["available"], row["reserved"], row["sold"])
-            balanced = sum(level) == row["total_in"] == STOCK and min(level) >= 0
-            if not balanced or row["reserved"] != reserved.get(row["product_id"], 0):
-                outcome.oversold += 1
-                outcome.problems.append(f"{row['product_id']}: {row} vs {reserved}")
-        audit = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "orderstream",
-            "audit",
-            env=self.pipe.env(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await audit.communicate()
-        if audit.returncode:
-            lines = output.decode().splitlines()
-            failed = [line for line in lines if line.startswith("FAIL")] or lines[-3:]
-            outcome.problems.append("orderstream audit: " + "; ".join(failed)[:2000])
-
-    async def drop(self) -> None:
-        self.pipe.stop_all()
-        await drop_deployment(self.settings)
-
-
-# --- the faults: each runs one sale and returns its outcome -----------------------------
+# --- the faults: each runs one sale through its fault; run_fault settles it --------------
 
 
 async def worker_kill(sale: Sale, outcome: Outcome) -> None:
-    sale.start("worker")
-    sale.start("sink")
+    """`orderstream run` killed -9 (its stock agent, sink and lifecycle child at once) and
+    restarted: the replacement takes its partitions over."""
+    sale.start()
     await sale.ready()
 
     async def kill(now: float) -> None:
-        sale.pipe.kill("worker")
-        sale.start("worker")
-        sale.probe_from(time.monotonic())
+        killed_at = sale.fault()
+        sale.pipe.kill("run")
+        sale.start()
+        sale.probe_from(killed_at)
 
     await sale.publish(at=kill)
     outcome.recover_s = await sale.probed()
 
 
 async def scale_out_and_fail(sale: Sale, outcome: Outcome) -> None:
-    """1 -> 2 workers, then the first is killed: its partitions fail over to the second."""
-    sale.start("worker", "worker-a")
-    sale.start("sink")
+    """1 -> 2 processes, then the first is killed: its partitions (stock, sink and
+    lifecycle) fail over to the second."""
+    sale.start("run-a")
     await sale.ready()
 
     async def join_then_kill(now: float) -> None:
-        sale.start("worker", "worker-b")
-        await asyncio.sleep(8)  # the group rebalances onto both
-        sale.pipe.kill("worker-a")
-        sale.probe_from(time.monotonic())
+        sale.start("run-b")
+        await asyncio.sleep(8)  # the groups rebalance onto both
+        killed_at = sale.fault()
+        sale.pipe.kill("run-a")
+        sale.probe_from(killed_at)
 
     await sale.publish(at=join_then_kill)
     outcome.recover_s = await sale.probed()
 
 
 async def worker_paused(sale: Sale, outcome: Outcome) -> None:
-    """Worker A paused (SIGSTOP) 15 s, past its session: B takes its partitions; A
-    resumes and writes what it had in hand before it learns; then B is killed and A
-    restores everything from the changelog (which must drop A's fenced records)."""
-    sale.start("worker", "worker-a")
-    sale.start("sink")
+    """Process A and its lifecycle child paused (SIGSTOP) 15 s, past their sessions: B
+    takes their partitions; A resumes and writes what it had in hand before it learns;
+    then B is killed and A restores everything from the changelogs (which must drop A's
+    fenced records)."""
+    sale.start("run-a")
     await sale.ready()
-    sale.start("worker", "worker-b")
-    await asyncio.sleep(8)  # the group rebalances onto both
+    sale.start("run-b")
+    await asyncio.sleep(8)  # the groups rebalance onto both
 
     async def pause_resume_kill() -> None:
-        worker_a = sale.pipe.processes["worker-a"]
-        worker_a.send_signal(signal.SIGSTOP)
+        paused = sale.family("run-a")
+        sale.fault()
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
         await asyncio.sleep(15)
-        worker_a.send_signal(signal.SIGCONT)
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
         await asyncio.sleep(3)
-        sale.pipe.kill("worker-b")
+        sale.pipe.kill("run-b")
         sale.probe_from(time.monotonic())
 
     faults: list[asyncio.Task[None]] = []
@@ -334,44 +114,31 @@ async def worker_paused(sale: Sale, outcome: Outcome) -> None:
     outcome.recover_s = await sale.probed()
 
 
-# The lifecycle's own process with quick payments (90 % paid): a sale settles in seconds.
-LIFECYCLE_ENV = {
-    "ORDERSTREAM_ORDERS_METRICS_PORT": "0",
-    "ORDERSTREAM_PAYMENT_DELAY_MIN_S": "0.05",
-    "ORDERSTREAM_PAYMENT_DELAY_MAX_S": "0.3",
-}
-
-
 async def lifecycle_kill(sale: Sale, outcome: Outcome) -> None:
-    """`orderstream orders` killed -9 mid-payment and restarted: every order must still
-    end final once, nothing reserved, sold = what the CONFIRMED orders bought."""
-    sale.start("worker")
-    sale.start("sink")
-    sale.start("orders", **LIFECYCLE_ENV)
+    """The lifecycle child (`orderstream orders`) killed -9 mid-payment: `orderstream
+    run` restarts it, and every order must still end final once."""
+    sale.start()
     await sale.ready()
-
-    killed_at: list[float] = []
+    restored: list[asyncio.Task[float]] = []
 
     async def kill(now: float) -> None:
-        sale.pipe.kill("orders")
-        killed_at.append(time.monotonic())
-        sale.start("orders", **LIFECYCLE_ENV)
+        killed_at = sale.fault()
+        killed = sale.kill_lifecycle()
+        restored.append(asyncio.create_task(sale.lifecycle_restored(killed_at, killed)))
 
     await sale.publish(at=kill)
-    await sale.settled(outcome)
-    # Recovery here: from the kill to every order of the sale final.
-    outcome.recover_s = time.monotonic() - killed_at[0]
+    outcome.recover_s = await restored[0]
 
 
 async def broker_kill(sale: Sale, outcome: Outcome) -> None:
-    sale.start("worker")
-    sale.start("sink")
+    sale.start()
     await sale.ready()
 
     async def kill(now: float) -> None:
-        stack("kafka-kill")
+        sale.fault()
+        sale.stack("kafka-kill")
         await asyncio.sleep(5)
-        stack("kafka-up")
+        sale.stack("kafka-up")
         sale.probe_from(time.monotonic())
 
     try:
@@ -383,16 +150,16 @@ async def broker_kill(sale: Sale, outcome: Outcome) -> None:
 
 
 async def postgres_stop(sale: Sale, outcome: Outcome) -> None:
-    sale.start("worker")
-    sale.start("sink")
+    sale.start()
     await sale.ready()
     back_at = 0.0
 
     async def stop(now: float) -> None:
         nonlocal back_at
-        stack("pg-stop")
+        sale.fault()
+        sale.stack("pg-stop")
         await asyncio.sleep(30)
-        stack("pg-up")
+        sale.stack("pg-up")
         back_at = time.monotonic()
 
     await sale.publish(at=stop)
@@ -401,25 +168,28 @@ async def postgres_stop(sale: Sale, outcome: Outcome) -> None:
 
 
 async def duplicates_and_hostile(sale: Sale, outcome: Outcome) -> None:
-    sale.start("worker")
-    sale.start("sink")
+    sale.start()
     await sale.ready()
+    sale.fault()  # the whole sale is the fault
     await sale.publish(copies=3, hostile_every=100)
 
 
 async def replay(sale: Sale, outcome: Outcome) -> None:
-    sale.start("worker")
-    sale.start("sink")
+    """Once the sale is settled: stop `orderstream run`, empty the tables, rewind the
+    sink's group with Kafka's tool, start it again: the same tables must come back."""
+    sale.start()
     await sale.ready()
     await sale.publish()
-    await sale.drained()
+    pending = await sale.all_final()
+    if any(pending.values()):
+        raise RuntimeError(f"the sale did not settle before the replay: {pending}")
     await sale.pipe.wait_for("the sink to commit", lambda: sink_caught_up(sale.pipe), watch=None)
     before = await snapshot(sale.pipe)
-    sale.pipe.stop("sink")
+    sale.pipe.stop("run")
     await truncate(sale.pipe)
-    reset_sink_offsets(sale.pipe)
-    started = time.monotonic()
-    sale.start("sink")
+    reset_sink_offsets(sale.pipe, sale.stack_root)
+    started = sale.fault()
+    sale.start()
     await sale.drained()
     await sale.pipe.wait_for("the rebuild", lambda: sink_caught_up(sale.pipe), watch=None)
     outcome.recover_s = time.monotonic() - started
@@ -427,13 +197,15 @@ async def replay(sale: Sale, outcome: Outcome) -> None:
         outcome.problems.append("replayed tables differ from the originals")
 
 
-# A role asked to stop must exit within this, even when the broker is gone.
+# A process asked to stop must exit within this, even when the broker is gone.
 EXIT_BOUND_S = 30.0
 
 
-async def terminate(sale: Sale, role: str, outcome: Outcome) -> float:
-    """SIGTERM ``role``; return the seconds it took to exit (kill -9 after twice the bound)."""
-    process = sale.pipe.processes.pop(role)
+async def terminate(sale: Sale, name: str, outcome: Outcome) -> float:
+    """SIGTERM process ``name``; return the seconds it took to exit (kill -9 after twice
+    the bound). Its children must be gone with it."""
+    family = sale.family(name)
+    process = sale.pipe.processes.pop(name)
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     try:
@@ -443,28 +215,28 @@ async def terminate(sale: Sale, role: str, outcome: Outcome) -> float:
         process.wait()
     took = time.monotonic() - started
     if process.returncode == -signal.SIGKILL:
-        outcome.problems.append(f"{role} did not exit within {took:.0f} s of SIGTERM")
+        outcome.problems.append(f"{name} did not exit within {took:.0f} s of SIGTERM")
     elif took >= EXIT_BOUND_S:
-        outcome.problems.append(f"{role} took {took:.1f} s to exit on SIGTERM")
-    log(f"{role}: exited {process.returncode} {took:.1f} s after SIGTERM, the broker down")
+        outcome.problems.append(f"{name} took {took:.1f} s to exit on SIGTERM")
+    for pid, command in family.items():
+        if Path(f"/proc/{pid}/cmdline").exists() and Path(f"/proc/{pid}/cmdline").read_bytes():
+            outcome.problems.append(f"{name} exited, its child orderstream {command} did not")
+            os.kill(pid, signal.SIGKILL)
+    log(f"{name}: exited {process.returncode} {took:.1f} s after SIGTERM, the broker down")
     return took
 
 
 async def sigterm_broker_down(sale: Sale, outcome: Outcome) -> None:
-    """Stop the worker and the sink while the broker is down; a new pair sells after it."""
-    sale.start("worker")
-    sale.start("sink")
+    """Stop `orderstream run` while the broker is down; a new one sells after it."""
+    sale.start()
     await sale.ready()
-    stack("kafka-kill")
+    sale.fault()
+    sale.stack("kafka-kill")
     try:
-        took = await asyncio.gather(
-            terminate(sale, "worker", outcome), terminate(sale, "sink", outcome)
-        )
+        outcome.recover_s = await terminate(sale, "run", outcome)
     finally:
-        stack("kafka-up")
-    outcome.recover_s = max(took)
-    sale.start("worker")
-    sale.start("sink")
+        sale.stack("kafka-up")
+    sale.start()
     await sale.publish()
 
 
@@ -481,17 +253,18 @@ FAULTS: dict[str, Callable[[Sale, Outcome], Awaitable[None]]] = {
 }
 
 
-async def run_fault(name: str, runs: int, requests: int, workdir: Path) -> list[Outcome]:
+async def run_fault(
+    name: str, runs: int, requests: int, workdir: Path, stack_root: Path
+) -> list[Outcome]:
     outcomes = []
     for run in range(1, runs + 1):
-        sale = Sale(Settings(), workdir, requests)
+        sale = Sale(Settings(), workdir, requests, stack_root)
         outcome = Outcome()
         log(f"{name}: run {run}/{runs}")
         try:
             await sale.setup()
             await FAULTS[name](sale, outcome)
-            await sale.drained()
-            await sale.books(outcome)
+            await sale.settle(outcome)
         except Exception as exc:
             outcome.problems.append(f"{exc!r}"[:300])
             log(f"{name}: run {run} failed: {exc!r}\n{sale.pipe.logs()[-3000:]}")
@@ -502,25 +275,35 @@ async def run_fault(name: str, runs: int, requests: int, workdir: Path) -> list[
     return outcomes
 
 
+def seconds(values: list[float]) -> str:
+    """Return the median and the largest of ``values``, as the table shows them."""
+    return f"{statistics.median(values):.1f} ({max(values):.1f})" if values else "-"
+
+
 def table(results: dict[str, list[Outcome]]) -> str:
     lines = [
-        "| fault | runs | requests | decided | lost | duplicated | oversold | seconds to recover |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| fault | runs | requests | decided | lost | duplicated | oversold "
+        "| seconds to recover (median, max) | every order final, s after the fault "
+        "(median, max) | audit ok |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for name, outcomes in results.items():
-        recovers = [o.recover_s for o in outcomes if o.recover_s is not None]
-        recover = (
-            f"{statistics.median(recovers):.1f} (max {max(recovers):.1f})" if recovers else "-"
-        )
         total = {
             key: sum(getattr(o, key) for o in outcomes)
             for key in ("requests", "decided", "lost", "duplicated", "oversold")
         }
         failed = sum(1 for o in outcomes if o.problems)
+        final = [o.final_s for o in outcomes if o.final_s is not None]
+        not_final = sum(1 for o in outcomes if not o.final)
+        audited = sum(1 for o in outcomes if o.audit_ok)
+        runs = len(outcomes)
         lines.append(
             f"| {name} | {len(outcomes)}{f' ({failed} with problems)' if failed else ''} "
             f"| {total['requests']:,} | {total['decided']:,} | {total['lost']} "
-            f"| {total['duplicated']} | {total['oversold']} | {recover} |"
+            f"| {total['duplicated']} | {total['oversold']} "
+            f"| {seconds([o.recover_s for o in outcomes if o.recover_s is not None])} "
+            f"| {f'no, in {not_final} of {runs} runs' if not_final else 'yes'}: {seconds(final)} "
+            f"| {'yes' if audited == runs else f'no, {runs - audited} of {runs} runs'} |"
         )
     return "\n".join(lines)
 
@@ -529,8 +312,11 @@ async def main(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="orderstream-faults-"))
     results = {}
     for name in args.fault or list(FAULTS):
-        results[name] = await run_fault(name, args.runs, args.requests, workdir)
+        results[name] = await run_fault(name, args.runs, args.requests, workdir, args.stack)
     print(table(results))
+    for name, outcomes in results.items():
+        for run, outcome in enumerate(outcomes, 1):
+            print(f"audit: {name}, run {run}: {outcome.audit or 'not run'}")
     problems = [p for outcomes in results.values() for o in outcomes for p in o.problems]
     for problem in problems:
         print(f"problem: {problem}")
@@ -543,4 +329,11 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--requests", type=int, default=5_000)
     parser.add_argument("--fault", action="append", choices=list(FAULTS))
+    parser.add_argument(
+        "--stack",
+        type=Path,
+        default=REPO,
+        help="the checkout whose scripts/stack.sh runs the local stack (its .stack folder "
+        "holds the broker, PostgreSQL and Kafka's tools; default: this one)",
+    )
     sys.exit(asyncio.run(main(parser.parse_args())))

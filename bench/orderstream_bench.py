@@ -49,6 +49,46 @@ def _cpu_s(pid: int) -> float:
     return float(int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
 
+def orderstream_family(pid: int) -> dict[int, str]:
+    """Return process ``pid`` and every process it started, each with its orderstream
+    command (``orderstream run`` starts the lifecycle as ``orderstream orders``)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    family: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        member = todo.pop()
+        todo += [child for child, parent in parents.items() if parent == member]
+        try:
+            argv = Path(f"/proc/{member}/cmdline").read_bytes().split(b"\0")
+            family[member] = argv[argv.index(b"orderstream") + 1].decode()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not an orderstream process
+    return family
+
+
+async def lifecycle_partitions_ready(port: int) -> float:
+    """Return the order partitions the lifecycle serving metrics on ``port`` has
+    restored (its readiness gauge); 0 while it does not answer."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            text = await response.text()
+    except aiohttp.ClientError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("orderstream_lifecycle_partitions_ready ")
+    )
+
+
 @dataclass
 class Deployment:
     """One isolated orderstream deployment: settings and its worker and sink processes."""
@@ -105,25 +145,12 @@ class Deployment:
     def cpu_by_command(self, role: str) -> dict[str, float]:
         """Return the CPU seconds of a role's process and of each process it started,
         by their orderstream command (``orderstream run`` starts one per role)."""
-        parents: dict[int, int] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
+        spent: dict[str, float] = {}
+        for pid, command in orderstream_family(self.processes[role].pid).items():
             try:
-                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                spent[command] = spent.get(command, 0.0) + _cpu_s(pid)
             except (OSError, ValueError):
                 continue  # gone meanwhile
-        family, todo = [], [self.processes[role].pid]
-        while todo:
-            pid = todo.pop()
-            family.append(pid)
-            todo += [child for child, parent in parents.items() if parent == pid]
-        spent: dict[str, float] = {}
-        for pid in family:
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                command = argv[argv.index(b"orderstream") + 1].decode()
-                spent[command] = spent.get(command, 0.0) + _cpu_s(pid)
-            except (OSError, ValueError, IndexError):
-                continue
         return spent
 
     def alive(self, role: str) -> bool:
@@ -162,17 +189,7 @@ class Deployment:
     async def lifecycle_ready(self) -> bool:
         """Whether the lifecycle owns every order partition, its table restored (its
         readiness gauge, as an operator would wait for it before a drop)."""
-        url = f"http://127.0.0.1:{self.settings.orders_metrics_port}/metrics"
-        try:
-            async with aiohttp.ClientSession() as session, session.get(url) as response:
-                text = await response.text()
-        except aiohttp.ClientError:
-            return False
-        ready = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("orderstream_lifecycle_partitions_ready ")
-        )
+        ready = await lifecycle_partitions_ready(self.settings.orders_metrics_port)
         return ready >= self.settings.partitions
 
     async def wait_until(self, what: str, check: Any, timeout_s: float = 300.0) -> None:

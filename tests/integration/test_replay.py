@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -33,12 +34,13 @@ async def snapshot(pipe: Pipeline) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def reset_sink_offsets(pipe: Pipeline) -> str:
-    """Rewind the sink's group with Kafka's kafka-consumer-groups tool, as an operator would."""
+def reset_sink_offsets(pipe: Pipeline, repo: Path = REPO) -> str:
+    """Rewind the sink's group with Kafka's kafka-consumer-groups tool, as an operator would
+    (the tool of ``repo``, the checkout whose stack holds Kafka's jars)."""
     result = subprocess.run(
         [
             "bash",
-            str(REPO / "scripts" / "kafka-tool.sh"),
+            str(repo / "scripts" / "kafka-tool.sh"),
             "kafka-consumer-groups",
             "--bootstrap-server",
             pipe.settings.kafka_bootstrap,
