@@ -19,7 +19,12 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from tests.integration.pipeline import Pipeline, request_json
 
-from bench.orderstream_bench import drop_deployment, lifecycle_partitions_ready, orderstream_family
+from bench.orderstream_bench import (
+    drop_deployment,
+    isolated,
+    lifecycle_partitions_ready,
+    orderstream_family,
+)
 from orderstream.admin import create_topics
 from orderstream.settings import Settings
 from orderstream.sink import migrate
@@ -76,21 +81,17 @@ class Sale:
 
     def __init__(self, base: Settings, workdir: Path, requests: int, stack_root: Path) -> None:
         run_id = f"f{uuid.uuid4().hex[:8]}"
-        self.settings = base.model_copy(
-            update={
-                "topic_prefix": f"{run_id}.",
-                "app_id": f"orderstream-{run_id}",
-                "sink_group": f"sink-{run_id}",
-                "database_schema": run_id,
-                "data_dir": workdir / run_id,
-                "http_host": "127.0.0.1",
-                "http_processes": 1,
-                "run_lifecycle": True,
-                # The mock provider answers in 50-300 ms (90 % paid, the default): a
-                # sale settles within seconds of its last decision.
-                "payment_delay_min_s": 0.05,
-                "payment_delay_max_s": 0.3,
-            }
+        self.settings = isolated(
+            base,
+            run_id,
+            workdir,
+            http_host="127.0.0.1",
+            http_processes=1,
+            run_lifecycle=True,
+            # The mock provider answers in 50-300 ms (90 % paid, the default): a sale
+            # settles within seconds of its last decision.
+            payment_delay_min_s=0.05,
+            payment_delay_max_s=0.3,
         )
         (workdir / run_id).mkdir(parents=True)
         self.pipe = Pipeline(self.settings, workdir / run_id)  # its logs in a folder of its own

@@ -89,6 +89,19 @@ async def lifecycle_partitions_ready(port: int) -> float:
     )
 
 
+def isolated(base: Settings, run_id: str, workdir: Path, **updates: Any) -> Settings:
+    """Return ``base`` with topics, groups, schema and data of run ``run_id`` alone (and
+    ``updates``): a throwaway deployment beside any other on the same stack."""
+    own = {
+        "topic_prefix": f"{run_id}.",
+        "app_id": f"orderstream-{run_id}",
+        "sink_group": f"sink-{run_id}",
+        "database_schema": run_id,
+        "data_dir": workdir / run_id,
+    }
+    return base.model_copy(update=own | updates)
+
+
 @dataclass
 class Deployment:
     """One isolated orderstream deployment: settings and its worker and sink processes."""
@@ -99,17 +112,7 @@ class Deployment:
 
     @classmethod
     async def create(cls, base: Settings, workdir: Path) -> Deployment:
-        run_id = f"b{uuid.uuid4().hex[:8]}"
-        settings = base.model_copy(
-            update={
-                "topic_prefix": f"{run_id}.",
-                "app_id": f"orderstream-{run_id}",
-                "sink_group": f"sink-{run_id}",
-                "database_schema": run_id,
-                "data_dir": workdir / run_id,
-                "log_level": "WARNING",
-            }
-        )
+        settings = isolated(base, f"b{uuid.uuid4().hex[:8]}", workdir, log_level="WARNING")
         await create_topics(settings)
         await migrate(settings)
         return cls(settings, workdir)
