@@ -206,6 +206,11 @@ STOCK_FIGURES = (
 )
 
 
+def stock_figures(source: object) -> dict[str, Any]:
+    """Return the STOCK_FIGURES of ``source`` (a stock level or a stock change), by name."""
+    return {name: getattr(source, name) for name in STOCK_FIGURES}
+
+
 class StockChange(Message):
     """A product's stock after a change, on ``stock-changes``; ``version`` grows per product."""
 
@@ -223,12 +228,11 @@ class StockChange(Message):
     @classmethod
     def of(cls, product_id: str, level: StockLevel, changed_at_ms: int) -> StockChange:
         """Return the snapshot of a product's stock level."""
-        figures = {name: getattr(level, name) for name in STOCK_FIGURES}
-        return cls(product_id=product_id, changed_at_ms=changed_at_ms, **figures)
+        return cls(product_id=product_id, changed_at_ms=changed_at_ms, **stock_figures(level))
 
     def figures(self) -> dict[str, Any]:
         """Return the stock figures of this change (STOCK_FIGURES), by name."""
-        return {name: getattr(self, name) for name in STOCK_FIGURES}
+        return stock_figures(self)
 
 
 class OrderItem(Message):
