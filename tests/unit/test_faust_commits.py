@@ -7,6 +7,7 @@ from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.transport.consumer import Consumer
 from intervaltree import IntervalTree
 
@@ -30,7 +31,7 @@ def consumer(committed: int | None, acked: list[int], unacked: list[int]) -> Any
         state,  # type: ignore[arg-type]
         tps,
     )
-    faust_commits.install(SimpleNamespace(consumer=state))  # type: ignore[arg-type]
+    faust_commits.guard_commits(state)
     return state
 
 
@@ -66,3 +67,64 @@ def test_the_run_before_a_message_in_flight_is_committed() -> None:
     assert committed(consumer(None, [0, 1, 2, 5], unacked=[3, 4])) == 3
     assert committed(consumer(None, [0, 1, 2], unacked=[])) == 3
     assert committed(consumer(10, [11, 12], unacked=[13])) == 13
+
+
+class Fetching:
+    """A consumer's fetch loop as Faust drives it: a read offset per partition, set by
+    each delivered message and by a seek; each fetch reads on from the fetch position."""
+
+    def __init__(self, logs: dict[Any, list[int]], read: dict[Any, int]) -> None:
+        self.logs = logs  # tp -> the offsets a fetch returns next, in order
+        self._read_offset: dict[Any, int] = dict(read)
+        self.seeks: list[tuple[Any, int]] = []
+        self.getmany = self._fetch
+        faust_commits.refetch_skipped(self, lambda topic: topic != "changelog")
+
+    async def _fetch(self, timeout: float) -> Any:
+        batch, self.logs = self.logs, {}
+        for tp, offsets in batch.items():
+            for offset in offsets:
+                yield tp, SimpleNamespace(offset=offset)
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
+        self._read_offset[tp] = offset
+
+    async def delivered(self) -> list[tuple[Any, int]]:
+        """Run one fetch; return what reached the agents."""
+        out = []
+        async for tp, message in self.getmany(timeout=1.0):
+            out.append((tp, message.offset))
+            self._read_offset[tp] = message.offset
+        return out
+
+
+RESULTS = TopicPartition("payment-results", 4)
+LINES = TopicPartition("line-outcomes", 4)
+CHANGELOG = TopicPartition("changelog", 4)
+
+
+async def test_a_partition_fetched_past_what_it_delivered_is_sought_back() -> None:
+    """Sought to 113 in a rebalance, a stale batch brings 199-200: they are held back, the
+    partition sought back to 113, and the next fetch delivers 113 on; other partitions
+    of the batch flow."""
+    fetching = Fetching({RESULTS: [199, 200], LINES: [7, 8]}, {RESULTS: 113, LINES: 6})
+    assert await fetching.delivered() == [(LINES, 7), (LINES, 8)]
+    assert fetching.seeks == [(RESULTS, 113)]
+    fetching.logs = {RESULTS: [113, 114, 115]}
+    assert await fetching.delivered() == [(RESULTS, 113), (RESULTS, 114), (RESULTS, 115)]
+
+
+async def test_a_gap_that_stays_after_the_seek_is_let_pass_once() -> None:
+    """Offsets gone from the log (retention): sought back once, then moved on from."""
+    fetching = Fetching({RESULTS: [199]}, {RESULTS: 113})
+    assert await fetching.delivered() == []
+    fetching.logs = {RESULTS: [199, 200]}
+    assert await fetching.delivered() == [(RESULTS, 199), (RESULTS, 200)]
+    assert fetching.seeks == [(RESULTS, 113)]
+
+
+async def test_compaction_gaps_in_a_changelog_are_not_sought() -> None:
+    fetching = Fetching({CHANGELOG: [40, 90]}, {CHANGELOG: 3})
+    assert await fetching.delivered() == [(CHANGELOG, 40), (CHANGELOG, 90)]
+    assert fetching.seeks == []
