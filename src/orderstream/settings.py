@@ -109,7 +109,9 @@ class Settings(BaseSettings):
     # sales. Reservations are kept until they are final, whatever the window.
     dedup_window_s: float = Field(default=86_400.0, ge=1)
 
-    # Worker tuning (see agents/stock/agent.py for why each value).
+    # Worker tuning, for the stock agent and the lifecycle alike: how often each commits
+    # (a crash redelivers what came after the last commit), and how long a group waits for
+    # a silent member before its partitions move (kafka_clients.py: the heartbeat).
     commit_interval_s: float = Field(default=0.5, gt=0)
     # Below 6 s only where the broker allows it (group.min.session.timeout.ms: Kafka's
     # default is 6000; the local stack and docker-compose.yml set 2000).
