@@ -4,8 +4,8 @@ The pydantic models in topics.py stay the contract (and what every other door us
 these Structs read and write the same JSON for the per-order messages at a fraction of
 the CPU. An order request is decoded here first; whatever msgspec refuses is handed to
 the pydantic model, which either accepts it (the two then agree on the value) or
-refuses it with the reason the dead letter has always carried. tests/unit/test_codec.py
-checks both directions on random and hostile input.
+refuses it, so that a dead letter's reason is the contract's words, not msgspec's.
+tests/unit/test_codec.py checks both directions on random and hostile input.
 """
 
 from __future__ import annotations

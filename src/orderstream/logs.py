@@ -1,18 +1,12 @@
 """How every orderstream process logs: plain text lines, or one JSON object per line.
 
-``ORDERSTREAM_LOG_FORMAT=json`` makes each line a JSON object with ``time`` (ISO 8601,
-UTC, ``Z``), ``level``, ``logger``, ``message``, ``exception`` (the formatted traceback,
-when there is one), and the record's context keys when the call passed them.
-
-Context keys: a log call about one Kafka record passes where it sits, and the order it
-is about when known, as ``extra``; both formats show them, so one can grep or query by
-them (``jq 'select(.order_id == "o-1")'``)::
+``ORDERSTREAM_LOG_FORMAT=json`` makes each line a JSON object: ``time`` (ISO 8601, UTC,
+``Z``), ``level``, ``logger``, ``message``, ``exception`` (the traceback, if any). A log
+call about one Kafka record passes where it sits, and the order it is about when known,
+as ``extra``; both formats show those keys (RECORD_KEYS only; one left out, or None, is
+not shown), so one can grep or query by them (``jq 'select(.order_id == "o-1")'``)::
 
     log.warning("dead letter: %s", reason, extra=record_context(topic, partition, offset))
-
-``topic`` (str), ``partition`` (int), ``offset`` (int), ``order_id`` (str) and
-``product_id`` (str): RECORD_KEYS. A key left out, or None, is not shown. Put no other
-values in ``extra``: only these keys are written.
 
 mode's Worker configures logging itself when it starts (it clears the root handlers and
 installs a colored handler of its own): every command configures logging with

@@ -109,7 +109,9 @@ class Settings(BaseSettings):
     # sales. Reservations are kept until they are final, whatever the window.
     dedup_window_s: float = Field(default=86_400.0, ge=1)
 
-    # Worker tuning (see agents/stock/agent.py for why each value).
+    # Worker tuning, for the stock agent and the lifecycle alike: how often each commits
+    # (a crash redelivers what came after the last commit), and how long a group waits for
+    # a silent member before its partitions move (kafka_clients.py: the heartbeat).
     commit_interval_s: float = Field(default=0.5, gt=0)
     # Below 6 s only where the broker allows it (group.min.session.timeout.ms: Kafka's
     # default is 6000; the local stack and docker-compose.yml set 2000).
@@ -119,8 +121,8 @@ class Settings(BaseSettings):
     standby_replicas: int = Field(default=0, ge=0, le=1)
 
     # Sink batching: up to this many records, or whatever arrived within the wait. With
-    # COPY the cost per batch dominates: behind the batch engine on spread (~12-14k
-    # decisions/s), PostgreSQL lagged 4.4 and 5.6 s at 2,000 records, 1.1-2.1 s at 5,000.
+    # COPY the cost per batch dominates, so batches are large: at 2,000 records the sink
+    # falls seconds behind a stock agent deciding ~12-14k orders/s.
     sink_batch_max: int = Field(default=5000, ge=1)
     sink_batch_wait_ms: int = Field(default=50, ge=1)
 

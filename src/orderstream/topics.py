@@ -76,7 +76,7 @@ Notes = Annotated[str, StringConstraints(max_length=NOTES_MAX_LENGTH, pattern=NO
 
 
 def _absent_when_none(**field: Any) -> Any:
-    """An optional field left out of the JSON when None: messages stay as small as before."""
+    """An optional field left out of the JSON when None: a message without it stays small."""
     return Field(default=None, exclude_if=lambda value: value is None, **field)
 
 
@@ -277,7 +277,8 @@ class OrderEvent(OrderMetadata):
     decided_at_ms: int
     # The product's stock right after this decision, when the decision changed it.
     stock: StockChange | None = None
-    # Left out of the JSON when absent: a single-line event reads as it always has.
+    # Left out of the JSON when absent: a single-line event's line is its own product_id
+    # and quantity.
     items: list[OrderItem] | None = _absent_when_none(min_length=1, max_length=MAX_LINE_COUNT)
     unit_price: Price | None = _absent_when_none()
     currency: Currency | None = _absent_when_none()

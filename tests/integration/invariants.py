@@ -1,4 +1,4 @@
-"""The invariants of DESIGN.md, checked against PostgreSQL and the order-events topic."""
+"""The invariants of docs/contract.md, checked against PostgreSQL and the order-events topic."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`orderstream audit`: check DESIGN.md's invariants against PostgreSQL and the stock changelog.
+"""`orderstream audit`: check docs/contract.md's invariants in PostgreSQL and the stock changelog.
 
 The sources are read one after the other, each as of the moment it is read: first the
 lag of the stock agent's and the sink's consumer groups, then PostgreSQL in one

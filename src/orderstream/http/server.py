@@ -26,7 +26,7 @@ from orderstream.http.encoding import error_response
 
 log = logging.getLogger(__name__)
 
-# No access log, as before: a flash sale would flood it; /metrics counts what matters.
+# No access log: a flash sale would flood it; /metrics counts what matters.
 _HANDLER_OPTIONS: dict[str, Any] = {"access_log": None}
 
 

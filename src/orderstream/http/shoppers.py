@@ -7,7 +7,8 @@ Bearer <jwt>``, and the user is the token's ``sub``: an order placed for another
 that is missing, expired, not yet valid, for another issuer or audience, or badly
 signed is 401 with ``WWW-Authenticate``. The algorithm is fixed by the key, never read
 from the token: no ``alg: none``, no HS256 token verified with an RSA public key.
-Without those settings every route answers as before (the local tour).
+Without those settings no route asks for a token and an order's ``user_id`` is trusted as
+sent (the local tour).
 """
 
 from __future__ import annotations

@@ -1,18 +1,15 @@
-"""Faust's table recovery, with its end in a safe order: seek the stream partitions, then
-resume them.
+"""Faust's table recovery, ending in a safe order: seek the stream partitions, then resume them.
 
 faust-streaming 0.15.3 resumes the source partitions when table recovery completes and
-only then seeks them to their committed offsets. Records fetched in between reach the
-agents, and the seek that follows races their read offsets: in the lifecycle's kill -9
-test the order agent lost a few order events this way after a restart (offsets 5-7 of a
-partition never processed, 2-4 and 8 on). The same race is described in faust-streaming
-issues #216 and #596. Here the seek is done while the partitions are still paused.
+only then seeks them to their committed offsets: records fetched in between reach the
+agents and race the seek, so some are never processed (faust-streaming issues #216 and
+#596). Here the seek is done while the partitions are still paused.
 
-A partition the group never committed on is not moved by that seek, and records fetched
-into it during recovery were drained and dropped: it is rewound to its beginning (what
-``auto_offset_reset="earliest"`` means; replaying is safe, every effect is idempotent).
-Found by tests/integration/test_lifecycle_store.py: after a plain restart, orders
-published during recovery on such partitions stayed RESERVED.
+A partition the group never committed on is not moved by that seek, and the records
+fetched into it during recovery are dropped: it is rewound to its beginning (what
+``auto_offset_reset="earliest"`` means; replaying is safe, every effect is idempotent),
+or orders published during a recovery would stay RESERVED
+(tests/integration/test_lifecycle_store.py restarts the lifecycle to check it).
 """
 
 from __future__ import annotations

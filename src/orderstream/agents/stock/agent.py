@@ -13,12 +13,9 @@ outputs once the changelog has them, commit. What it guarantees:
   announced decision that the restored state does not know;
 - offsets are committed only after everything a batch produced is acknowledged.
 Deciding, announcing and committing run as three tasks, so a batch is decided while the
-previous one waits for the broker.
-
-Why not a Faust agent: Faust spends ~0.6 ms of CPU per event in its per-event machinery
-and writes one changelog record per table write, to two tables whose changelogs a crash
-can leave out of step. Deciding a batch at a time costs ~50 us per request in all
-(docs/architecture.md, "Why the stock agent is not a Faust agent").
+previous one waits for the broker. Plain aiokafka, not a Faust agent: Faust's per-event
+machinery costs more CPU than the decision and keeps two changelogs a crash can leave out
+of step (docs/architecture.md, "Why the stock agent is not a Faust agent").
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Stock commands on a partition that owns their product: their effects, for the processor.
 
 A command sets or adds stock, edits the catalog (applied once, by offset and by its
-``command_id``), or settles
-one order's reserved line: commit (sold) or release (available again), once, with the
-quantity its hold recorded.
+``command_id``), or settles one order's reserved line: commit (sold) or release
+(available again), once, with the quantity its hold recorded.
 
 A commit or a release for a line that has no hold here is dropped (counted
 ``not_reserved``), never kept for a request still to come: within a partition a
