@@ -1,25 +1,18 @@
-"""Faust's offset commits, never past a message still being processed.
+"""Faust's offset commits, never past a message the agents did not process.
 
-faust-streaming 0.15.3 commits, per partition, the end of the first run of consecutive
-acknowledged offsets (``Consumer._new_offset``). It checks that this run starts right
-after the committed offset only when that offset is truthy: on a partition with nothing
-committed yet (or offset 0 committed), acknowledged offsets 3-5 are committed while 0-2
-are still being processed. The payment agent acknowledges each request when it is
-answered, in whatever order the provider answers: a kill -9 then lost the first requests
-of a fresh partition for good (their orders stayed RESERVED, found by
-tests/integration/test_lifecycle.py's kill -9 expiry test). (With an offset committed,
-Faust's check still lets the run start one past a message in flight.) Here a partition
-is not committed while a message it delivered before the acknowledged run is still
-unacknowledged.
+Two holes in faust-streaming 0.15.3's ``Consumer`` are closed here:
 
-Faust also counts a gap in a partition's offsets as acknowledged (``Consumer._add_gap``):
-a gap is what transaction markers and compaction leave, and the lifecycle's topics have
-neither. After a rebalance, a partition the worker kept can be fetched from past where
-its seek put it (a batch fetched before the seek, delivered after): the messages in
-between were never delivered, yet committed as done, and the next owner never saw them
-(payment answers lost this way left their orders RESERVED after a kill -9 of the worker
-that kept them). Here such a partition is sought back to its last delivered offset, so
-what was skipped is fetched again; a gap still there after that is real and let pass.
+- It commits the first run of consecutive acknowledged offsets, checking that the run
+  starts at the committed offset only when that offset is truthy. The payment agent
+  acknowledges out of order (as answers come), so a fresh partition could be committed
+  past requests still in flight. A partition is not committed while a message it
+  delivered before the acknowledged run is unacknowledged.
+- It counts a gap in offsets as acknowledged (``_add_gap``), as transaction markers and
+  compaction leave, and the lifecycle's topics have neither. After a rebalance, a kept
+  partition can be fetched past where its seek put it (a batch fetched before the seek):
+  the skipped messages were committed as done and never processed (payment answers lost
+  so left orders RESERVED). Such a partition is sought back to fetch them; a gap still
+  there after that is real (retention) and let pass.
 """
 
 from __future__ import annotations

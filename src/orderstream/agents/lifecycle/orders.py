@@ -1,34 +1,12 @@
 """The order agent: each order's state in a table, moved by ``domain.orders.next_state``.
 
-Keyed by order id, it reads three co-partitioned topics: ``line-outcomes`` (the stock
-agent's decision of each line of an order of several, and a single-line order's
-reservation), ``order-commands`` (cancel, expire, override) and ``payment-results``. For
-each input it applies the state machine and does what the transition names: order
-events, stock commits and releases (per line, to the partition of the line's product),
-the payment request, a refund. A single-line order's first event is the stock agent's;
-every other event is announced here. What a transition sends is built in
-agents/lifecycle/order_effects.py.
-
-A batch at a time: the inputs one fetch brings are applied in order (per order, in the
-order they came), each changed order written once to the table with its outbox (every
-effect of the batch's transitions), the changelog flushed once, then the effects sent,
-then the inputs acknowledged (Faust commits acknowledged offsets). So the guarantee is
-at least once without losing or contradicting an effect: no effect leaves before the
-state that names it is durable. A crash before the flush leaves the states unmoved and
-the inputs uncommitted: they are applied again. A crash after it leaves the states
-moved: a redelivered input is ignored by the machine, but the order's first input after
-a restart sends the stored outbox again. Every effect is idempotent: events by (order,
-seq) in the sink, commits and releases by (order, product) at the stock agent, charges
-and refunds by order at the provider.
-
-None of the three topics is written in Kafka transactions, so Faust's read_uncommitted
-consumer misses nothing and sees nothing aborted. An order of several lines arrives whole
-or not at all one hop earlier: its lines are published in one transaction on
-``order-requests``, which the stock agent reads read_committed.
-
-The expiry timer only sends: it keeps when each local order is next due (the end of its
-TTL, or of its retention once final: agents/lifecycle/deadlines.py) and sends an ``expire``
-command for each one due; the agent decides (expires it, or forgets a final order).
+Keyed by order id, it reads ``line-outcomes``, ``order-commands`` and ``payment-results``
+(co-partitioned) a fetched batch at a time: it applies the batch's inputs, writes each
+changed order once with its outbox (the effects its transitions name, built in
+order_effects.py), waits for the changelog, then sends the effects, then acknowledges the
+inputs. No effect leaves before the state that names it is durable; a crash replays the
+inputs or resends a stored outbox, and every effect is idempotent (docs/architecture.md,
+"The order lifecycle"). The expiry timer only sends ``expire`` commands; the agent decides.
 """
 
 from __future__ import annotations
