@@ -70,8 +70,9 @@ def test_the_run_before_a_message_in_flight_is_committed() -> None:
 
 
 class Fetching:
-    """A consumer's fetch loop as Faust drives it: a read offset per partition, set by
-    each delivered message and by a seek; each fetch reads on from the fetch position."""
+    """A consumer's fetch loop as Faust drives it: a read offset per partition, set by a
+    seek (the next offset to read: the ones given at the start) and by each delivered
+    message (the last offset delivered)."""
 
     def __init__(self, logs: dict[Any, list[int]], read: dict[Any, int]) -> None:
         self.logs = logs  # tp -> the offsets a fetch returns next, in order
@@ -108,11 +109,24 @@ async def test_a_partition_fetched_past_what_it_delivered_is_sought_back() -> No
     """Sought to 113 in a rebalance, a stale batch brings 199-200: they are held back, the
     partition sought back to 113, and the next fetch delivers 113 on; other partitions
     of the batch flow."""
-    fetching = Fetching({RESULTS: [199, 200], LINES: [7, 8]}, {RESULTS: 113, LINES: 6})
+    fetching = Fetching({RESULTS: [199, 200], LINES: [7, 8]}, {RESULTS: 113, LINES: 7})
     assert await fetching.delivered() == [(LINES, 7), (LINES, 8)]
     assert fetching.seeks == [(RESULTS, 113)]
     fetching.logs = {RESULTS: [113, 114, 115]}
     assert await fetching.delivered() == [(RESULTS, 113), (RESULTS, 114), (RESULTS, 115)]
+
+
+async def test_one_message_skipped_right_after_a_seek_is_fetched_again() -> None:
+    """Sought to 113 (the next to read), the fetch starts at 114: 113 would be lost
+    (Faust lets a commit start one past its committed offset)."""
+    fetching = Fetching({RESULTS: [114, 115]}, {RESULTS: 113})
+    assert await fetching.delivered() == []
+    assert fetching.seeks == [(RESULTS, 113)]
+    fetching.logs = {RESULTS: [113, 114]}
+    assert await fetching.delivered() == [(RESULTS, 113), (RESULTS, 114)]
+    fetching.logs = {RESULTS: [116]}  # 115 missing after a delivered 114: sought back
+    assert await fetching.delivered() == []
+    assert fetching.seeks[-1] == (RESULTS, 115)
 
 
 async def test_a_gap_that_stays_after_the_seek_is_let_pass_once() -> None:

@@ -62,6 +62,7 @@ def guard_commits(consumer: Any) -> None:
 def refetch_skipped(consumer: Any, acks_enabled_for: Callable[[str], bool]) -> None:
     """Seek a partition back when its next fetched message is past one never delivered."""
     fetch = consumer.getmany
+    yielded: dict[Any, int] = {}  # tp -> the last offset handed to Faust's delivery
     rewound_at: dict[Any, int] = {}  # tp -> the offset it was last sought back to
 
     async def contiguous(
@@ -71,29 +72,32 @@ def refetch_skipped(consumer: Any, acks_enabled_for: Callable[[str], bool]) -> N
         async for tp, message in fetch(timeout=timeout):
             if tp in rewound:
                 continue
-            # The last offset delivered, or the one a seek set (the next to read).
-            last = consumer._read_offset.get(tp)
-            if last is None or message.offset - last <= 1 or not acks_enabled_for(tp.topic):
+            # Faust's read offset is the last offset delivered, or, right after a seek,
+            # the next one to read.
+            read = consumer._read_offset.get(tp)
+            expected = None if read is None else read + 1 if yielded.get(tp) == read else read
+            if expected is None or message.offset <= expected or not acks_enabled_for(tp.topic):
+                yielded[tp] = message.offset
                 yield tp, message
                 continue
-            if rewound_at.get(tp) == last:
+            if rewound_at.get(tp) == expected:
                 log.error(
                     "offsets %d-%d of %s are not in the log (deleted by retention?); "
                     "moving on from %d",
-                    last + 1, message.offset - 1, tp, message.offset,
+                    expected, message.offset - 1, tp, message.offset,
                 )  # fmt: skip
+                yielded[tp] = message.offset
                 yield tp, message
                 continue
             log.warning(
-                "%s fetched at %d after %d: seeking back to fetch what was skipped",
-                tp, message.offset, last,
+                "%s fetched at %d, expected %d: seeking back to fetch what was skipped",
+                tp, message.offset, expected,
             )  # fmt: skip
-            rewound_at[tp] = last
+            rewound_at[tp] = expected
             rewound.add(tp)
             try:
-                # From ``last`` itself: after a seek it is the next offset to read.
-                await consumer.seek(tp, last)
+                await consumer.seek(tp, expected)
             except Exception:  # no longer assigned: its next owner starts from a commit
-                log.exception("could not seek %s back to %d", tp, last)
+                log.exception("could not seek %s back to %d", tp, expected)
 
     consumer.getmany = contiguous
