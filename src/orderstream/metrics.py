@@ -227,6 +227,7 @@ class LifecycleMetrics:
     breaker_open: Gauge
     partitions_ready: Gauge
     lag: Gauge
+    refetches: Counter
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> LifecycleMetrics:
@@ -304,6 +305,13 @@ class LifecycleMetrics:
                 "Order partitions this process owns with their table restored (0 while"
                 " it joins or rebalances): the lifecycle is ready when the sum over its"
                 " processes equals ORDERSTREAM_PARTITIONS.",
+                registry=registry,
+            ),
+            refetches=Counter(
+                "orderstream_lifecycle_refetches",
+                "Times a lifecycle partition was fetched past messages never delivered"
+                " (after a rebalance) and sought back to fetch them again, by topic.",
+                ["topic"],
                 registry=registry,
             ),
         )

@@ -183,7 +183,8 @@ def build_lifecycle_app(
         )
     client = PaymentClient.from_settings(provider, settings, metrics)
     faust_recovery.install(app)  # before the app starts: see faust_recovery.py
-    faust_commits.install(app)  # the payment agent acknowledges out of order
+    # Never commit past a message not processed (see faust_commits.py).
+    faust_commits.install(app, lambda topic: metrics.refetches.labels(topic).inc())
     _report_readiness(app, lines.get_topic_name(), metrics)
     register_payment_agent(
         app,

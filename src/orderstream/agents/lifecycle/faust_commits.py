@@ -26,11 +26,12 @@ import faust
 log = logging.getLogger(__name__)
 
 
-def install(app: faust.App) -> None:
-    """Guard ``app``'s consumer against committing past a message it did not process."""
+def install(app: faust.App, on_refetch: Callable[[str], None] = lambda topic: None) -> None:
+    """Guard ``app``'s consumer against committing past a message it did not process;
+    ``on_refetch`` is told the topic of each partition sought back."""
     consumer: Any = app.consumer
     guard_commits(consumer)
-    refetch_skipped(consumer, app.topics.acks_enabled_for)
+    refetch_skipped(consumer, app.topics.acks_enabled_for, on_refetch)
 
 
 def guard_commits(consumer: Any) -> None:
@@ -59,7 +60,11 @@ def guard_commits(consumer: Any) -> None:
     consumer._filter_committable_offsets = guarded
 
 
-def refetch_skipped(consumer: Any, acks_enabled_for: Callable[[str], bool]) -> None:
+def refetch_skipped(
+    consumer: Any,
+    acks_enabled_for: Callable[[str], bool],
+    on_refetch: Callable[[str], None] = lambda topic: None,
+) -> None:
     """Seek a partition back when its next fetched message is past one never delivered."""
     fetch = consumer.getmany
     yielded: dict[Any, int] = {}  # tp -> the last offset handed to Faust's delivery
@@ -95,6 +100,7 @@ def refetch_skipped(consumer: Any, acks_enabled_for: Callable[[str], bool]) -> N
             )  # fmt: skip
             rewound_at[tp] = expected
             rewound.add(tp)
+            on_refetch(tp.topic)
             try:
                 await consumer.seek(tp, expected)
             except Exception:  # no longer assigned: its next owner starts from a commit
