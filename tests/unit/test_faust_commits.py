@@ -87,9 +87,10 @@ class Fetching:
             for offset in offsets:
                 yield tp, SimpleNamespace(offset=offset)
 
-    async def seek(self, tp: Any, offset: int) -> None:
-        self.seeks.append((tp, offset))
-        self._read_offset[tp] = offset
+    async def seek_wait(self, partitions: dict[Any, int]) -> None:
+        for tp, offset in partitions.items():
+            self.seeks.append((tp, offset))
+            self._read_offset[tp] = offset
 
     async def delivered(self) -> list[tuple[Any, int]]:
         """Run one fetch; return what reached the agents."""

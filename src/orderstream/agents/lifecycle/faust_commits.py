@@ -102,7 +102,9 @@ def refetch_skipped(
             rewound.add(tp)
             on_refetch(tp.topic)
             try:
-                await consumer.seek(tp, expected)
+                # In the consumer's own thread: Faust's seek() calls aiokafka from this
+                # one, whose wake-up of the fetcher is not thread-safe (it can stall).
+                await consumer.seek_wait({tp: expected})
             except Exception:  # no longer assigned: its next owner starts from a commit
                 log.exception("could not seek %s back to %d", tp, expected)
 

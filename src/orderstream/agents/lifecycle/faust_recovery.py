@@ -61,7 +61,11 @@ class SeekFirstRecovery(Recovery):
             for tp in assignment:
                 if not self._is_changelog_tp(tp) and read_offsets.get(tp) is None:
                     self.log.info("Seek %s (nothing committed) to its beginning.", tp)
-                    await self._wait(consumer.seek(tp, 0), timeout=app.conf.broker_request_timeout)
+                    # seek_wait seeks in the consumer's thread (seek() would call
+                    # aiokafka from this one: its fetcher's wake-up is not thread-safe).
+                    await self._wait(
+                        consumer.seek_wait({tp: 0}), timeout=app.conf.broker_request_timeout
+                    )
         consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
         self.completed.set()
         app.flow_control.resume()
