@@ -224,7 +224,7 @@ async def test_an_order_missing_lines_for_good_is_turned_down_and_its_stock_rele
 ) -> None:
     """A producer that says three lines and sends two: after the wait for its lines the
     order agent rejects the order and releases the lines that came, instead of holding
-    them forever. (test_partial_orders waits the default 30 s.)"""
+    them forever. (test_partial_orders waits 8 s, with the default TTL.)"""
     await _start(
         pipeline,
         **LIFECYCLE_ENV,
