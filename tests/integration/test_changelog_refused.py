@@ -61,7 +61,14 @@ async def test_a_refused_changelog_write_is_never_followed_by_a_later_one(
     await pipeline.publish([(PRODUCT.encode(), json.dumps(big).encode())])
     await pipeline.publish((PRODUCT.encode(), value) for _, value in small)
 
-    await asyncio.sleep(8)  # the agent meets the refusal (and restarts, and meets it again)
+    async def refused_twice() -> bool:  # the agent meets the refusal, restarts, meets it again
+        logs = (path.read_text(errors="replace") for path in pipeline.workdir.glob("run-*.log"))
+        return any(
+            "stock-agent failed (failure 2 in a row): MessageSizeTooLargeError" in log
+            for log in logs
+        )
+
+    await pipeline.wait_for("the refusal met twice", refused_twice, timeout=60)
     await _max_message_bytes(pipeline, 1_048_588)  # Kafka's default again
 
     orders = {"big"} | {order_id for order_id, _ in small}
