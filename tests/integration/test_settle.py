@@ -10,7 +10,7 @@ import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient
 
 from orderstream.tables import lifecycle_app_id
-from tests.integration.pipeline import Pipeline
+from tests.integration.pipeline import SHORT_SESSION, Pipeline
 from tests.integration.test_lifecycle import (
     LIFECYCLE_ENV,
     _assert_settled,
@@ -116,7 +116,7 @@ async def test_two_lifecycle_processes_share_a_sale_and_survive_a_kill_9(
 ) -> None:
     stock = {"sku-m1": 300, "sku-m2": 300}
     pipeline.start()  # the stock agent, the sink, the status service; no lifecycle
-    env = LIFECYCLE_ENV | {"ORDERSTREAM_PAYMENT_DELAY_MAX_S": "0.5"}
+    env = LIFECYCLE_ENV | SHORT_SESSION | {"ORDERSTREAM_PAYMENT_DELAY_MAX_S": "0.5"}
     pipeline.start("orders", name="orders-a", **env)
     for product_id, quantity in stock.items():
         await pipeline.set_stock(product_id, quantity)
