@@ -31,15 +31,27 @@ SMALL = 20
 
 
 async def _max_message_bytes(pipe: Pipeline, value: int) -> None:
+    """Set the changelog's max.message.bytes; return once the broker shows it."""
+    topic = stock_changelog(pipe.settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=pipe.settings.kafka_bootstrap)
     await admin.start()
     try:
         resource = ConfigResource(
-            ConfigResourceType.TOPIC,
-            stock_changelog(pipe.settings),
-            configs={"max.message.bytes": str(value)},
+            ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(value)}
         )
         await admin.alter_configs([resource])
+
+        async def shown() -> bool:  # a config change takes a moment to apply
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+            [found] = response.to_object()["resources"]
+            return any(
+                entry["config_names"] == "max.message.bytes" and entry["config_value"] == str(value)
+                for entry in found["config_entries"]
+            )
+
+        await pipe.wait_for(f"max.message.bytes={value} on {topic}", shown, timeout=30)
     finally:
         await admin.close()
 
