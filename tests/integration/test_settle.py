@@ -7,10 +7,11 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from orderstream.tables import lifecycle_app_id
-from tests.integration.pipeline import SHORT_SESSION, Pipeline
+from tests.integration.pipeline import Pipeline
 from tests.integration.test_lifecycle import (
     LIFECYCLE_ENV,
     _assert_settled,
@@ -111,12 +112,17 @@ async def _lifecycle_members(pipe: Pipeline) -> int:
         await admin.close()
 
 
+# Serial: in 3 pytest-xdist workers on 2 cores it failed 2 runs of 2 (2026-12-05, also
+# with a 5 s session): after the takeover the surviving lifecycle process stopped
+# settling (its last log line a fetch sought back), 1000 orders not final in 120 s.
+# Alone it passes; the stall is the lifecycle's to fix, not this test's.
+@pytest.mark.serial
 async def test_two_lifecycle_processes_share_a_sale_and_survive_a_kill_9(
     pipeline: Pipeline,
 ) -> None:
     stock = {"sku-m1": 300, "sku-m2": 300}
     pipeline.start()  # the stock agent, the sink, the status service; no lifecycle
-    env = LIFECYCLE_ENV | SHORT_SESSION | {"ORDERSTREAM_PAYMENT_DELAY_MAX_S": "0.5"}
+    env = LIFECYCLE_ENV | {"ORDERSTREAM_PAYMENT_DELAY_MAX_S": "0.5"}
     pipeline.start("orders", name="orders-a", **env)
     for product_id, quantity in stock.items():
         await pipeline.set_stock(product_id, quantity)
