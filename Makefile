@@ -7,9 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The integration tests wait mostly on Kafka and PostgreSQL, so pytest-xdist runs them
-# side by side, TEST_WORKERS at a time (the README's Development section says why this
-# many). Tests marked `serial` pause a process against its session timeout: they run
-# alone, after the others.
+# side by side, TEST_WORKERS at a time (0: one at a time). 3 on the 2-core machine: 2
+# were slower; 4 were faster once but leave the tests' deadlines less CPU on 2 cores.
+# Tests marked `serial` (timing- or takeover-sensitive) run alone, after the others.
 TEST_WORKERS ?= 3
 PYTEST_PARALLEL := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
 PYTEST_SERIAL := $(BIN)/pytest -m serial
