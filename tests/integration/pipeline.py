@@ -23,6 +23,12 @@ from orderstream.producer import publish_stock_command
 from orderstream.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+# For tests that kill -9 a process and start another in its place, which gets the dead
+# member's partitions once its session times out (10 s by default): 5 s halves that wait
+# and stays well above the heartbeats (a fifth of it) on a machine busy with other tests.
+# The local stack allows sessions from 2 s (group.min.session.timeout.ms).
+SHORT_SESSION_S = 5.0
+SHORT_SESSION = {"ORDERSTREAM_SESSION_TIMEOUT_S": str(SHORT_SESSION_S)}
 
 
 class Pipeline:

@@ -31,15 +31,27 @@ SMALL = 20
 
 
 async def _max_message_bytes(pipe: Pipeline, value: int) -> None:
+    """Set the changelog's max.message.bytes; return once the broker shows it."""
+    topic = stock_changelog(pipe.settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=pipe.settings.kafka_bootstrap)
     await admin.start()
     try:
         resource = ConfigResource(
-            ConfigResourceType.TOPIC,
-            stock_changelog(pipe.settings),
-            configs={"max.message.bytes": str(value)},
+            ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(value)}
         )
         await admin.alter_configs([resource])
+
+        async def shown() -> bool:  # a config change takes a moment to apply
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+            [found] = response.to_object()["resources"]
+            return any(
+                entry["config_names"] == "max.message.bytes" and entry["config_value"] == str(value)
+                for entry in found["config_entries"]
+            )
+
+        await pipe.wait_for(f"max.message.bytes={value} on {topic}", shown, timeout=30)
     finally:
         await admin.close()
 
@@ -61,7 +73,14 @@ async def test_a_refused_changelog_write_is_never_followed_by_a_later_one(
     await pipeline.publish([(PRODUCT.encode(), json.dumps(big).encode())])
     await pipeline.publish((PRODUCT.encode(), value) for _, value in small)
 
-    await asyncio.sleep(8)  # the agent meets the refusal (and restarts, and meets it again)
+    async def refused_twice() -> bool:  # the agent meets the refusal, restarts, meets it again
+        logs = (path.read_text(errors="replace") for path in pipeline.workdir.glob("run-*.log"))
+        return any(
+            "stock-agent failed (failure 2 in a row): MessageSizeTooLargeError" in log
+            for log in logs
+        )
+
+    await pipeline.wait_for("the refusal met twice", refused_twice, timeout=60)
     await _max_message_bytes(pipeline, 1_048_588)  # Kafka's default again
 
     orders = {"big"} | {order_id for order_id, _ in small}

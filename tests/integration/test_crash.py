@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests.integration.invariants import assert_invariants
-from tests.integration.pipeline import Pipeline
+from tests.integration.pipeline import SHORT_SESSION, Pipeline
 from tests.integration.test_flash_sale import (
     PRODUCT,
     STOCK,
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_kill_9_mid_sale_keeps_invariants(pipeline: Pipeline) -> None:
-    pipeline.start()
+    pipeline.start(**SHORT_SESSION)
     await pipeline.set_stock(PRODUCT, STOCK)
     await pipeline.wait_for_stock(PRODUCT, STOCK)
     requests, distinct = flash_sale_requests(seed=29, distinct=DISTINCT, resends=4_000)
@@ -39,7 +39,7 @@ async def test_kill_9_mid_sale_keeps_invariants(pipeline: Pipeline) -> None:
     assert decided_before < DISTINCT, "the kill should land mid-sale"
 
     await publishing
-    pipeline.start()  # same data dir: the local cache is dropped and rebuilt
+    pipeline.start(**SHORT_SESSION)  # same data dir: the local cache is dropped and rebuilt
     await pipeline.wait_for_orders(DISTINCT)
 
     counts = await pipeline.query("SELECT status, count(*) AS n FROM orders GROUP BY 1 ORDER BY 1")

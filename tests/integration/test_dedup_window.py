@@ -9,7 +9,7 @@ import pytest
 from orderstream.tables import HOLD_KEY, stock_changelog
 from orderstream.topics import DLQ_REASON_HEADER
 from tests.integration.invariants import assert_invariants
-from tests.integration.pipeline import Pipeline, request_json
+from tests.integration.pipeline import SHORT_SESSION_S, Pipeline, request_json
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,9 @@ WINDOW_S = 3
 
 
 async def test_holds_expire_and_stale_requests_are_dead_lettered(pipeline: Pipeline) -> None:
-    pipeline.settings = pipeline.settings.model_copy(update={"dedup_window_s": WINDOW_S})
+    pipeline.settings = pipeline.settings.model_copy(
+        update={"dedup_window_s": WINDOW_S, "session_timeout_s": SHORT_SESSION_S}
+    )
     pipeline.start()
     await pipeline.set_stock(PRODUCT, STOCK)
     await pipeline.wait_for_stock(PRODUCT, STOCK)

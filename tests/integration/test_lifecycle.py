@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from orderstream.tables import orders_changelog
-from tests.integration.pipeline import Pipeline, request_json
+from tests.integration.pipeline import SHORT_SESSION, Pipeline, request_json
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,7 @@ EXPIRY_ENV = {
 
 async def test_unpaid_reservations_expire_across_a_kill_9(pipeline: Pipeline) -> None:
     stock = {"sku-x": 25, "sku-y": 25}
-    await _start(pipeline, stock, **EXPIRY_ENV)
+    await _start(pipeline, stock, **EXPIRY_ENV, **SHORT_SESSION)
     first = _requests(30, list(stock), prefix="a")
     await _publish(pipeline, first)
 
@@ -207,7 +207,7 @@ async def test_unpaid_reservations_expire_across_a_kill_9(pipeline: Pipeline) ->
     second = _requests(30, list(stock), prefix="b")
     await _publish(pipeline, second)
     await asyncio.sleep(2.5)
-    pipeline.start("orders", **(LIFECYCLE_ENV | EXPIRY_ENV))
+    pipeline.start("orders", **(LIFECYCLE_ENV | EXPIRY_ENV | SHORT_SESSION))
     requests = first + second
     await _wait_settled(pipeline, len(requests))
 
@@ -401,6 +401,7 @@ async def test_final_orders_leave_the_table_after_the_retention_and_a_restart_sk
         "ORDERSTREAM_ORDER_RETENTION_S": "2",
         "ORDERSTREAM_DEDUP_WINDOW_S": "1",  # the retention may not be shorter
         "ORDERSTREAM_EXPIRY_INTERVAL_S": "0.5",
+        **SHORT_SESSION,  # the restart below takes the partitions over sooner
     }
     stock = {"sku-r": 8}
     await _start(pipeline, stock, **retention)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from orderstream.producer import OrderLinesPublisher, order_lines
-from tests.integration.pipeline import Pipeline, request_json
+from tests.integration.pipeline import SHORT_SESSION, Pipeline, request_json
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +127,9 @@ async def test_orders_of_several_lines_survive_a_kill_9_of_the_lifecycle(
     pipeline: Pipeline,
 ) -> None:
     await _start(pipeline)
-    pipeline.start("orders", **LIFECYCLE_ENV, ORDERSTREAM_PAYMENT_SUCCESS_RATE="0.5")
+    pipeline.start(
+        "orders", **LIFECYCLE_ENV, **SHORT_SESSION, ORDERSTREAM_PAYMENT_SUCCESS_RATE="0.5"
+    )
     orders = _orders()
     publishing = asyncio.create_task(_publish(pipeline, orders))
 
@@ -138,7 +140,9 @@ async def test_orders_of_several_lines_survive_a_kill_9_of_the_lifecycle(
     await pipeline.wait_for("the first orders to settle", some_settled, timeout=60, watch="orders")
     pipeline.kill("orders")
     await publishing
-    pipeline.start("orders", **LIFECYCLE_ENV, ORDERSTREAM_PAYMENT_SUCCESS_RATE="0.5")
+    pipeline.start(
+        "orders", **LIFECYCLE_ENV, **SHORT_SESSION, ORDERSTREAM_PAYMENT_SUCCESS_RATE="0.5"
+    )
     await _wait_settled(pipeline, len(orders), timeout=75)
 
     await _assert_whole(
@@ -224,7 +228,7 @@ async def test_an_order_missing_lines_for_good_is_turned_down_and_its_stock_rele
 ) -> None:
     """A producer that says three lines and sends two: after the wait for its lines the
     order agent rejects the order and releases the lines that came, instead of holding
-    them forever. (test_partial_orders waits the default 30 s.)"""
+    them forever. (test_partial_orders waits 8 s, with the default TTL.)"""
     await _start(
         pipeline,
         **LIFECYCLE_ENV,

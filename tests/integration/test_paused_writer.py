@@ -23,7 +23,9 @@ from tests.integration.invariants import assert_invariants
 from tests.integration.pipeline import Pipeline, request_json
 from tests.integration.test_audit import run_audit
 
-pytestmark = pytest.mark.integration
+# Serial (alone, after the parallel pass): the pause must outlast A's session and B must
+# take over within it, timings a machine busy with other tests stretches.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 PRODUCTS = [f"pz-{n}" for n in range(16)]  # spread over every partition
 STOCK = 150

@@ -9,7 +9,7 @@ import pytest
 
 from orderstream.producer import publish_stock_command
 from tests.integration.invariants import assert_invariants
-from tests.integration.pipeline import Pipeline, request_json
+from tests.integration.pipeline import SHORT_SESSION, Pipeline, request_json
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ async def test_a_standby_takes_a_killed_workers_partitions_over_from_where_it_re
     pipeline: Pipeline,
 ) -> None:
     data = pipeline.workdir / "data"
-    standby = {"ORDERSTREAM_STANDBY_REPLICAS": "1"}
+    standby = {"ORDERSTREAM_STANDBY_REPLICAS": "1"} | SHORT_SESSION
     for worker in ("a", "b"):
         (data / worker).mkdir(parents=True)
     pipeline.start("sink")

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from orderstream.domain import owner_partition
 from orderstream.topics import DLQ_REASON_HEADER
 from tests.integration.invariants import assert_invariants
-from tests.integration.pipeline import Pipeline, request_json
+from tests.integration.pipeline import SHORT_SESSION, Pipeline, request_json
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ async def counted(pipe: Pipeline) -> dict[tuple[str, str], float]:
 
 
 async def test_commit_and_release_settle_each_line_once_across_a_kill(pipeline: Pipeline) -> None:
-    pipeline.start()
+    pipeline.start(**SHORT_SESSION)
     await pipeline.set_stock(PRODUCT, STOCK)
     await pipeline.wait_for_stock(PRODUCT, STOCK)
     await pipeline.publish(
@@ -161,7 +161,7 @@ async def test_commit_and_release_settle_each_line_once_across_a_kill(pipeline: 
 
     # kill -9 and restart: the holds and the stock come back from the changelog as they were.
     pipeline.kill()
-    pipeline.start()
+    pipeline.start(**SHORT_SESSION)
 
     async def restored() -> bool:
         return pipeline.logs().count("restored partitions") >= 2
