@@ -142,8 +142,8 @@ async def _assert_settled(pipe: Pipeline, order_ids: set[str]) -> None:
     assert level["sold"] == len(order_ids), level
 
 
-# Serial: in 4 pytest-xdist workers on 2 cores the restarted lifecycle once settled none
-# of its new orders within 30 s (2026-12-05): the same stall as test_settle's kill -9.
+# Serial: the restarted lifecycle has 30 s to settle its new orders; alone it keeps that
+# timing on a 2-core machine (it once caught the same stall as test_settle's kill -9).
 @pytest.mark.serial
 async def test_two_deployments_share_a_data_dir_and_not_their_tables(
     pipeline: Pipeline, neighbour: Pipeline

@@ -112,10 +112,9 @@ async def _lifecycle_members(pipe: Pipeline) -> int:
         await admin.close()
 
 
-# Serial: in 3 pytest-xdist workers on 2 cores it failed 2 runs of 2 (2026-12-05, also
-# with a 5 s session): after the takeover the surviving lifecycle process stopped
-# settling (its last log line a fetch sought back), 1000 orders not final in 120 s.
-# Alone it passes; the stall is the lifecycle's to fix, not this test's.
+# Serial: it waits for one surviving lifecycle process to settle 1,000 orders, which
+# needs the cores to itself on a 2-core machine. (It caught a stall after a seek-back,
+# fixed by seeking in the consumer's thread: agents/lifecycle/faust_commits.py.)
 @pytest.mark.serial
 async def test_two_lifecycle_processes_share_a_sale_and_survive_a_kill_9(
     pipeline: Pipeline,
