@@ -78,34 +78,35 @@ def refetch_skipped(
             if tp in rewound:
                 continue
             # Faust's read offset is the last offset delivered, or, right after a seek,
-            # the next one to read.
+            # the next one to read; with none, any offset is the one expected.
             read = consumer._read_offset.get(tp)
-            expected = None if read is None else read + 1 if yielded.get(tp) == read else read
-            if expected is None or message.offset <= expected or not acks_enabled_for(tp.topic):
-                yielded[tp] = message.offset
-                yield tp, message
+            expected: int = (
+                message.offset if read is None else read + 1 if yielded.get(tp) == read else read
+            )
+            skipped = message.offset > expected and acks_enabled_for(tp.topic)
+            if skipped and rewound_at.get(tp) != expected:
+                log.warning(
+                    "%s fetched at %d, expected %d: seeking back to fetch what was skipped",
+                    tp, message.offset, expected,
+                )  # fmt: skip
+                rewound_at[tp] = expected
+                rewound.add(tp)
+                on_refetch(tp.topic)
+                try:
+                    # In the consumer's own thread: Faust's seek() calls aiokafka from
+                    # this one, whose wake-up of the fetcher is not thread-safe (it can
+                    # stall).
+                    await consumer.seek_wait({tp: expected})
+                except Exception:  # no longer assigned: its next owner starts from a commit
+                    log.exception("could not seek %s back to %d", tp, expected)
                 continue
-            if rewound_at.get(tp) == expected:
+            if skipped:
                 log.error(
                     "offsets %d-%d of %s are not in the log (deleted by retention?); "
                     "moving on from %d",
                     expected, message.offset - 1, tp, message.offset,
                 )  # fmt: skip
-                yielded[tp] = message.offset
-                yield tp, message
-                continue
-            log.warning(
-                "%s fetched at %d, expected %d: seeking back to fetch what was skipped",
-                tp, message.offset, expected,
-            )  # fmt: skip
-            rewound_at[tp] = expected
-            rewound.add(tp)
-            on_refetch(tp.topic)
-            try:
-                # In the consumer's own thread: Faust's seek() calls aiokafka from this
-                # one, whose wake-up of the fetcher is not thread-safe (it can stall).
-                await consumer.seek_wait({tp: expected})
-            except Exception:  # no longer assigned: its next owner starts from a commit
-                log.exception("could not seek %s back to %d", tp, expected)
+            yielded[tp] = message.offset
+            yield tp, message
 
     consumer.getmany = contiguous

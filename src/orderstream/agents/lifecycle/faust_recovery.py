@@ -58,14 +58,19 @@ class SeekFirstRecovery(Recovery):
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
             # perform_seek leaves the read offset of a partition with no commit at None.
             read_offsets = consumer._read_offset
-            for tp in assignment:
-                if not self._is_changelog_tp(tp) and read_offsets.get(tp) is None:
-                    self.log.info("Seek %s (nothing committed) to its beginning.", tp)
-                    # seek_wait seeks in the consumer's thread (seek() would call
-                    # aiokafka from this one: its fetcher's wake-up is not thread-safe).
-                    await self._wait(
-                        consumer.seek_wait({tp: 0}), timeout=app.conf.broker_request_timeout
-                    )
+            never_committed = {
+                tp: 0
+                for tp in assignment
+                if not self._is_changelog_tp(tp) and read_offsets.get(tp) is None
+            }
+            for tp in never_committed:
+                self.log.info("Seek %s (nothing committed) to its beginning.", tp)
+            if never_committed:
+                # seek_wait seeks in the consumer's thread (seek() would call aiokafka
+                # from this one: its fetcher's wake-up is not thread-safe), all at once.
+                await self._wait(
+                    consumer.seek_wait(never_committed), timeout=app.conf.broker_request_timeout
+                )
         consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
         self.completed.set()
         app.flow_control.resume()
