@@ -32,6 +32,7 @@ from bench.orderstream_bench import run_orderstream
 from bench.result import BACKLOG, Latency, Result, format_line
 from bench.timing import POLL_INTERVAL_S
 from bench.workload import Workload, hot, spread
+from orderstream import gc_tuning
 from orderstream.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +102,9 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
             file=sys.stderr,
         )
         for system in args.system:
+            # The harness's own collector pauses would delay its sends and reads, for
+            # every system alike: the workload, built once, is frozen out of its sight.
+            gc_tuning.tune()
             started = time.monotonic()
             rate = args.latency_rate
             if system == orderstream_bench.SYSTEM:

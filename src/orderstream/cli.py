@@ -342,6 +342,7 @@ def _run_services(
     """Run the roles under one Supervisor until SIGTERM or SIGINT; a failed role restarts."""
     import uvloop
 
+    from orderstream import gc_tuning
     from orderstream.http.roles import RoleRegistry
     from orderstream.services import Supervisor
 
@@ -350,6 +351,7 @@ def _run_services(
     # The roles' services are made by the supervisor, inside the running loop (aiokafka
     # clients bind to it), and anew for each attempt.
     supervisor = Supervisor(roles, registry if registry is not None else RoleRegistry())
+    gc_tuning.tune()  # everything is imported: no full collection walks it again
     ServiceWorker(
         supervisor,
         # Logging is configured already (orderstream.logs): mode would replace the

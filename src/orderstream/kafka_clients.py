@@ -8,6 +8,7 @@
 - A reader: no group, large fetches, no CRC check in Python (the broker checked each
   batch when it was written): for reading a changelog or a topic whole.
 - An admin client.
+- A fetch pacer for a group member that keeps up with a busy topic.
 
 Each takes the connection and security options (kafka_security.py) and whatever a role
 adds; a caller's keyword wins over a rule's.
@@ -25,6 +26,8 @@ from orderstream.settings import Settings
 
 # A reader's fetch: it is the only thing a restoring partition waits for.
 READER_FETCH_BYTES = 16 * 1024**2
+# What a paced fetch waits for: hundreds of order records, a few ms of a busy sale.
+PACED_FETCH_BYTES = 64 * 1024
 
 
 def durable_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
@@ -63,3 +66,40 @@ def reader(settings: Settings, *topics: str, **options: Any) -> AIOKafkaConsumer
 def admin_client(settings: Settings) -> AIOKafkaAdminClient:
     """Return an admin client (topics, offsets, groups)."""
     return AIOKafkaAdminClient(**kafka_options(settings))
+
+
+class FetchPacer:
+    """Fetch a batch at a time while records flow, and at once when they start again.
+
+    A consumer that keeps up fetches as soon as anything is there (Kafka's
+    ``fetch_min_bytes`` of 1), so at a few thousand records a second each fetch carries a
+    handful of them, and the broker's work per request (its metrics and purgatory, not
+    the records: Java Flight Recorder on the local broker during a sale) becomes the
+    largest CPU cost of the pipeline. While polls return records, the pacer asks the
+    broker to hold each fetch until ``wait_ms`` have passed or ``PACED_FETCH_BYTES`` are
+    there; after an empty poll it restores the consumer's own settings, so an idle
+    consumer still waits in long fetches instead of asking every few milliseconds.
+
+    aiokafka reads both settings from its fetcher each time it builds a fetch request;
+    they are not public, hence the one place that sets them.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, wait_ms: int) -> None:
+        self._fetcher = getattr(consumer, "_fetcher", None)
+        self._wait_ms = wait_ms
+        self._paced = False
+        self._idle: tuple[int, int] | None = None  # the consumer's own (wait, bytes)
+
+    def polled(self, got_records: bool) -> None:
+        """Tell the pacer whether the last poll returned records."""
+        paced = got_records and self._wait_ms > 0
+        if paced == self._paced or self._fetcher is None:
+            return
+        fetcher = self._fetcher
+        if self._idle is None:
+            self._idle = (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes)
+        if paced:
+            fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = self._wait_ms, PACED_FETCH_BYTES
+        else:
+            fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = self._idle
+        self._paced = paced

@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     # falls seconds behind a stock agent deciding ~12-14k orders/s.
     sink_batch_max: int = Field(default=5000, ge=1)
     sink_batch_wait_ms: int = Field(default=50, ge=1)
+    # While records flow, the stock agent's and the sink's fetches ask the broker to wait
+    # up to this long for a batch's worth (kafka_clients.FetchPacer); 0: fetch as soon as
+    # anything is there.
+    fetch_batch_wait_ms: int = Field(default=5, ge=0, le=100)
 
     log_level: str = "INFO"
 

@@ -29,7 +29,7 @@ from orderstream.codec import WireStockChange, decode_event, decode_stock_change
 from orderstream.consumer_lag import consumer_lag
 from orderstream.dead_letters import dead_letter_of
 from orderstream.errors import InvalidMessageError
-from orderstream.kafka_clients import durable_producer, group_consumer
+from orderstream.kafka_clients import FetchPacer, durable_producer, group_consumer
 from orderstream.metrics import SinkMetrics
 from orderstream.settings import Settings
 from orderstream.sink.base import (
@@ -180,6 +180,7 @@ class SinkRunner:
         """Connect to Kafka."""
         await self._producer.start()
         await self._consumer.start()
+        self._pacer = FetchPacer(self._consumer, self._settings.fetch_batch_wait_ms)
 
     async def stop(self) -> None:
         """Stop the loop between two attempts, then disconnect, in bounded time."""
@@ -213,6 +214,7 @@ class SinkRunner:
                     max_records=self._settings.sink_batch_max,
                 )
                 records = [record for batch in fetched.values() for record in batch]
+                self._pacer.polled(bool(records))
                 if records:
                     try:
                         await self._process(records)

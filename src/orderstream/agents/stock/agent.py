@@ -41,7 +41,7 @@ from orderstream.agents.stock.standby import Standbys
 from orderstream.agents.stock.store import Append, PartitionStore
 from orderstream.consumer_lag import consumer_lag
 from orderstream.domain import StockLevel
-from orderstream.kafka_clients import durable_producer, group_consumer, reader
+from orderstream.kafka_clients import FetchPacer, durable_producer, group_consumer, reader
 from orderstream.logs import record_context
 from orderstream.metrics import WorkerMetrics
 from orderstream.settings import Settings
@@ -118,6 +118,7 @@ class StockAgent(Service):
         self._next_stock_gauges = 0.0
         self._producer: AIOKafkaProducer
         self._consumer: AIOKafkaConsumer
+        self._pacer: FetchPacer
         self._reader: AIOKafkaConsumer
         self._root = settings.data_dir / settings.app_id / "stock"
         self._standbys = (
@@ -149,6 +150,7 @@ class StockAgent(Service):
             await self._standbys.start()
         self._consumer.subscribe([self._requests, self._commands], listener=_Listener(self))
         await self._consumer.start()
+        self._pacer = FetchPacer(self._consumer, self._settings.fetch_batch_wait_ms)
         log.info(
             "stock agent consuming %s and %s as group %s",
             self._requests,
@@ -182,6 +184,7 @@ class StockAgent(Service):
             fetched = await self._consumer.getmany(
                 timeout_ms=100, max_records=self._settings.batch_max_records
             )
+            self._pacer.polled(bool(fetched))
             now = time.monotonic()
             if now >= self._next_lag:
                 await self._measure_lag(now)
