@@ -21,6 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from orderstream.domain.partitioning import kafka_partitioner
 from orderstream.kafka_security import kafka_options
 from orderstream.settings import Settings
 
@@ -32,7 +33,11 @@ PACED_FETCH_BYTES = 64 * 1024
 
 def durable_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
     """Return a producer whose every record is durable and never doubled by a retry."""
-    rules: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
+    rules: dict[str, Any] = {
+        "acks": "all",
+        "enable_idempotence": True,
+        "partitioner": kafka_partitioner,  # Kafka's default choice, hashed in C
+    }
     return AIOKafkaProducer(**kafka_options(settings), **(rules | options))
 
 

@@ -10,6 +10,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from orderstream.domain import key_partition, murmur2, owner_partition
+from orderstream.domain.partitioning import kafka_partitioner
 
 
 def keys() -> list[str]:
@@ -55,3 +56,17 @@ def test_the_owner_partition_is_where_aiokafkas_default_partitioner_puts_the_key
 def test_owner_partition_refuses_zero_partitions() -> None:
     with pytest.raises(ValueError, match="partitions"):
         owner_partition("p", 0)
+
+
+def test_the_producers_partitioner_chooses_as_aiokafkas_default() -> None:
+    rng = random.Random(11)
+    default = DefaultPartitioner()
+    for _ in range(2000):
+        key = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+        partitions = list(range(rng.randrange(1, 64)))
+        assert kafka_partitioner(key, partitions, partitions) == default(
+            key, partitions, partitions
+        )
+    # Unkeyed: one of the available partitions, or of all when none is available.
+    assert kafka_partitioner(None, [0, 1, 2], [2]) == 2
+    assert kafka_partitioner(None, [0, 1, 2], []) in {0, 1, 2}
