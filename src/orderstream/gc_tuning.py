@@ -1,4 +1,4 @@
-"""Python's cyclic garbage collector, tuned for long-running roles whose pauses matter.
+"""Python's cyclic garbage collector, tuned for the roles whose pauses matter.
 
 With CPython's defaults (a young collection every 700 net allocations) a busy role
 promotes its in-flight batches to the oldest generation, which then fills by a quarter
