@@ -70,7 +70,9 @@ def sasl_broker(tmp_path: Path) -> Iterator[str]:
         for user, password in PASSWORDS.items()
         for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")
     ]
-    cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cluster = "-"
+    while cluster.startswith("-"):  # as Kafka's own ids: StorageTool reads "-..." as an option
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
     subprocess.run(
         _java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(conf), *scram),
         check=True,
