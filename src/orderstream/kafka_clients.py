@@ -21,7 +21,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from orderstream.domain.partitioning import kafka_partitioner
 from orderstream.kafka_security import kafka_options
 from orderstream.settings import Settings
 
@@ -33,11 +32,7 @@ PACED_FETCH_BYTES = 64 * 1024
 
 def durable_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
     """Return a producer whose every record is durable and never doubled by a retry."""
-    rules: dict[str, Any] = {
-        "acks": "all",
-        "enable_idempotence": True,
-        "partitioner": kafka_partitioner,  # Kafka's default choice, hashed in C
-    }
+    rules: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
     return AIOKafkaProducer(**kafka_options(settings), **(rules | options))
 
 

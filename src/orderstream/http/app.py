@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from orderstream.db import make_pool
+from orderstream.domain.partitioning import kafka_partitioner
 from orderstream.http import rate_limit, routes, shoppers
 from orderstream.http.errors import json_errors
 from orderstream.http.keys import KAFKA, METRICS, POOL, REGISTRY, ROLES, SETTINGS
@@ -75,7 +76,8 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     # link connects lazily, so a service started before Kafka becomes ready without a
     # restart once Kafka is up.
     settings = app[SETTINGS]
-    link = KafkaLink(settings)
+    # Kafka's default partition for a key, hashed in C: paid once per order published.
+    link = KafkaLink(settings, partitioner=kafka_partitioner)
     app[KAFKA] = link
     app[ORDER_PUBLISHER] = OrderPublisher(
         link, settings.http_max_in_flight, app[METRICS].publishes_in_flight
