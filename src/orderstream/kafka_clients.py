@@ -88,16 +88,19 @@ class FetchPacer:
         self._fetcher = getattr(consumer, "_fetcher", None)
         self._wait_ms = wait_ms
         self._paced = False
-        self._idle: tuple[int, int] | None = None  # the consumer's own (wait, bytes)
+        # The consumer's own (wait, bytes), restored after an empty poll.
+        self._idle = (
+            (self._fetcher._fetch_max_wait_ms, self._fetcher._fetch_min_bytes)
+            if self._fetcher is not None
+            else None
+        )
 
     def polled(self, got_records: bool) -> None:
         """Tell the pacer whether the last poll returned records."""
         paced = got_records and self._wait_ms > 0
-        if paced == self._paced or self._fetcher is None:
+        if paced == self._paced or self._fetcher is None or self._idle is None:
             return
         fetcher = self._fetcher
-        if self._idle is None:
-            self._idle = (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes)
         if paced:
             fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = self._wait_ms, PACED_FETCH_BYTES
         else:

@@ -45,4 +45,4 @@ def kafka_partitioner(key: bytes | None, all_partitions: list[int], available: l
     """
     if key is None:
         return random.choice(available or all_partitions)  # noqa: S311 (spreading, not secrecy)
-    return all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]
+    return all_partitions[key_partition(key, len(all_partitions))]
